@@ -29,6 +29,27 @@ from knative._backends import (
 from knative._redis import EmbeddedRedis, RedisStartError
 from knative._replica import Runtime, Unavailable, create_app, load_models, runtime_of
 from knative._serve_settings import ServeSettings, SettingsError
+from knative._breaker import (
+    ACTIONS,
+    STATES,
+    BreakerError,
+    BreakerRegistry,
+    BreakerRegistrySettings,
+    BreakerSettings,
+    BreakerStatus,
+    BreakerStore,
+    BreakerUnavailable,
+    InvalidBreakerKey,
+    InvalidBreakerSettings,
+    Permit,
+    Transition,
+    TransitionHook,
+    keys_for,
+    node_key,
+    replica_key,
+    revision_key,
+)
+from knative._breaker_events import CloudEventSink
 
 __all__ = [
     "BackendError",
@@ -61,4 +82,23 @@ __all__ = [
     "TooManyRequests",
     "Unauthorized",
     "validate_traffic",
+    "ACTIONS",
+    "STATES",
+    "BreakerError",
+    "BreakerRegistry",
+    "BreakerRegistrySettings",
+    "BreakerSettings",
+    "BreakerStatus",
+    "BreakerStore",
+    "BreakerUnavailable",
+    "InvalidBreakerKey",
+    "InvalidBreakerSettings",
+    "Permit",
+    "Transition",
+    "TransitionHook",
+    "keys_for",
+    "node_key",
+    "replica_key",
+    "revision_key",
+    "CloudEventSink",
 ]
