@@ -222,6 +222,8 @@ def _from_binary(headers: dict[str, str], body: bytes, accept: TypePolicy | None
                 data = _text_or_bytes(body)
         else:
             data = _text_or_bytes(body)
+    if "data" not in errors:
+        errors.update(_data_errors(attrs.get("type"), content_type, data))
     if errors:
         raise EventValidationError(errors)
     message = HTTPMessage(headers=headers, body=body)
@@ -229,7 +231,7 @@ def _from_binary(headers: dict[str, str], body: bytes, accept: TypePolicy | None
         ce = ce_http.from_binary(message, _FORMAT)
     except CloudEventValidationError as exc:
         raise EventValidationError(_sdk_errors(exc)) from None
-    return _check_data(_from_sdk(ce, data, had_time="time" in attrs))
+    return _from_sdk(ce, data, had_time="time" in attrs)
 
 
 def _from_structured(body: bytes, envelope: Any, accept: TypePolicy | None) -> Event:
@@ -245,6 +247,8 @@ def _from_structured(body: bytes, envelope: Any, accept: TypePolicy | None) -> E
             data = base64.b64decode(b64, validate=True)
         except (ValueError, TypeError):
             errors["data_base64"] = "not valid base64"
+    if "data_base64" not in errors:
+        errors.update(_data_errors(envelope.get("type"), envelope.get("datacontenttype"), data))
     if errors:
         raise EventValidationError(errors)
     try:
@@ -253,7 +257,7 @@ def _from_structured(body: bytes, envelope: Any, accept: TypePolicy | None) -> E
         raise EventValidationError(_sdk_errors(exc)) from None
     except (ValueError, TypeError) as exc:
         raise EventValidationError({"body": str(exc)}) from None
-    return _check_data(_from_sdk(ce, data, had_time="time" in envelope))
+    return _from_sdk(ce, data, had_time="time" in envelope)
 
 
 def _text_or_bytes(body: bytes) -> str | bytes:
@@ -281,19 +285,19 @@ def _from_sdk(ce: Any, data: Any, *, had_time: bool) -> Event:
     )
 
 
-def _check_data(event: Event) -> Event:
-    cls = CATALOG.get(event.type)
-    if cls is not None:
-        errors: dict[str, str] = {}
-        if not is_json_content_type(event.datacontenttype):
-            errors["datacontenttype"] = f"must be application/json for {event.type}"
-        try:
-            cls.from_dict(event.data)
-        except EventValidationError as exc:
-            errors.update(exc.errors)
-        if errors:
-            raise EventValidationError(errors)
-    return event
+def _data_errors(event_type: Any, content_type: Any, data: Any) -> dict[str, str]:
+    """Catalog types carry a JSON object with the documented fields."""
+    cls = CATALOG.get(event_type) if isinstance(event_type, str) else None
+    if cls is None:
+        return {}
+    errors: dict[str, str] = {}
+    if content_type is not None and not is_json_content_type(str(content_type)):
+        errors["datacontenttype"] = f"must be application/json for {event_type}"
+    try:
+        cls.from_dict(data)
+    except EventValidationError as exc:
+        errors.update(exc.errors)
+    return errors
 
 
 def _ext_str(value: Any) -> str:
