@@ -26,6 +26,7 @@ from knative._backends import (
     ModelLoadError,
     SentenceTransformerBackend,
 )
+from knative._kube import KnativePlatform, KubeSettings, KubeSettingsError
 from knative._redis import EmbeddedRedis, RedisStartError
 from knative._replica import Runtime, Unavailable, create_app, load_models, runtime_of
 from knative._serve_settings import ServeSettings, SettingsError
@@ -52,6 +53,9 @@ from knative._breaker import (
 from knative._breaker_events import CloudEventSink
 
 __all__ = [
+    "KnativePlatform",
+    "KubeSettings",
+    "KubeSettingsError",
     "BackendError",
     "ContextOverflow",
     "EmbeddingBackend",
