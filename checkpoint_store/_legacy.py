@@ -30,10 +30,13 @@ def load_legacy_pt(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[s
     try:
         obj = torch.load(where, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe pickle"
-        raise InvalidSnapshot(
-            [f"{where}: refused, loading it would run pickled code (weights_only): {first}"]
-        ) from None
+        text = str(exc)
+        detail = text.split("WeightsUnpickler error:", 1)[-1].strip().split("\n")[0].strip()
+        if "Unsupported global" in text:
+            raise InvalidSnapshot(
+                [f"{where}: refused, loading it would run pickled code (weights_only): {detail}"]
+            ) from None
+        raise InvalidSnapshot([f"{where}: not a readable torch.save file ({detail})"]) from None
     except (OSError, RuntimeError, EOFError, ValueError) as exc:
         raise InvalidSnapshot([f"{where}: not a readable torch.save file ({exc})"]) from None
     if not isinstance(obj, Mapping):

@@ -611,10 +611,13 @@ class CheckpointStore:
         framework: Framework = "auto",
         sha256: bool = False,
         verify_model_files: bool = True,
+        model_dir: str | os.PathLike[str] | None = None,
     ) -> Restored:
         """Load a checkpoint, verifying every byte as it is read; ``CorruptCheckpoint`` names
         the bad blob. ``framework``: tensors as numpy arrays or torch tensors (``auto``: as they
-        were given to ``snapshot``). ``sha256``: also check sha256 where recorded."""
+        were given to ``snapshot``). ``sha256``: also check sha256 where recorded.
+        ``model_files`` are paths into the store; for a backend without local files they are
+        copied (verified) into ``model_dir`` once and reused from there."""
         started = time.perf_counter()
         m = self._resolve(ref)
         tensors: dict[str, Any] = {}
@@ -627,16 +630,8 @@ class CheckpointStore:
                 for entry in m.blobs:
                     key = m.key_of(entry)
                     if entry.kind == KIND_MODEL_FILE:
-                        path = self.backend.local_path(key)
-                        if path is None:
-                            raise CheckpointError(
-                                f"{self.backend.describe()} has no local files; use restore_to()"
-                            )
-                        if verify_model_files:
-                            problem, n = self._check_blob(key, entry, sha256)
-                            if problem is not None:
-                                raise CorruptCheckpoint(m.id, [str(problem)])
-                            verified += n
+                        path, n = self._model_file(m, entry, sha256, verify_model_files, model_dir)
+                        verified += n
                         model_files[entry.name] = path
                         continue
                     buf = self._load_verified(key, entry, sha256)
@@ -663,6 +658,38 @@ class CheckpointStore:
         logger.info("restored checkpoint %s (%d bytes verified) in %.3f s", m.id, verified, seconds)
         return Restored(m, tensors, state, blobs, model_files, seconds, verified)
 
+    def _model_file(
+        self,
+        m: Manifest,
+        entry: BlobEntry,
+        sha256: bool,
+        verify: bool,
+        model_dir: str | os.PathLike[str] | None,
+    ) -> tuple[Path, int]:
+        """A verified local path for a model file, and the bytes read to verify it."""
+        key = m.key_of(entry)
+        path = self.backend.local_path(key)
+        if path is not None:
+            if not verify:
+                return path, 0
+            problem, n = self._check_blob(key, entry, sha256)
+            if problem is not None:
+                raise CorruptCheckpoint(m.id, [str(problem)])
+            return path, n
+        if model_dir is None:
+            raise CheckpointError(
+                f"{self.backend.describe()} has no local files: pass model_dir to restore into"
+            )
+        local = CheckpointStore(FilesystemBackend(model_dir), keep=None)
+        cached = local.backend.local_path(key)
+        assert cached is not None
+        if local.backend.size(key) == entry.size:
+            problem, n = (local._check_blob(key, entry, sha256)) if verify else (None, 0)
+            if problem is None:
+                return cached, n
+        local.backend.put(key, self._verified_chunks(m, entry, sha256))
+        return cached, entry.size
+
     def restore_latest(
         self,
         model_id: str | None = None,
@@ -671,6 +698,7 @@ class CheckpointStore:
         framework: Framework = "auto",
         sha256: bool = False,
         verify_model_files: bool = True,
+        model_dir: str | os.PathLike[str] | None = None,
     ) -> Restored | None:
         """Restore the newest checkpoint that verifies, reading each candidate once; corrupt
         ones are skipped with a warning. None if the store has no valid checkpoint."""
@@ -683,7 +711,11 @@ class CheckpointStore:
                 continue
             try:
                 return self.restore(
-                    m, framework=framework, sha256=sha256, verify_model_files=verify_model_files
+                    m,
+                    framework=framework,
+                    sha256=sha256,
+                    verify_model_files=verify_model_files,
+                    model_dir=model_dir,
                 )
             except CorruptCheckpoint as exc:
                 logger.warning("skipping checkpoint %s: %s", m.id, "; ".join(exc.problems))
@@ -721,7 +753,11 @@ class CheckpointStore:
         key = m.key_of(entry)
         want_sha = sha256 and entry.sha256 is not None
         digest = Digest(sha256=want_sha)
-        reader = self.backend.open(key)
+        try:
+            reader = self.backend.open(key)
+        except BlobNotFound:
+            missing = BlobProblem(entry.kind, entry.name, "missing", "blob is missing")
+            raise CorruptCheckpoint(m.id, [str(missing)]) from None
         try:
             buf = memoryview(bytearray(_READ_CHUNK))
             while True:
