@@ -18,6 +18,7 @@ from surefoot import __version__
 # Command groups, in the order `surefoot --help` lists them.
 COMMAND_MODULES = [
     "surefoot._cmd_serve",
+    "surefoot._cmd_checkpoint",
 ]
 
 EXIT_OK = 0
