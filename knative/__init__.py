@@ -1,21 +1,6 @@
 """Serving on Knative: the replica app, the gateway and its breakers, manifests, and the
 platform seam with its Knative and local implementations."""
 
-from knative._platform import (
-    Conflict,
-    EvictionReport,
-    Node,
-    NotFound,
-    PermanentPlatformError,
-    Platform,
-    PlatformError,
-    Replica,
-    Target,
-    TemporaryPlatformError,
-    TooManyRequests,
-    Unauthorized,
-    validate_traffic,
-)
 from knative._backends import (
     BackendError,
     ContextOverflow,
@@ -26,10 +11,6 @@ from knative._backends import (
     ModelLoadError,
     SentenceTransformerBackend,
 )
-from knative._kube import KnativePlatform, KubeSettings, KubeSettingsError
-from knative._redis import EmbeddedRedis, RedisStartError
-from knative._replica import Runtime, Unavailable, create_app, load_models, runtime_of
-from knative._serve_settings import ServeSettings, SettingsError
 from knative._breaker import (
     ACTIONS,
     STATES,
@@ -51,6 +32,37 @@ from knative._breaker import (
     revision_key,
 )
 from knative._breaker_events import CloudEventSink
+from knative._gateway import Gateway, GatewaySettings, GatewaySettingsError, gateway_of
+from knative._gateway import create_app as create_gateway_app
+from knative._kube import KnativePlatform, KubeSettings, KubeSettingsError
+from knative._platform import (
+    Conflict,
+    EvictionReport,
+    Node,
+    NotFound,
+    PermanentPlatformError,
+    Platform,
+    PlatformError,
+    Replica,
+    Target,
+    TemporaryPlatformError,
+    TooManyRequests,
+    Unauthorized,
+    validate_traffic,
+)
+from knative._redis import EmbeddedRedis, RedisStartError
+from knative._replica import Runtime, Unavailable, create_app, load_models, runtime_of
+from knative._routing import (
+    Endpoint,
+    PlatformResolver,
+    Resolver,
+    Route,
+    RoutingSpecError,
+    RoutingTable,
+    StaticResolver,
+    static_table,
+)
+from knative._serve_settings import ServeSettings, SettingsError
 
 __all__ = [
     "KnativePlatform",
@@ -105,4 +117,17 @@ __all__ = [
     "replica_key",
     "revision_key",
     "CloudEventSink",
+    "Gateway",
+    "GatewaySettings",
+    "GatewaySettingsError",
+    "gateway_of",
+    "create_gateway_app",
+    "Endpoint",
+    "PlatformResolver",
+    "Resolver",
+    "Route",
+    "RoutingSpecError",
+    "RoutingTable",
+    "StaticResolver",
+    "static_table",
 ]
