@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import re
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, NamedTuple
 
 import redis
@@ -224,6 +225,50 @@ class BreakerRegistrySettings:
         if errors:
             raise InvalidBreakerSettings("; ".join(errors))
 
+    @classmethod
+    def from_env(
+        cls, env: Mapping[str, str] | None = None, **overrides: Any
+    ) -> BreakerRegistrySettings:
+        """Settings every process builds the same way (policies must agree across processes).
+
+        ``SUREFOOT_REDIS_URL``; the policy from ``SUREFOOT_BREAKER_<FIELD>`` (e.g.
+        ``SUREFOOT_BREAKER_WAIT_IN_OPEN=10``); per kind of key from
+        ``SUREFOOT_BREAKER_<KIND>_<FIELD>`` (KIND: REVISION, NODE, REPLICA); the process
+        settings from ``SUREFOOT_BREAKER_<FIELD>`` too (``REFRESH_INTERVAL``, ``PREFIX``, ...).
+        Then ``overrides`` that are not None.
+        """
+        env = os.environ if env is None else env
+        errors: list[str] = []
+
+        def read(cls_: Any, prefix: str, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+            out: dict[str, Any] = {}
+            for f in fields(cls_):
+                key = f"{prefix}{f.name.upper()}"
+                if f.name in skip or key not in env:
+                    continue
+                raw = env[key]
+                try:
+                    out[f.name] = _env_value(str(f.type), raw)
+                except ValueError:
+                    errors.append(f"{key}: {raw!r} is not a valid {f.type}")
+            return out
+
+        base = read(BreakerSettings, "SUREFOOT_BREAKER_")
+        kinds = {k: read(BreakerSettings, f"SUREFOOT_BREAKER_{k.upper()}_")
+                 for k in ("revision", "node", "replica")}
+        values = read(cls, "SUREFOOT_BREAKER_", skip=("redis_url", "policy", "policies"))
+        if "SUREFOOT_REDIS_URL" in env:
+            values["redis_url"] = env["SUREFOOT_REDIS_URL"]
+        if errors:
+            raise InvalidBreakerSettings("; ".join(errors))
+        policy = BreakerSettings(**base)
+        values["policy"] = policy
+        values["policies"] = {k: replace(policy, **v) for k, v in kinds.items() if v}
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        if "redis_url" not in values:
+            raise InvalidBreakerSettings("redis_url: set SUREFOOT_REDIS_URL")
+        return cls(**values)
+
     def policy_for(self, key: str) -> BreakerSettings:
         kind = key.split(":", 1)[0]
         return self.policies.get(kind, self.policy)
@@ -276,6 +321,14 @@ class Permit(NamedTuple):
 TransitionHook = Callable[[Transition], None]
 
 _FIELDS = ("state", "gen", "since", "until", "opens", "reason")
+
+
+def _env_value(kind: str, raw: str) -> Any:
+    if kind == "int":
+        return int(raw)
+    if kind == "float":
+        return float(raw)
+    return raw
 
 
 def _ms(v: Any) -> float | None:

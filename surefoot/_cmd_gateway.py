@@ -1,0 +1,163 @@
+"""``surefoot gateway``: the OpenAI API in front of the revisions, with the shared breakers."""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import os
+import socket
+from collections.abc import Callable
+from typing import Any
+
+from surefoot.cli import CliError
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "gateway",
+        help="serve the OpenAI API in front of the revisions (breakers, retries, fallback)",
+        description=(
+            "Route /v1/* to the revisions by weight, skipping replicas, nodes and revisions whose "
+            "breaker is open; retry safely within a budget; fall back to the fallback revision. "
+            "Settings also read SUREFOOT_GATEWAY_<NAME> (e.g. SUREFOOT_GATEWAY_DEADLINE); the "
+            "admin token only from SUREFOOT_GATEWAY_ADMIN_TOKEN; breaker policy from "
+            "SUREFOOT_BREAKER_<NAME>; Redis from SUREFOOT_REDIS_URL (else an embedded one)."
+        ),
+    )
+    p.add_argument("--host", default=os.environ.get("SUREFOOT_GATEWAY_HOST", "127.0.0.1"))
+    p.add_argument("--port", type=int, help="default 8080 (SUREFOOT_GATEWAY_PORT)")
+    p.add_argument("--workers", type=int,
+                   help="gateway processes, each with its own breaker view (default 1)")
+    p.add_argument("--threads", type=int,
+                   help="threads per process; bounds concurrent streams (default 64)")
+    p.add_argument("--target", action="append", default=[], metavar="REV=PCT=URL[,URL...]",
+                   help="a revision, its traffic percent and its replica URLs (repeatable)")
+    p.add_argument("--fallback", metavar="REV=URL[,URL...]",
+                   help="the fallback revision and its replica URLs")
+    p.add_argument("--platform", choices=("knative",),
+                   help="resolve targets from the platform instead of --target")
+    p.add_argument("--service", help="the Knative Service to front (with --platform)")
+    p.add_argument("--fallback-revision",
+                   help="with --platform: the fallback revision (default: the one tagged fallback)")
+    p.add_argument("--refresh-interval", type=float, default=1.0,
+                   help="with --platform: seconds between re-reads of replicas and traffic")
+    p.add_argument("--redis-url", help="default SUREFOOT_REDIS_URL; unset: an embedded Redis")
+    p.add_argument("--no-breakers", action="store_true", help="route without breakers")
+    p.add_argument("--events-sink", default=os.environ.get("SUREFOOT_BREAKER_EVENTS_SINK"),
+                   help="URL that breaker transitions are POSTed to as CloudEvents")
+    p.add_argument("--try-timeout", type=float)
+    p.add_argument("--connect-timeout", type=float)
+    p.add_argument("--deadline", type=float)
+    p.add_argument("--stream-idle-timeout", type=float)
+    p.add_argument("--max-tries", type=int)
+    p.add_argument("--retry-budget-ratio", type=float)
+    p.add_argument("--retry-budget-min", type=int)
+    p.add_argument("--pool-size", type=int, help="connections per replica per process")
+    p.set_defaults(func=run)
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise CliError(f"{name}: {raw!r} is not an integer") from None
+
+
+def _check_port_free(host: str, port: int) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise CliError(f"--port {port}: already in use on {host}; pick another") from None
+            raise CliError(f"--host {host} --port {port}: cannot listen ({exc.strerror})") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    from knative._breaker import BreakerRegistrySettings, InvalidBreakerSettings
+    from knative._gateway import GatewaySettings, GatewaySettingsError
+    from knative._gateway_server import GatewayServerSettings, serve
+    from knative._redis import EmbeddedRedis, RedisStartError
+    from knative._routing import (
+        PlatformResolver,
+        Resolver,
+        RoutingSpecError,
+        StaticResolver,
+        static_table,
+    )
+
+    try:
+        settings = GatewaySettings.from_env(
+            try_timeout=args.try_timeout, connect_timeout=args.connect_timeout,
+            deadline=args.deadline, stream_idle_timeout=args.stream_idle_timeout,
+            max_tries=args.max_tries, retry_budget_ratio=args.retry_budget_ratio,
+            retry_budget_min=args.retry_budget_min, pool_size=args.pool_size,
+        )
+        server = GatewayServerSettings(
+            host=args.host,
+            port=args.port if args.port is not None else _env_int("SUREFOOT_GATEWAY_PORT", 8080),
+            workers=args.workers if args.workers is not None
+            else _env_int("SUREFOOT_GATEWAY_WORKERS", 1),
+            threads=args.threads if args.threads is not None
+            else _env_int("SUREFOOT_GATEWAY_THREADS", 64),
+            log_level=str(args.log_level).lower(),
+        )
+    except (GatewaySettingsError, ValueError) as exc:
+        raise CliError(str(exc)) from exc
+    if args.events_sink and not args.events_sink.startswith(("http://", "https://")):
+        raise CliError(f"--events-sink {args.events_sink!r}: expected an http(s) URL")
+
+    resolver_factory: Callable[[], Resolver]
+    if args.platform == "knative":
+        if args.target:
+            raise CliError("--target and --platform are exclusive; use one")
+        if not args.service:
+            raise CliError("--platform knative needs --service NAME")
+        from knative._kube import KnativePlatform, KubeSettings
+
+        try:
+            kube = KubeSettings.from_env(service=args.service)
+            KnativePlatform.from_settings(kube)  # fail here, not in every worker
+        except Exception as exc:  # no kubeconfig, bad context, bad settings
+            raise CliError(f"--platform knative: {exc}") from exc
+        service, fb_rev, interval = args.service, args.fallback_revision, args.refresh_interval
+
+        def resolver_factory() -> Resolver:
+            return PlatformResolver(KnativePlatform.from_settings(kube), service, fb_rev,
+                                    interval)
+    else:
+        try:
+            table = static_table(args.target, args.fallback)
+        except RoutingSpecError as exc:
+            raise CliError(str(exc)) from exc
+
+        def resolver_factory() -> Resolver:
+            return StaticResolver(table)
+
+    _check_port_free(server.host, server.port)
+
+    embedded = None
+    breakers = None
+    if not args.no_breakers:
+        url = args.redis_url or os.environ.get("SUREFOOT_REDIS_URL")
+        if not url:
+            try:
+                embedded = EmbeddedRedis().start()
+            except RedisStartError as exc:
+                raise CliError(f"embedded redis: {exc}; or set SUREFOOT_REDIS_URL") from exc
+            url = embedded.url
+        try:
+            breakers = BreakerRegistrySettings.from_env(redis_url=url)
+        except InvalidBreakerSettings as exc:
+            if embedded:
+                embedded.stop()
+            raise CliError(str(exc)) from exc
+    try:
+        return serve(settings, server, resolver_factory, breakers, args.events_sink)
+    finally:
+        if embedded is not None:
+            embedded.stop()
