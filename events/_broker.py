@@ -19,7 +19,6 @@ from typing import Any
 
 import yaml
 from flask import Flask, Response, jsonify
-from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
 from events._catalog import Event, is_accepted_type
 from events._delivery import (
@@ -32,6 +31,7 @@ from events._delivery import (
     parse_duration,
 )
 from events._errors import ConfigError, TemporaryError
+from events._http import HttpServer
 from events._receiver import ReceiverSettings, install_error_handlers, receiver_blueprint
 
 log = logging.getLogger(__name__)
@@ -466,46 +466,6 @@ def create_broker_app(broker: Broker) -> Flask:
         return jsonify({"status": "ok", "stats": dict(broker.stats)})
 
     return app
-
-
-class _QuietHandler(WSGIRequestHandler):
-    """No access log line per request (it costs more than the request on a busy broker)."""
-
-    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        if isinstance(code, int) and code >= 500:
-            super().log_request(code, size)
-
-
-class HttpServer:
-    """A real WSGI server (werkzeug, threaded, HTTP/1.1 keep-alive) running in a thread."""
-
-    def __init__(self, app: Flask, host: str = "127.0.0.1", port: int = 0) -> None:
-        self._server: BaseWSGIServer = make_server(host, port, app, threaded=True,
-                                                   request_handler=_QuietHandler)
-        self._thread = threading.Thread(target=self._server.serve_forever,
-                                        kwargs={"poll_interval": 0.1},
-                                        name="http-server", daemon=True)
-        self.host = host
-        self.port = int(self._server.server_port)
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
-
-    def start(self) -> HttpServer:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
-
-    def __enter__(self) -> HttpServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 class BrokerServer:

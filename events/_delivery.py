@@ -14,10 +14,12 @@ import base64
 import json
 import logging
 import os
+import queue
 import random
 import re
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
@@ -346,3 +348,42 @@ def make_dead_letter(target: str, sender: Sender) -> DeadLetter:
 
 def with_retry(settings: SenderSettings, **changes: object) -> SenderSettings:
     return replace(settings, retry=replace(settings.retry, **changes))  # type: ignore[arg-type]
+
+
+class Publisher:
+    """Sends events to one URL from a background thread, so a slow or dead sink never stalls
+    the caller (a source's detection loop). Calling it enqueues; ``close`` drains."""
+
+    def __init__(self, sender: Sender, url: str, *, max_queue: int = 10_000) -> None:
+        self.sender = sender
+        self.url = url
+        self._queue: queue.Queue[Event | None] = queue.Queue(maxsize=max_queue)
+        self.results: deque[DeliveryResult] = deque(maxlen=100)
+        self.sent = 0
+        self.failed = 0
+        self.dropped = 0
+        self._thread = threading.Thread(target=self._run, name="publisher", daemon=True)
+        self._thread.start()
+
+    def __call__(self, event: Event) -> None:
+        try:
+            self._queue.put_nowait(event)
+        except queue.Full:
+            self.dropped += 1
+            log.error("publisher queue full: dropping event %s (%s)", event.id, event.type)
+
+    def _run(self) -> None:
+        while True:
+            event = self._queue.get()
+            if event is None:
+                return
+            result = self.sender.send(event, self.url)
+            self.results.append(result)
+            if result.ok:
+                self.sent += 1
+            else:
+                self.failed += 1
+
+    def close(self, timeout: float = 10.0) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout)
