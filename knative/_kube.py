@@ -278,6 +278,10 @@ class KnativePlatform:
             service,
         )
 
+    def service(self, service: str) -> dict[str, Any]:
+        """The Knative Service object as the API returns it (spec and status)."""
+        return self._ksvc(service)
+
     # ------------------------------------------------------------------ traffic
     @staticmethod
     def _targets(entries: list[dict[str, Any]]) -> list[Target]:

@@ -19,6 +19,7 @@ from surefoot import __version__
 COMMAND_MODULES = [
     "surefoot._cmd_serve",
     "surefoot._cmd_checkpoint",
+    "surefoot._cmd_render",
 ]
 
 EXIT_OK = 0

@@ -3,8 +3,9 @@
 The files are structural OpenAPI v3 schemas. A JSON-Schema validator accepts them as they are;
 to reject unknown fields the way an API server does under ``fieldValidation=Strict``, every
 object schema that lists ``properties`` and does not set ``x-kubernetes-preserve-unknown-fields``
-gets ``additionalProperties: false`` (the recipe in that folder's README). ``metadata`` is only
-``type: object`` there: the API server checks ObjectMeta itself, and so does the fake.
+gets ``additionalProperties: false`` (the recipe in that folder's README). ``apiVersion``, ``kind`` and
+``metadata`` are left out: the API server handles TypeMeta and ObjectMeta itself (some of these
+schemas do not even list them), and so does the fake.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import jsonschema
 import yaml
 
 _REPO = Path(__file__).resolve().parents[2]
+# TypeMeta and ObjectMeta: the API server handles them itself, whatever a CRD schema lists.
+_IMPLICIT = ("apiVersion", "kind", "metadata")
 
 
 class SchemaFolderMissing(RuntimeError):
@@ -97,7 +100,7 @@ def schema_errors(obj: dict[str, Any]) -> tuple[list[str], list[str]]:
     if pair is None:
         raise KeyError(f"no schema for {obj.get('apiVersion')} {obj.get('kind')}")
     loose, strict_v = pair
-    body = {k: v for k, v in obj.items() if k != "metadata"}
+    body = {k: v for k, v in obj.items() if k not in _IMPLICIT}
     invalid = [f"{_path(e)}: {e.message}" for e in loose.iter_errors(body)]
     unknown = []
     for e in strict_v.iter_errors(body):
@@ -138,7 +141,7 @@ def prune(obj: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
             return [walk(v, schema["items"], f"{path}[{i}]") for i, v in enumerate(node)]
         return node
 
-    body = {k: v for k, v in obj.items() if k != "metadata"}
+    body = {k: v for k, v in obj.items() if k not in _IMPLICIT}
     pruned = walk(body, pair, "")
-    pruned["metadata"] = obj.get("metadata", {})
+    pruned.update({k: obj[k] for k in _IMPLICIT if k in obj})
     return pruned, removed

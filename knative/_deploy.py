@@ -1,0 +1,198 @@
+"""Putting the rendered manifests on a cluster (server-side apply) and reading back what runs.
+
+Server-side apply (PATCH ``application/apply-patch+yaml`` with a field manager) is idempotent
+and merges with what other managers own, such as the fields Knative itself fills in, or the
+rest of ``knative-serving/config-features`` that we patch two flags into. Unknown fields are
+rejected (``fieldValidation=Strict``) rather than silently pruned.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from knative._kube import KnativePlatform, KubeSettings, map_api_error
+from knative._platform import PermanentPlatformError, PlatformError
+
+log = logging.getLogger(__name__)
+
+# (apiVersion, kind) -> (plural, namespaced) for every kind ``render`` produces.
+KINDS: dict[tuple[str, str], tuple[str, bool]] = {
+    ("v1", "Namespace"): ("namespaces", False),
+    ("v1", "ConfigMap"): ("configmaps", True),
+    ("v1", "ServiceAccount"): ("serviceaccounts", True),
+    ("v1", "Service"): ("services", True),
+    ("v1", "PersistentVolumeClaim"): ("persistentvolumeclaims", True),
+    ("apps/v1", "Deployment"): ("deployments", True),
+    ("apps/v1", "DaemonSet"): ("daemonsets", True),
+    ("batch/v1", "CronJob"): ("cronjobs", True),
+    ("policy/v1", "PodDisruptionBudget"): ("poddisruptionbudgets", True),
+    ("rbac.authorization.k8s.io/v1", "Role"): ("roles", True),
+    ("rbac.authorization.k8s.io/v1", "RoleBinding"): ("rolebindings", True),
+    ("rbac.authorization.k8s.io/v1", "ClusterRole"): ("clusterroles", False),
+    ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding"): ("clusterrolebindings", False),
+    ("serving.knative.dev/v1", "Service"): ("services", True),
+    ("serving.knative.dev/v1", "Configuration"): ("configurations", True),
+    ("eventing.knative.dev/v1", "Broker"): ("brokers", True),
+    ("eventing.knative.dev/v1", "Trigger"): ("triggers", True),
+    ("sources.knative.dev/v1", "ApiServerSource"): ("apiserversources", True),
+    ("sources.knative.dev/v1", "PingSource"): ("pingsources", True),
+}
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    kind: str
+    name: str
+    namespace: str | None
+    action: str  # created | configured (| "would create/configure" on a dry run)
+
+    def __str__(self) -> str:
+        where = f"{self.namespace}/" if self.namespace else ""
+        return f"{self.kind.lower()}/{where}{self.name} {self.action}"
+
+
+def object_path(obj: dict[str, Any]) -> str:
+    """The API path of one object (``/apis/<group>/<version>/namespaces/<ns>/<plural>/<name>``)."""
+    key = (str(obj.get("apiVersion")), str(obj.get("kind")))
+    if key not in KINDS:
+        raise PermanentPlatformError(f"apply: kind {key[1]} of {key[0]} is not one Surefoot renders")
+    plural, namespaced = KINDS[key]
+    meta = obj.get("metadata") or {}
+    base = "/api/v1" if key[0] == "v1" else f"/apis/{key[0]}"
+    if namespaced:
+        if not meta.get("namespace"):
+            raise PermanentPlatformError(f"apply: {key[1]} {meta.get('name')} has no namespace")
+        base += f"/namespaces/{meta['namespace']}"
+    return f"{base}/{plural}/{meta['name']}"
+
+
+def apply_objects(
+    api_client: Any,
+    objects: list[dict[str, Any]],
+    *,
+    field_manager: str = "surefoot",
+    dry_run: bool = False,
+    force: bool = True,
+    request_timeout: float = 30.0,
+) -> list[ApplyResult]:
+    """Server-side apply ``objects`` in order; stops at the first failure with a platform
+    error naming the object."""
+    results = []
+    for obj in objects:
+        path = object_path(obj)
+        meta = obj.get("metadata") or {}
+        query: list[tuple[str, str]] = [
+            ("fieldManager", field_manager),
+            ("fieldValidation", "Strict"),
+        ]
+        if force:
+            query.append(("force", "true"))
+        if dry_run:
+            query.append(("dryRun", "All"))
+        what = f"apply {obj['kind']} {meta.get('namespace', '') + '/' if meta.get('namespace') else ''}{meta['name']}"
+        try:
+            params = api_client.param_serialize(
+                method="PATCH",
+                resource_path=path,
+                query_params=query,
+                header_params={
+                    "Content-Type": "application/apply-patch+yaml",
+                    "Accept": "application/json",
+                },
+                body=obj,
+                auth_settings=["BearerToken"],
+            )
+            response = api_client.call_api(*params, _request_timeout=request_timeout)
+            response.read()
+            out = api_client.response_deserialize(response, {"200": "object", "201": "object"})
+        except Exception as exc:
+            raise map_api_error(exc, what) from exc
+        action = "created" if out.status_code == 201 else "configured"
+        if dry_run:
+            action += " (dry run)"
+        results.append(ApplyResult(obj["kind"], meta["name"], meta.get("namespace"), action))
+        log.info("%s", results[-1])
+    return results
+
+
+def knative_status(settings: KubeSettings, platform: KnativePlatform | None = None) -> dict[str, Any]:
+    """What ``surefoot status --platform knative`` shows: the inference service's readiness and
+    URL, the traffic it asks for and the traffic in effect, its replicas, and the nodes.
+
+    Errors reading one part are reported under ``errors`` (e.g. a service account that may not
+    list nodes) instead of failing the whole status; a missing service raises NotFound.
+    """
+    platform = platform or KnativePlatform.from_settings(settings)
+    svc = platform.service(settings.service)
+    status = svc.get("status") or {}
+    conditions = status.get("conditions") or []
+    ready: dict[str, Any] = next((c for c in conditions if c.get("type") == "Ready"), {})
+    out: dict[str, Any] = {
+        "platform": "knative",
+        "namespace": platform.namespace,
+        "service": settings.service,
+        "url": status.get("url"),
+        "ready": ready.get("status") == "True",
+        "conditions": [
+            {k: c.get(k) for k in ("type", "status", "reason", "message") if c.get(k) is not None}
+            for c in conditions
+        ],
+        "latest_ready_revision": status.get("latestReadyRevisionName"),
+        "traffic": [dataclasses.asdict(t) for t in platform.traffic(settings.service)],
+        "traffic_status": [dataclasses.asdict(t) for t in platform.traffic_status(settings.service)],
+        "replicas": [],
+        "nodes": [],
+        "errors": [],
+    }
+    try:
+        out["replicas"] = [dataclasses.asdict(r) for r in platform.replicas(settings.service)]
+    except PlatformError as exc:
+        out["errors"].append(str(exc))
+    try:
+        out["nodes"] = [dataclasses.asdict(n) for n in platform.nodes()]
+    except PlatformError as exc:
+        out["errors"].append(str(exc))
+    return out
+
+
+def format_knative_status(status: dict[str, Any]) -> str:
+    """A terminal table of :func:`knative_status`."""
+    lines = [
+        f"service {status['namespace']}/{status['service']}: "
+        f"{'ready' if status['ready'] else 'NOT ready'}  {status.get('url') or ''}".rstrip()
+    ]
+    for c in status["conditions"]:
+        if c.get("status") != "True":
+            lines.append(f"  {c['type']}={c.get('status')} {c.get('reason', '')} {c.get('message', '')}".rstrip())
+    lines.append(format_traffic(status["traffic"], status["traffic_status"]))
+    lines.append(f"{'REPLICA':<40} {'REVISION':<28} {'NODE':<20} {'READY':<6} PHASE")
+    for r in status["replicas"]:
+        lines.append(
+            f"{r['name']:<40} {r['revision']:<28} {r['node'] or '-':<20} "
+            f"{'yes' if r['ready'] else 'no':<6} {r['phase']}"
+        )
+    if status["nodes"]:
+        lines.append(f"{'NODE':<30} {'READY':<6} SCHEDULABLE")
+        for n in status["nodes"]:
+            lines.append(
+                f"{n['name']:<30} {'yes' if n['ready'] else 'no':<6} {'no' if n['unschedulable'] else 'yes'}"
+            )
+    for e in status.get("errors") or []:
+        lines.append(f"warning: {e}")
+    return "\n".join(lines)
+
+
+def format_traffic(wanted: list[dict[str, Any]], actual: list[dict[str, Any]]) -> str:
+    """``TAG REVISION PERCENT IN-EFFECT`` rows."""
+    effect = {t["revision"]: t["percent"] for t in actual}
+    lines = [f"{'TAG':<12} {'REVISION':<36} {'PERCENT':>7} {'IN EFFECT':>9}"]
+    for t in wanted:
+        now = effect.get(t["revision"])
+        lines.append(
+            f"{t.get('tag') or '-':<12} {t['revision']:<36} {t['percent']:>7} "
+            f"{'-' if now is None else now:>9}"
+        )
+    return "\n".join(lines)
