@@ -281,26 +281,29 @@ class FilesystemBackend(Backend):
         if not os.path.lexists(top):
             return 0
         removed = 0
-        try:
-            for dirpath, dirnames, filenames in os.walk(top, topdown=False):
-                for name in filenames + [
-                    d for d in dirnames if os.path.islink(os.path.join(dirpath, d))
-                ]:
-                    os.unlink(os.path.join(dirpath, name))
-                    if _TMP_MARK not in name:
-                        removed += 1
-                for name in dirnames:
-                    full = os.path.join(dirpath, name)
-                    if not os.path.islink(full):
-                        os.rmdir(full)
-            if os.path.islink(top):
-                os.unlink(top)
-            else:
-                os.rmdir(top)
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            raise storage_error(exc, f"deleting {prefix}") from None
+
+        def attempt(fn: Callable[[str], None], path: str) -> bool:
+            try:
+                fn(path)
+                return True
+            except FileNotFoundError:
+                return False  # another pruner got there first
+            except OSError as exc:
+                raise storage_error(exc, f"deleting {prefix}") from None
+
+        if os.path.islink(top) or not os.path.isdir(top):
+            return int(attempt(os.unlink, top))
+        for dirpath, dirnames, filenames in os.walk(top, topdown=False):
+            for name in dirnames:
+                full = os.path.join(dirpath, name)
+                if os.path.islink(full):
+                    attempt(os.unlink, full)
+                else:
+                    attempt(os.rmdir, full)
+            for name in filenames:
+                if attempt(os.unlink, os.path.join(dirpath, name)) and _TMP_MARK not in name:
+                    removed += 1
+        attempt(os.rmdir, top)
         return removed
 
     # -- reads -------------------------------------------------------------------------------

@@ -160,6 +160,7 @@ class PruneReport:
     torn_removed: tuple[str, ...] = ()
     objects_removed: int = 0
     temp_removed: int = 0
+    cleaned: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -168,6 +169,7 @@ class PruneReport:
             "torn_removed": list(self.torn_removed),
             "objects_removed": self.objects_removed,
             "temp_removed": self.temp_removed,
+            "cleaned": self.cleaned,
         }
 
 
@@ -220,6 +222,7 @@ class CheckpointStore:
         self._lock_timeout = lock_timeout
         self._hash_cache = _FileHashCache()
         self._known_good: set[str] = set()
+        self._verified_objects: set[str] = set()
 
     def __repr__(self) -> str:
         return f"CheckpointStore({self.backend!r}, keep={self.keep})"
@@ -447,7 +450,7 @@ class CheckpointStore:
                 problems.append(f"blobs[{name!r}]: {type(data).__name__} is not bytes")
             else:
                 blob_views[name] = memoryview(data).cast("B")
-        files: dict[str, str] = {}
+        hashes: dict[str, tuple[str, str, str | None, int]] = {}
         for name, path in (model_files or {}).items():
             if not valid_name(name):
                 problems.append(
@@ -456,7 +459,10 @@ class CheckpointStore:
             elif not os.path.isfile(path):
                 problems.append(f"model_files[{name!r}]: {os.fspath(path)} is not a readable file")
             else:
-                files[name] = os.fspath(path)
+                try:  # hash before taking the lock: a first snapshot of a big model reads it all
+                    hashes[name] = (os.fspath(path), *self._hash_file(os.fspath(path)))
+                except OSError as exc:
+                    problems.append(f"model_files[{name!r}]: cannot read {path}: {exc.strerror}")
         if problems:
             raise InvalidSnapshot(problems)
 
@@ -467,8 +473,8 @@ class CheckpointStore:
         started = time.perf_counter()
         with self.backend.lock(exclusive=False, timeout=self._lock_timeout):
             try:
-                for name, path in files.items():
-                    entries.append(self._store_model_file(name, path))
+                for name, (path, xxh, sha, size) in hashes.items():
+                    entries.append(self._store_model_file(name, path, xxh, sha, size))
                 if plan is not None:
                     entries.append(self._put(cid, KIND_TENSORS, TENSORS_NAME, plan.chunks()))
                 if state_bytes is not None:
@@ -546,18 +552,25 @@ class CheckpointStore:
         self._hash_cache.entries[ident] = (digest.xxh3_128, digest.sha256)
         return digest.xxh3_128, digest.sha256, digest.size
 
-    def _store_model_file(self, name: str, path: str) -> BlobEntry:
-        try:
-            xxh, sha, size = self._hash_file(path)
-        except OSError as exc:
-            raise InvalidSnapshot(
-                [f"model_files[{name!r}]: cannot read {path}: {exc.strerror}"]
-            ) from None
+    def _store_model_file(
+        self, name: str, path: str, xxh: str, sha: str | None, size: int
+    ) -> BlobEntry:
+        """Make sure the content-addressed copy exists and is sound; copy only if not."""
+        entry = BlobEntry(KIND_MODEL_FILE, name, size, xxh, sha)
         key = object_key(xxh)
-        if self.backend.size(key) != size:
-            digest = Digest(sha256=self.sha256)
-            self.backend.put(key, _checked(hashed(_read_file(path), digest), digest, xxh, path))
-        return BlobEntry(KIND_MODEL_FILE, name, size, xxh, sha)
+        if self.backend.size(key) == size:
+            if key in self._verified_objects:
+                return entry
+            # Checked once per process: a damaged copy would otherwise poison every snapshot.
+            problem, _ = self._check_blob(key, entry, sha256=False)
+            if problem is None:
+                self._verified_objects.add(key)
+                return entry
+            logger.warning("model file copy %s is damaged (%s); storing it again", key, problem)
+        digest = Digest(sha256=self.sha256)
+        self.backend.put(key, _checked(hashed(_read_file(path), digest), digest, xxh, path))
+        self._verified_objects.add(key)
+        return entry
 
     # -- restore --------------------------------------------------------------------------------
 
@@ -675,6 +688,7 @@ class CheckpointStore:
             problem, n = self._check_blob(key, entry, sha256)
             if problem is not None:
                 raise CorruptCheckpoint(m.id, [str(problem)])
+            self._verified_objects.add(key)
             return path, n
         if model_dir is None:
             raise CheckpointError(
@@ -785,76 +799,36 @@ class CheckpointStore:
         return None
 
     def prune(self, *, keep: int | None = None, timeout: float | None = None) -> PruneReport:
-        """Apply retention and clean up: remove stale temp files and torn checkpoints (no
-        manifest), keep the newest ``keep`` (default: the store's) checkpoints per model id plus
-        the newest valid one, remove the rest and model files no checkpoint names any more.
-        Waits up to ``timeout`` s for writers to finish (``StoreBusy`` after)."""
+        """Apply retention, then clean up.
+
+        Retention keeps the newest ``keep`` (default: the store's) checkpoints per model id plus
+        the newest valid one, and removes the rest; it runs beside writers (it only touches
+        committed checkpoints). Cleaning removes stale temp files, torn checkpoints (no
+        manifest) and model files no checkpoint names; it needs the exclusive lock (no writer in
+        flight) and waits up to ``timeout`` s for it, else it is skipped (``cleaned`` False).
+        """
         keep = keep if keep is not None else self.keep
         if keep is not None and keep < 1:
             raise ValueError("keep must be at least 1")
         timeout = self._lock_timeout if timeout is None else timeout
-        # Decide which checkpoint is the newest valid one per model before locking out
-        # writers: verification reads data and can take a while.
-        groups: dict[str, list[Manifest]] = {}
-        for m in self.list():
-            groups.setdefault(m.model_id, []).append(m)
-        protected = {
-            g: self._newest_valid(ms)
-            for g, ms in groups.items()
-            if keep is not None and len(ms) > keep
-        }
-        with self.backend.lock(exclusive=True, timeout=timeout):
-            temp_removed = self.backend.clean_temp()
-            torn: list[str] = []
-            for name in self.backend.children(CHECKPOINTS_PREFIX):
-                if valid_id(name) and self.backend.size(manifest_key(name)) is None:
-                    self.backend.delete_prefix(checkpoint_prefix(name))
-                    torn.append(name)
-            removed: list[str] = []
-            kept: list[str] = []
-            invalid: list[str] = []
-            current: dict[str, list[Manifest]] = {}
-            for cid in self.ids():
-                try:
-                    m = self.manifest(cid)
-                except InvalidManifest:
-                    invalid.append(cid)
-                    continue
-                current.setdefault(m.model_id, []).append(m)
-            for model, ms in current.items():
-                protect = protected.get(model)
-                for i, m in enumerate(ms):
-                    if keep is None or i < keep or m.id == protect:
-                        kept.append(m.id)
-                    else:
-                        self._delete_checkpoint(m.id)
-                        removed.append(m.id)
-            # A manifest that does not parse is useless; drop it once a sound checkpoint is newer.
-            sound = sorted(
-                (m.id for ms in current.values() for m in ms if m.id not in removed),
-                reverse=True,
-            )
-            for cid in invalid:
-                newer = [s for s in sound if s > cid]
-                if any(not self._structure_problems(self.manifest(s)) for s in newer[:3]):
-                    self._delete_checkpoint(cid)
-                    removed.append(cid)
-                else:
-                    kept.append(cid)
-            referenced = {
-                m.key_of(e)
-                for ms in current.values()
-                for m in ms
-                if m.id not in removed
-                for e in m.entries(KIND_MODEL_FILE)
-            }
-            objects_removed = 0
-            for key in self.backend.list(OBJECTS_PREFIX):
-                if key not in referenced:
-                    self.backend.delete(key)
-                    objects_removed += 1
+        removed: list[str] = []
+        kept: list[str] = []
+        if keep is not None:
+            with self.backend.lock(exclusive=False, timeout=self._lock_timeout):
+                removed, kept = self._retain(keep)
+        else:
+            kept = self.ids()
         for cid in removed:
             self._known_good.discard(cid)
+        torn: list[str] = []
+        temp_removed = objects_removed = 0
+        cleaned = True
+        try:
+            with self.backend.lock(exclusive=True, timeout=timeout):
+                torn, temp_removed, objects_removed = self._clean()
+        except StoreBusy:
+            cleaned = False
+            logger.debug("cleaning of %s deferred: a writer is busy", self.backend.describe())
         if removed or torn or temp_removed or objects_removed:
             logger.info(
                 "pruned %s: removed %d checkpoints, %d torn, %d temp files, %d model files",
@@ -866,17 +840,78 @@ class CheckpointStore:
             )
         return PruneReport(
             tuple(sorted(removed, reverse=True)),
-            tuple(sorted(kept, reverse=True)),
+            tuple(sorted(set(kept) - set(torn), reverse=True)),
             tuple(torn),
             objects_removed,
             temp_removed,
+            cleaned,
         )
+
+    def _retain(self, keep: int) -> tuple[builtins.list[str], builtins.list[str]]:
+        removed: list[str] = []
+        kept: list[str] = []
+        invalid: list[str] = []
+        groups: dict[str, list[Manifest]] = {}
+        for cid in self.ids():
+            try:
+                m = self.manifest(cid)
+            except InvalidManifest:
+                invalid.append(cid)
+                continue
+            except CheckpointNotFound:
+                continue  # removed meanwhile by another pruner
+            groups.setdefault(m.model_id, []).append(m)
+        for ms in groups.values():
+            protect = self._newest_valid(ms) if len(ms) > keep else None
+            for i, m in enumerate(ms):
+                if i < keep or m.id == protect:
+                    kept.append(m.id)
+                else:
+                    self._delete_checkpoint(m.id)
+                    removed.append(m.id)
+        # A manifest that does not parse is useless; drop it once a sound checkpoint is newer.
+        sound = sorted((cid for cid in kept), reverse=True)
+        for cid in invalid:
+            newer = [s for s in sound if s > cid]
+            if any(self._is_sound(s) for s in newer[:3]):
+                self._delete_checkpoint(cid)
+                removed.append(cid)
+            else:
+                kept.append(cid)
+        return removed, kept
+
+    def _is_sound(self, cid: str) -> bool:
+        try:
+            return not self._structure_problems(self.manifest(cid))
+        except (CheckpointNotFound, InvalidManifest):
+            return False
+
+    def _clean(self) -> tuple[builtins.list[str], int, int]:
+        """Under the exclusive lock: temp files, torn checkpoints, unreferenced model files."""
+        temp_removed = self.backend.clean_temp()
+        torn: list[str] = []
+        for name in self.backend.children(CHECKPOINTS_PREFIX):
+            if valid_id(name) and self.backend.size(manifest_key(name)) is None:
+                self.backend.delete_prefix(checkpoint_prefix(name))
+                torn.append(name)
+        referenced: set[str] = set()
+        for cid in self.ids():
+            try:
+                m = self.manifest(cid)
+            except InvalidManifest:
+                continue
+            referenced.update(m.key_of(e) for e in m.entries(KIND_MODEL_FILE))
+        objects_removed = 0
+        for key in self.backend.list(OBJECTS_PREFIX):
+            if key not in referenced:
+                self.backend.delete(key)
+                self._verified_objects.discard(key)
+                objects_removed += 1
+        return torn, temp_removed, objects_removed
 
     def _auto_prune(self) -> None:
         try:
             self.prune(timeout=0)
-        except StoreBusy:
-            logger.debug("prune skipped: another process is writing; it prunes when done")
         except CheckpointError as exc:
             logger.warning("prune after snapshot failed: %s", exc)
 

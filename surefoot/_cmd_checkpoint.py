@@ -421,6 +421,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
         f"{report.objects_removed} unreferenced model files cleaned"
     ]
     lines += [f"  removed {cid}" for cid in report.removed]
+    if not report.cleaned:
+        lines.append("cleanup of temp files and torn checkpoints deferred: a writer is busy")
     _emit(args, report.to_dict(), lines)
     return EXIT_OK
 

@@ -294,7 +294,7 @@ class _Replica(BaseHTTPRequestHandler):
 def replica() -> Iterator[tuple[str, type[_Replica]]]:
     handler = type("Handler", (_Replica,), {"calls": []})
     server = HTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:
         yield f"http://127.0.0.1:{server.server_port}", handler
