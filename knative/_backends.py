@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -128,17 +129,104 @@ def resolve_embedding_dir(model: str) -> Path:
     return path
 
 
-class _BoundedLock:
-    def __init__(self, timeout: float) -> None:
+class _Job:
+    """A unit of engine work; it is either started by the engine or cancelled, never both."""
+
+    _DONE = object()
+
+    def __init__(self, fn: Callable[[], Any], stream: bool) -> None:
+        self.fn = fn
+        self.stream = stream
+        self.out: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._state = "queued"  # queued | started | cancelled
         self._lock = threading.Lock()
-        self._timeout = timeout
 
-    def __enter__(self) -> None:
-        if not self._lock.acquire(timeout=self._timeout):
-            raise EngineBusy(f"engine busy for more than {self._timeout:.0f} s")
+    def try_start(self) -> bool:
+        with self._lock:
+            if self._state == "queued":
+                self._state = "started"
+                return True
+            return False
 
-    def __exit__(self, *exc: object) -> None:
-        self._lock.release()
+    def cancel(self) -> bool:
+        """Cancel; True when the engine had not started it yet."""
+        with self._lock:
+            was_queued = self._state == "queued"
+            self._state = "cancelled"
+            return was_queued
+
+    @property
+    def cancelled(self) -> bool:
+        return self._state == "cancelled"
+
+
+class _Engine:
+    """One thread makes every call into a native engine.
+
+    llama.cpp runs its matrix work on an OpenMP team that belongs to the calling thread; calls
+    from a server's many request threads would each grow a team of their own, competing for
+    the cores. One engine thread keeps one team, serialises the non-reentrant engine, and
+    bounds the wait: work not started within ``queue_timeout`` is dropped with EngineBusy.
+    """
+
+    def __init__(self, name: str, queue_timeout: float) -> None:
+        self.queue_timeout = queue_timeout
+        self._jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if not job.try_start():
+                continue
+            job.out.put(("started", None))
+            try:
+                if job.stream:
+                    for item in job.fn():
+                        if job.cancelled:
+                            break
+                        job.out.put(("item", item))
+                    job.out.put(("done", None))
+                else:
+                    job.out.put(("done", job.fn()))
+            except BaseException as exc:  # handed to the caller's thread
+                job.out.put(("error", exc))
+
+    def _submit(self, fn: Callable[[], Any], stream: bool) -> _Job:
+        job = _Job(fn, stream)
+        self._jobs.put(job)
+        try:
+            kind, _ = job.out.get(timeout=self.queue_timeout)
+        except queue.Empty:
+            if job.cancel():
+                raise EngineBusy(
+                    f"engine busy for more than {self.queue_timeout:.0f} s"
+                ) from None
+            kind, _ = job.out.get()  # started at the last moment
+        assert kind == "started"
+        return job
+
+    def call(self, fn: Callable[[], Any]) -> Any:
+        job = self._submit(fn, stream=False)
+        kind, value = job.out.get()
+        if kind == "error":
+            raise value
+        return value
+
+    def stream(self, fn: Callable[[], Iterator[Any]]) -> Iterator[Any]:
+        job = self._submit(fn, stream=True)
+        try:
+            while True:
+                kind, value = job.out.get()
+                if kind == "item":
+                    yield value
+                elif kind == "error":
+                    raise value
+                else:
+                    return
+        finally:
+            job.cancel()  # a consumer that stops early frees the engine at the next token
 
 
 class LlamaCppBackend:
@@ -162,7 +250,7 @@ class LlamaCppBackend:
         self._n_ctx = n_ctx
         self.n_threads = n_threads or os.cpu_count() or 1
         self.n_gpu_layers = n_gpu_layers
-        self._lock = _BoundedLock(queue_timeout)
+        self._engine = _Engine(f"engine-{self.model_id}", queue_timeout)
         self._llm: Any = None
         self.model_path: Path | None = None
 
@@ -176,6 +264,10 @@ class LlamaCppBackend:
         except ImportError as exc:
             raise ModelLoadError("llama-cpp-python is not installed (make install)") from exc
         self.model_path = resolve_gguf(self.model)
+        self._engine.call(lambda: self._load(Llama))
+
+    def _load(self, Llama: Any) -> None:  # noqa: N803 - the class, passed in
+        assert self.model_path is not None
         try:
             self._llm = Llama(
                 model_path=str(self.model_path),
@@ -233,8 +325,8 @@ class LlamaCppBackend:
 
     def complete(self, prompt: str, params: SamplingParams, echo: bool = False) -> Generation:
         self._check_fits(prompt, params)
-        with self._lock:
-            out = self.llm.create_completion(prompt, echo=echo, **self._kwargs(params))
+        kwargs = self._kwargs(params)
+        out = self._engine.call(lambda: self.llm.create_completion(prompt, echo=echo, **kwargs))
         choice = out["choices"][0]
         usage = out["usage"]
         return Generation(
@@ -268,13 +360,17 @@ class LlamaCppBackend:
 
     def stream_complete(self, prompt: str, params: SamplingParams) -> Iterator[Delta]:
         n_prompt = self._check_fits(prompt, params)
-        with self._lock:
-            chunks = self.llm.create_completion(prompt, stream=True, **self._kwargs(params))
+        kwargs = self._kwargs(params)
+
+        def run() -> Iterator[Delta]:
+            chunks = self.llm.create_completion(prompt, stream=True, **kwargs)
             yield from self._with_usage(
                 (Delta(c["choices"][0].get("text") or "", c["choices"][0].get("finish_reason"))
                  for c in chunks),
                 n_prompt,
             )
+
+        return self._engine.stream(run)
 
     @staticmethod
     def _messages(messages: tuple[ChatMessage, ...]) -> list[dict[str, str]]:
@@ -292,8 +388,7 @@ class LlamaCppBackend:
             raise BackendError(str(exc)) from exc
 
     def chat(self, messages: tuple[ChatMessage, ...], params: SamplingParams) -> Generation:
-        with self._lock:
-            out = self._chat_call(messages, params, stream=False)
+        out = self._engine.call(lambda: self._chat_call(messages, params, stream=False))
         choice = out["choices"][0]
         usage = out["usage"]
         return Generation(
@@ -312,7 +407,7 @@ class LlamaCppBackend:
                 if text or finish:
                     yield Delta(text, finish)
 
-        with self._lock:
+        def run() -> Iterator[Delta]:
             chunks = self._chat_call(messages, params, stream=True)
             try:
                 yield from self._with_usage(deltas(chunks), None)
@@ -321,12 +416,13 @@ class LlamaCppBackend:
                     raise ContextOverflow("messages", f"messages: {exc}") from exc
                 raise
 
+        return self._engine.stream(run)
+
     def save_state(self) -> dict[str, bytes]:
         """The engine's runtime state (KV cache and evaluated tokens) as raw bytes."""
         import numpy as np
 
-        with self._lock:
-            state = self.llm.save_state()
+        state = self._engine.call(self.llm.save_state)
         return {
             "llama_state": bytes(state.llama_state),
             "input_ids": np.asarray(state.input_ids, dtype=np.int32).tobytes(),
@@ -347,8 +443,7 @@ class LlamaCppBackend:
             llama_state_size=len(raw),
             seed=self.llm._seed,
         )
-        with self._lock:
-            self.llm.load_state(state)
+        self._engine.call(lambda: self.llm.load_state(state))
 
 
 class SentenceTransformerBackend:
@@ -362,7 +457,7 @@ class SentenceTransformerBackend:
         )
         self.cuda = cuda
         self.dimensions = 0
-        self._lock = _BoundedLock(queue_timeout)
+        self._engine = _Engine(f"engine-{self.model_id}", queue_timeout)
         self._st: Any = None
 
     def load(self) -> None:
@@ -382,12 +477,15 @@ class SentenceTransformerBackend:
     def embed(self, inputs: tuple[str, ...]) -> tuple[list[list[float]], int]:
         if self._st is None:
             raise BackendError("embedding model not loaded")
-        with self._lock:
-            vectors = self._st.encode(
-                list(inputs), convert_to_numpy=True, normalize_embeddings=True
-            )
-            tokens = sum(len(ids) for ids in self._st.tokenizer(list(inputs))["input_ids"])
-        return vectors.tolist(), tokens
+        st = self._st
+
+        def run() -> tuple[list[list[float]], int]:
+            vectors = st.encode(list(inputs), convert_to_numpy=True, normalize_embeddings=True)
+            tokens = sum(len(ids) for ids in st.tokenizer(list(inputs))["input_ids"])
+            return vectors.tolist(), tokens
+
+        result: tuple[list[list[float]], int] = self._engine.call(run)
+        return result
 
 
 def timed_load(backend: GenerationBackend | EmbeddingBackend) -> float:
