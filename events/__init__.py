@@ -7,7 +7,6 @@ from events._broker import (
     Broker,
     BrokerServer,
     BrokerSettings,
-    HttpServer,
     Trigger,
     check_filters,
     create_broker_app,
@@ -79,6 +78,7 @@ from events._codec import (
 from events._delivery import (
     DeliveryResult,
     FileDeadLetter,
+    Publisher,
     RetryPolicy,
     Sender,
     SenderSettings,
@@ -103,6 +103,24 @@ from events._errors import (
     TemporaryError,
     UnsupportedContentTypeError,
 )
+from events._gpu import (
+    CHECK_FAILED,
+    CHECK_NO_DRIVER,
+    CHECK_OK,
+    GpuEventStream,
+    GpuHealthSource,
+    GpuSourceService,
+    GpuSourceSettings,
+    check,
+    create_health_app,
+    ecc_event,
+    healthy_event,
+    lost_event,
+    thermal_event,
+    xid_event,
+)
+from events._http import HttpServer
+from events._kmsg import KernelXid, kernel_log_source, parse_xid_line
 from events._knative import KnativeMapper, is_knative, map_knative
 from events._lifecycle import (
     NodeState,
@@ -112,6 +130,19 @@ from events._lifecycle import (
     node_state,
     pod_state,
 )
+from events._nvml import NvmlProbe
+from events._probe import (
+    CLOCK_REASONS,
+    THERMAL_REASONS,
+    GpuInfo,
+    GpuProbe,
+    GpuReading,
+    ProbeEvent,
+    Watchdog,
+    decode_clock_reasons,
+    pci_key,
+)
+from events._probe_fake import FakeProbe
 from events._receiver import (
     ReceiverSettings,
     create_app,
@@ -122,6 +153,12 @@ from events._receiver import (
 from events._xid import XID_TABLE, XidVerdict, classify, rule_for
 
 __all__ = [
+    "CHECK_FAILED", "CHECK_NO_DRIVER", "CHECK_OK", "CLOCK_REASONS", "THERMAL_REASONS",
+    "FakeProbe", "GpuEventStream", "GpuHealthSource", "GpuInfo", "GpuProbe", "GpuReading",
+    "GpuSourceService", "GpuSourceSettings", "KernelXid", "NvmlProbe", "ProbeEvent",
+    "Publisher", "Watchdog", "check", "create_health_app", "decode_clock_reasons",
+    "ecc_event", "healthy_event", "kernel_log_source", "lost_event", "parse_xid_line",
+    "pci_key", "thermal_event", "xid_event",
     "BREAKER_SCOPES", "CATALOG", "CRITICAL", "DETECTOR_INJECT", "DETECTOR_KERNEL_LOG",
     "DETECTOR_NVML", "FATAL", "INFO", "KNATIVE_PING", "PREFIX", "SEVERITIES", "WARNING",
     "XID_TABLE",

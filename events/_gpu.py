@@ -619,3 +619,60 @@ def check(probe: GpuProbe) -> tuple[int, list[str]]:
     finally:
         probe.close()
     return code, lines
+
+
+class GpuSourceService:
+    """The GPU source and its health endpoint, running in background threads.
+
+    ``surefoot source gpu`` and ``surefoot up`` both use it: ``start()`` binds the health port
+    (OSError when taken) and starts the loops; ``stop()`` ends them and closes the probe.
+    """
+
+    def __init__(
+        self,
+        settings: GpuSourceSettings,
+        *,
+        emit: Emit,
+        probe: GpuProbe | None = None,
+        kernel_lines: Callable[[threading.Event], Iterable[str]] | None = None,
+    ) -> None:
+        if probe is None:
+            from events._nvml import NvmlProbe
+
+            probe = NvmlProbe(deadline_s=settings.nvml_deadline_s)
+        self.source = GpuHealthSource(settings, probe, emit, kernel_lines=kernel_lines)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._http: Any = None
+
+    @property
+    def health_url(self) -> str:
+        return str(self._http.url) if self._http is not None else ""
+
+    def start(self) -> GpuSourceService:
+        from events._http import HttpServer
+
+        s = self.source.settings
+        self._http = HttpServer(create_health_app(self.source), s.health_host,
+                                s.health_port).start()
+        self.source.start()
+        self._thread = threading.Thread(target=self.source.run, args=(self._stop,),
+                                        name="gpu-source", daemon=True)
+        self._thread.start()
+        return self
+
+    def wait(self, timeout: float | None = None) -> None:
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.wait(timeout=10)
+        if self._http is not None:
+            self._http.stop()
+
+    def __enter__(self) -> GpuSourceService:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -7,6 +7,7 @@ does that without a separate process.
 
 from __future__ import annotations
 
+import socket
 import threading
 
 from flask import Flask
@@ -25,13 +26,24 @@ class HttpServer:
     """A real WSGI server (werkzeug, threaded, HTTP/1.1 keep-alive) running in a thread."""
 
     def __init__(self, app: Flask, host: str = "127.0.0.1", port: int = 0) -> None:
-        self._server: BaseWSGIServer = make_server(host, port, app, threaded=True,
-                                                   request_handler=_QuietHandler)
+        # Bind here: werkzeug exits the process when its own bind fails. OSError means the
+        # address is taken (or not ours); the caller reports it.
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+            sock.listen(128)
+            self._server: BaseWSGIServer = make_server(host, port, app, threaded=True,
+                                                       request_handler=_QuietHandler,
+                                                       fd=sock.fileno())
+        finally:
+            sock.close()  # werkzeug works on its own duplicate of the descriptor
         self._thread = threading.Thread(target=self._server.serve_forever,
                                         kwargs={"poll_interval": 0.1},
                                         name="http-server", daemon=True)
         self.host = host
-        self.port = int(self._server.server_port)
+        self.port = int(self._server.server_address[1])
 
     @property
     def url(self) -> str:

@@ -16,9 +16,10 @@ import logging
 import os
 import re
 import select
+import shutil
 import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TextIO
 
@@ -156,3 +157,27 @@ def follow(stop: threading.Event, source: str) -> Iterator[str]:
     if source.startswith("/dev/"):
         return follow_kmsg(stop, source)
     return follow_file(stop, source)
+
+
+LineSource = Callable[[threading.Event], Iterator[str]]
+
+
+def kernel_log_source(spec: str | None) -> LineSource | None:
+    """A line source for ``spec``: "off"/None, "auto" (/dev/kmsg if readable, else the journal
+    if journalctl exists, else off), "/dev/kmsg", "journal", or a file path."""
+    if spec in (None, "", "off"):
+        return None
+    chosen = spec
+    if spec == "auto":
+        if os.access("/dev/kmsg", os.R_OK):
+            chosen = "/dev/kmsg"
+        elif shutil.which("journalctl"):
+            chosen = "journal"
+        else:
+            return None
+    assert chosen is not None
+
+    def lines(stop: threading.Event) -> Iterator[str]:
+        return follow(stop, chosen)
+
+    return lines
