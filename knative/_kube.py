@@ -16,6 +16,8 @@ Choices that follow from how Knative and Kubernetes behave:
   ``autoscaling.knative.dev/{min,max}-scale`` annotations on the Revision *and* on its
   PodAutoscaler (same name), which is what the autoscaler reads; the revision controller copies
   annotations into the PodAutoscaler only when it creates it.
+- A Knative Service owned by a KServe InferenceService is left alone: KServe reconciles its
+  traffic back, so ``set_traffic`` refuses it (KServe is steered by ``canaryTrafficPercent``).
 - Eviction goes through ``policy/v1`` Eviction so PodDisruptionBudgets hold; 429 is "not now"
   and is retried with exponential backoff until the drain timeout; 500 for a pod under several
   budgets cannot succeed and is reported as a permanent error.
@@ -325,6 +327,14 @@ class KnativePlatform:
                 errors.append("traffic: every target needs a revision")
         if errors:
             raise PermanentPlatformError("; ".join(errors))
+        owners = (self._ksvc(service).get("metadata") or {}).get("ownerReferences") or []
+        kserve = next((o for o in owners if str(o.get("apiVersion", "")).startswith("serving.kserve.io/")), None)
+        if kserve is not None:
+            raise PermanentPlatformError(
+                f"set traffic of Knative Service {self.namespace}/{service}: it is managed by KServe "
+                f"{kserve.get('kind')} {kserve.get('name')!r}, which reverts direct traffic patches; "
+                "steer it through the InferenceService's canaryTrafficPercent instead"
+            )
         entries = []
         for t in targets:
             entry: dict[str, Any] = (

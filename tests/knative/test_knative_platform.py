@@ -158,6 +158,19 @@ def test_set_traffic_rejects_bad_splits_before_sending(
     assert kube.requests_to(KSVC_PATH, "PATCH") == []
 
 
+def test_set_traffic_refuses_a_kserve_managed_service(platform: KnativePlatform, kube: FakeKubeServer) -> None:
+    kube.add_revision("llm-v1", service="llm")
+    svc = _ksvc()
+    svc["metadata"]["ownerReferences"] = [
+        {"apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService", "name": "llm",
+         "uid": "u-1", "controller": True}
+    ]
+    kube.create(svc)
+    with pytest.raises(PermanentPlatformError, match="canaryTrafficPercent"):
+        platform.set_traffic("llm", [Target("llm-v1", 100)])
+    assert kube.requests_to(KSVC_PATH, "PATCH") == []
+
+
 def test_set_traffic_to_missing_service_is_not_found(platform: KnativePlatform) -> None:
     with pytest.raises(NotFound, match="llm"):
         platform.set_traffic("llm", [Target("llm-v1", 100)])
