@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -52,7 +53,11 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("words", nargs="*", metavar="[set NAME=PERCENT ...]")
     p.add_argument("--platform", choices=["knative"], default="knative")
-    p.add_argument("--service", help="inference Knative Service (default: surefoot-llm)")
+    p.add_argument("-f", "--file", help=f"config file naming namespace and service (default: ./{DEFAULT_CONFIG} if present)")
+    p.add_argument(
+        "--service",
+        help="inference Knative Service (default: $SUREFOOT_SERVICE, else <name>-llm of the config)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _kube_flags(p)
     p.set_defaults(func=run_traffic)
@@ -68,7 +73,7 @@ def _kube_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG or ~/.kube/config)")
     p.add_argument("--context", help="kubeconfig context")
     if not any(a.dest == "namespace" for a in p._actions):
-        p.add_argument("--namespace", help="namespace (default: the context's, or SUREFOOT_NAMESPACE)")
+        p.add_argument("--namespace", help="namespace (default: $SUREFOOT_NAMESPACE, else the config's)")
 
 
 def _load(args: argparse.Namespace) -> Any:
@@ -179,7 +184,17 @@ def run_traffic(args: argparse.Namespace) -> int:
     if words == ["set"]:
         raise CliError("traffic set: give at least one NAME=PERCENT, e.g. primary=0 fallback=100")
     wanted = _parse_assignments(words[1:]) if words else None
-    settings = _settings(args)
+    config = _load(argparse.Namespace(file=args.file, shape=None, namespace=None))
+    env = os.environ
+    settings = _settings(
+        argparse.Namespace(
+            kubeconfig=args.kubeconfig,
+            context=args.context,
+            namespace=None,
+            service=args.service or env.get("SUREFOOT_SERVICE") or config.llm,
+        ),
+        namespace=args.namespace or env.get("SUREFOOT_NAMESPACE") or config.namespace,
+    )
     api, namespace = _api(settings)
     platform = KnativePlatform(api, namespace, request_timeout=settings.request_timeout)
     try:

@@ -237,6 +237,17 @@ def test_traffic_bad_input_exits_2(
     assert after == before
 
 
+def test_traffic_defaults_to_the_configs_namespace_and_service(
+    deployed: FakeKubeServer, kubeconfig: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    code, out, err = _run(capsys, "traffic", "--kubeconfig", kubeconfig)
+    assert code == 0, err
+    assert "service surefoot/surefoot-llm" in out
+    (tmp_path / "surefoot.yaml").write_text("model: m\nnamespace: elsewhere\n")
+    code, _, err = _run(capsys, "traffic", "--kubeconfig", kubeconfig)
+    assert code == 1 and "elsewhere/surefoot-llm" in err
+
+
 def test_traffic_on_missing_service_exits_1(kube: FakeKubeServer, kubeconfig: str, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = _run(capsys, "traffic", "--kubeconfig", kubeconfig, "--service", "ghost")
     assert code == 1 and "ghost" in err and "404" in err
