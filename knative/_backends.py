@@ -419,30 +419,44 @@ class LlamaCppBackend:
         return self._engine.stream(run)
 
     def save_state(self) -> dict[str, bytes]:
-        """The engine's runtime state (KV cache and evaluated tokens) as raw bytes."""
+        """The engine's runtime state as raw bytes: llama.cpp's state (KV cache), the evaluated
+        tokens, and the logits of the last one (all a continuation needs)."""
         import numpy as np
 
-        state = self._engine.call(self.llm.save_state)
-        return {
-            "llama_state": bytes(state.llama_state),
-            "input_ids": np.asarray(state.input_ids, dtype=np.int32).tobytes(),
-        }
+        def grab() -> dict[str, bytes]:
+            state = self.llm.save_state()
+            n = int(state.n_tokens)
+            last = (np.asarray(state.scores[n - 1], dtype=np.float32) if n
+                    else np.zeros(0, dtype=np.float32))
+            return {
+                "llama_state": bytes(state.llama_state),
+                "input_ids": np.asarray(state.input_ids[:n], dtype=np.int32).tobytes(),
+                "last_logits": last.tobytes(),
+            }
+
+        blobs: dict[str, bytes] = self._engine.call(grab)
+        return blobs
 
     def load_state(self, blobs: dict[str, bytes]) -> None:
+        """Put back a state from :meth:`save_state` (same model, same context size)."""
         import numpy as np
         from llama_cpp import LlamaState
 
-        ids = np.frombuffer(blobs["input_ids"], dtype=np.int32).astype(np.intc)
-        raw = blobs["llama_state"]
+        try:
+            ids = np.frombuffer(blobs["input_ids"], dtype=np.int32).astype(np.intc)
+            last = np.frombuffer(blobs["last_logits"], dtype=np.float32)
+            raw = blobs["llama_state"]
+        except KeyError as exc:
+            raise BackendError(f"engine state lacks {exc}") from exc
+        n = len(ids)
         n_vocab = self.llm.n_vocab()
-        state = LlamaState(
-            input_ids=ids,
-            scores=np.zeros((len(ids), n_vocab), dtype=np.single)[:0],
-            n_tokens=len(ids),
-            llama_state=raw,
-            llama_state_size=len(raw),
-            seed=self.llm._seed,
-        )
+        if n > self._n_ctx or (n and last.shape != (n_vocab,)):
+            raise BackendError("engine state does not match this model and context size")
+        scores = np.zeros((n, n_vocab), dtype=np.single)
+        if n:
+            scores[n - 1] = last
+        state = LlamaState(input_ids=ids, scores=scores, n_tokens=n, llama_state=raw,
+                           llama_state_size=len(raw), seed=self.llm._seed)
         self._engine.call(lambda: self.llm.load_state(state))
 
 

@@ -244,9 +244,14 @@ def build_backends(
     return gen, emb
 
 
-def load_models(runtime: Runtime) -> None:
-    """Load every model of the runtime, recording phases and load seconds."""
+def load_models(runtime: Runtime, before: Callable[[], object] | None = None,
+                after: Callable[[], object] | None = None) -> None:
+    """Load every model of the runtime, recording phases and load seconds; ``before`` runs
+    first (restore a checkpoint), ``after`` once the models are in (put engine state back).
+    Readiness turns true only when all of it is done."""
     try:
+        if before is not None:
+            before()
         for backend in (runtime.generation, runtime.embedding):
             if backend is None:
                 continue
@@ -256,6 +261,8 @@ def load_models(runtime: Runtime) -> None:
             runtime.metrics.load_seconds.labels(backend.model_id).set(seconds)
             log.info("model %s loaded in %.2f s", backend.model_id, seconds)
         runtime.phases["model_loaded"] = time.time()
+        if after is not None:
+            after()
         runtime.loaded.set()
         runtime.metrics.ready.set(1)
     except ModelLoadError as exc:

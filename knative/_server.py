@@ -16,13 +16,16 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from flask import Flask
 from gunicorn.app.base import BaseApplication
 
+from checkpoint_store import CheckpointSettings, open_store
 from knative._backends import ModelLoadError
 from knative._replica import Runtime, create_app, load_models, runtime_of
+from knative._replica_checkpoint import attach as attach_checkpoints
 from knative._serve_settings import ServeSettings
 
 log = logging.getLogger(__name__)
@@ -65,6 +68,11 @@ class _ReplicaServer(BaseApplication):  # type: ignore[misc]
         app = create_app(self.settings)
         rt = runtime_of(app)
         rt.phases["process_started"] = self.started
+        self.checkpoints = None
+        if self.settings.checkpoint_dir:
+            store = open_store(CheckpointSettings(
+                directory=Path(self.settings.checkpoint_dir), keep=self.settings.checkpoint_keep))
+            self.checkpoints = attach_checkpoints(app, rt, store)
         if self.on_app:
             self.on_app(app, rt)
         self._app = app
@@ -85,9 +93,15 @@ class _ReplicaServer(BaseApplication):  # type: ignore[misc]
 
         signal.signal(signal.SIGTERM, on_term)
 
+        cps = self.checkpoints
+
         def loader() -> None:
             try:
-                load_models(rt)
+                if cps is None:
+                    load_models(rt)
+                else:
+                    load_models(rt, cps.restore_before_load, cps.restore_after_load)
+                    cps.start_timer(self.settings.checkpoint_interval)
             except ModelLoadError:
                 # A replica without its model can never become ready: exit so the supervisor
                 # (or the kubelet) sees a crash, with gunicorn's "do not respawn" code.
