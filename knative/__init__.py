@@ -32,6 +32,7 @@ from knative._breaker import (
     revision_key,
 )
 from knative._breaker_events import CloudEventSink
+from knative._deploy import ApplyResult, apply_objects, format_knative_status, knative_status
 from knative._gateway import Gateway, GatewaySettings, GatewaySettingsError, gateway_of
 from knative._gateway import create_app as create_gateway_app
 from knative._kube import KnativePlatform, KubeSettings, KubeSettingsError
@@ -51,6 +52,7 @@ from knative._platform import (
     validate_traffic,
 )
 from knative._redis import EmbeddedRedis, RedisStartError
+from knative._render import RenderConfig, RenderConfigError, load_config, render
 from knative._replica import Runtime, Unavailable, create_app, load_models, runtime_of
 from knative._routing import (
     Endpoint,
@@ -65,9 +67,17 @@ from knative._routing import (
 from knative._serve_settings import ServeSettings, SettingsError
 
 __all__ = [
+    "ApplyResult",
     "KnativePlatform",
     "KubeSettings",
     "KubeSettingsError",
+    "RenderConfig",
+    "RenderConfigError",
+    "apply_objects",
+    "format_knative_status",
+    "knative_status",
+    "load_config",
+    "render",
     "BackendError",
     "ContextOverflow",
     "EmbeddingBackend",

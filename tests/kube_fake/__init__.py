@@ -18,6 +18,7 @@ Usage::
         kube.add_revision("llm-v1", service="llm")   # Revision + its PodAutoscaler
         kube.fail_next("/api/v1/nodes", 500, times=2)  # inject faults by path prefix
         kube.compact()                           # older watches now get 410 Gone
+        FakeKubeServer(time_scale=0.05)          # watch timeoutSeconds pass 20x faster
         kube.end_watches()                       # close open watch streams
         kube.get("services.serving.knative.dev", "llm")   # read an object back
         kube.requests_to("/api/v1/namespaces/default/pods", "POST")  # what clients sent

@@ -56,8 +56,12 @@ class _Fault:
 class FakeKubeServer:
     """A Kubernetes API server on 127.0.0.1 for tests. See the package docstring."""
 
-    def __init__(self, history: int = 1000) -> None:
+    def __init__(self, history: int = 1000, time_scale: float = 1.0) -> None:
+        """``history``: watch events kept for resuming (older versions get 410 Gone).
+        ``time_scale``: multiplies every watch's ``timeoutSeconds``, so a test can see a
+        1-second watch time out in 50 ms (``time_scale=0.05``) instead of waiting."""
         self.state = State(history=history)
+        self.time_scale = time_scale
         self._faults: list[_Fault] = []
         self._lock = threading.Lock()
         self.requests: list[RequestRecord] = []
@@ -343,6 +347,11 @@ class FakeKubeServer:
         """Close every open watch stream cleanly (as an API server restart would)."""
         self.state.end_watches()
 
+    def open_connections(self) -> int:
+        """Client connections open now (a watch in progress holds one)."""
+        with self._lock:
+            return len(self._sockets)
+
     @property
     def resource_version(self) -> str:
         return str(self.state.rv)
@@ -567,7 +576,7 @@ def _make_handler(server: FakeKubeServer) -> type[BaseHTTPRequestHandler]:
             self.send_header("Content-Type", "application/json")
             self.send_header("Transfer-Encoding", "chunked")
             self.end_headers()
-            deadline = time.monotonic() + seconds
+            deadline = time.monotonic() + seconds * server.time_scale
             try:
                 if gone:
                     self._send_gone(last)
