@@ -587,6 +587,8 @@ def _knative_set(c: RenderConfig) -> list[tuple[str, list[dict[str, Any]]]]:
     flags = {"kubernetes.podspec-affinity": "enabled", "kubernetes.podspec-fieldref": "enabled"}
     if c.gpus or c.fallback_gpus:
         flags["kubernetes.podspec-tolerations"] = "enabled"
+    if c.checkpoint_volume == "emptydir":
+        flags["kubernetes.podspec-volumes-emptydir"] = "enabled"  # on by default upstream, not everywhere
     if c.checkpoint_volume == "pvc":
         flags["kubernetes.podspec-persistent-volume-claim"] = "enabled"
         flags["kubernetes.podspec-persistent-volume-write"] = "enabled"

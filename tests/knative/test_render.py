@@ -165,6 +165,7 @@ def test_config_features_enable_what_the_pod_specs_use() -> None:
     assert flags["kubernetes.podspec-affinity"] == "enabled"
     assert flags["kubernetes.podspec-fieldref"] == "enabled"
     assert flags["kubernetes.podspec-tolerations"] == "enabled"
+    assert flags["kubernetes.podspec-volumes-emptydir"] == "enabled"
     assert "kubernetes.podspec-persistent-volume-claim" not in flags
     flags = _find(_objects(gpus=0, checkpoint_volume="pvc"), "ConfigMap", "config-features")["data"]
     assert "kubernetes.podspec-tolerations" not in flags
