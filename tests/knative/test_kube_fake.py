@@ -517,3 +517,24 @@ def test_stop_closes_open_watches(kube: FakeKubeServer) -> None:
     kube.stop()
     t.join(5)
     assert not t.is_alive()
+
+
+def test_status_hooks_are_seen_by_watchers(v1: client.CoreV1Api, kube: FakeKubeServer) -> None:
+    kube.add_pod("a")
+    rv = kube.resource_version
+    kube.set_pod_status("a", {"containerStatuses": [
+        {"name": "main", "restartCount": 2, "lastState": {"terminated": {"reason": "OOMKilled", "exitCode": 137}}}
+    ]})
+    kube.add_node("n1")
+    kube.patch_object("nodes", "n1", {"metadata": {"labels": {"x": "y"}}}, None)
+    pod = v1.read_namespaced_pod("a", "default")
+    assert pod.status.container_statuses[0].last_state.terminated.reason == "OOMKilled"
+    assert pod.status.phase == "Running"  # merged, not replaced
+    assert v1.read_node("n1").metadata.labels["x"] == "y"
+    events: list[tuple[str, str]] = []
+    errors: list[Exception] = []
+    t = _collect(watch.Watch().stream(v1.list_namespaced_pod, "default", resource_version=rv, timeout_seconds=30), events, errors)
+    _wait_for(lambda: events == [("MODIFIED", "a")])
+    kube.end_watches()
+    t.join(5)
+    assert not errors

@@ -14,6 +14,8 @@ Usage::
         kube.add_node("gpu-1", labels={"nvidia.com/gpu.present": "true"})
         kube.add_pod("llm-abc", node="gpu-1", labels={"app": "llm"}, ready=True)
         kube.set_pod_ready("llm-abc", False)
+        kube.set_pod_status("llm-abc", {"containerStatuses": [...]})  # e.g. OOMKilled
+        kube.patch_object("nodes", "gpu-1", {"spec": {"taints": []}}, None)  # any kind
         kube.delete_pod("llm-abc")               # watchers see DELETED
         kube.add_revision("llm-v1", service="llm")   # Revision + its PodAutoscaler
         kube.fail_next("/api/v1/nodes", 500, times=2)  # inject faults by path prefix

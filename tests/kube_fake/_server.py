@@ -303,6 +303,23 @@ class FakeKubeServer:
         pod.setdefault("status", {})["phase"] = phase
         return self.state.put_direct(resource_named("pods"), pod)
 
+    def set_pod_status(self, name: str, status: dict[str, Any], namespace: str = "default") -> dict[str, Any]:
+        """Merge ``status`` into the pod's status as the kubelet would report it, e.g.
+        ``{"containerStatuses": [{"name": "main", "restartCount": 3, "lastState":
+        {"terminated": {"reason": "OOMKilled", "exitCode": 137}}}]}``."""
+        return self.patch_object("pods", name, {"status": status}, namespace)
+
+    def patch_object(
+        self, resource: str, name: str, patch: dict[str, Any], namespace: str | None = "default"
+    ) -> dict[str, Any]:
+        """JSON-merge-patch any object as a controller would (no validation, status included);
+        watchers see MODIFIED."""
+        from tests.kube_fake._patch import merge_patch
+
+        res = resource_named(resource)
+        obj = self.state.get(res, namespace, name)
+        return self.state.put_direct(res, merge_patch(obj, patch))
+
     def delete_pod(self, name: str, namespace: str = "default") -> dict[str, Any]:
         return self.state.delete(resource_named("pods"), namespace, name)
 
