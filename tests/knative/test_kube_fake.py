@@ -523,7 +523,8 @@ def test_status_hooks_are_seen_by_watchers(v1: client.CoreV1Api, kube: FakeKubeS
     kube.add_pod("a")
     rv = kube.resource_version
     kube.set_pod_status("a", {"containerStatuses": [
-        {"name": "main", "restartCount": 2, "lastState": {"terminated": {"reason": "OOMKilled", "exitCode": 137}}}
+        {"name": "main", "image": "example/main:1", "imageID": "sha256:0", "ready": False, "restartCount": 2,
+         "lastState": {"terminated": {"reason": "OOMKilled", "exitCode": 137}}}
     ]})
     kube.add_node("n1")
     kube.patch_object("nodes", "n1", {"metadata": {"labels": {"x": "y"}}}, None)

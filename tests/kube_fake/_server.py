@@ -305,8 +305,9 @@ class FakeKubeServer:
 
     def set_pod_status(self, name: str, status: dict[str, Any], namespace: str = "default") -> dict[str, Any]:
         """Merge ``status`` into the pod's status as the kubelet would report it, e.g.
-        ``{"containerStatuses": [{"name": "main", "restartCount": 3, "lastState":
-        {"terminated": {"reason": "OOMKilled", "exitCode": 137}}}]}``."""
+        ``{"containerStatuses": [{"name": "main", "image": "x", "imageID": "x", "ready": False,
+        "restartCount": 3, "lastState": {"terminated": {"reason": "OOMKilled", "exitCode": 137}}}]}``
+        (the official client's models insist on name, image, imageID, ready and restartCount)."""
         return self.patch_object("pods", name, {"status": status}, namespace)
 
     def patch_object(
