@@ -49,7 +49,8 @@ from knative._breaker import (
     revision_key,
 )
 from knative._routing import Endpoint, Resolver, Route, RoutingTable
-from knative._upstream import Lease, PoolExhausted, UpstreamPool
+from knative._upstream import Lease, PoolExhausted, UpstreamError, UpstreamPool
+from knative._upstream import Response as UpstreamResponse
 
 log = logging.getLogger(__name__)
 
@@ -548,31 +549,31 @@ class Gateway:
             try:
                 resp = self._send(lease, req, try_deadline)
                 status = resp.status
-                ctype = resp.getheader("content-type") or ""
+                ctype = resp.header("content-type") or ""
                 if status in (502, 503):
-                    retry_after = resp.getheader("retry-after")
-                    _read_all(lease, resp, try_deadline)
-                    keep = not resp.will_close
+                    retry_after = resp.header("retry-after")
+                    resp.read_all(try_deadline)
+                    keep = resp.reusable
                     self._record(permits, False, time.monotonic() - t0)
                     return _Failure(status, "upstream_unavailable",
                                     f"{route.revision} replica {ep.replica} answered {status}",
                                     retryable=True, retry_after=retry_after)
                 headers = _response_headers(resp, route.revision, ep.replica)
                 if 200 <= status < 300 and ctype.startswith("text/event-stream"):
-                    first, tail = _read_first_events(lease, resp, try_deadline)
+                    first, tail = _read_first_events(resp, try_deadline)
                     streaming = True
                     return _Stream(self, lease, resp, first, tail, permits, req, url,
                                    time.monotonic() - t0, time.monotonic() - req.rev_t0,
                                    headers)
-                body = _read_all(lease, resp, try_deadline)
-                keep = not resp.will_close
+                body = resp.read_all(try_deadline)
+                keep = resp.reusable
             except TimeoutError:
                 self._record(permits, False, time.monotonic() - t0)
                 return _Failure(504, "upstream_timeout",
                                 f"{route.revision} replica {ep.replica} did not answer within "
                                 f"{min(s.try_timeout, s.deadline)} s",
                                 retryable=s.retry_on_timeout)
-            except (OSError, http.client.HTTPException, ValueError) as exc:
+            except (OSError, UpstreamError, ValueError) as exc:
                 self._record(permits, False, time.monotonic() - t0)
                 return _Failure(502, "upstream_connection_error",
                                 f"{route.revision} replica {ep.replica}: {type(exc).__name__} "
@@ -587,9 +588,7 @@ class Gateway:
                 with self._lock:
                     self._inflight[url] -= 1
 
-    def _send(
-        self, lease: Lease, req: _Request, try_deadline: float
-    ) -> http.client.HTTPResponse:
+    def _send(self, lease: Lease, req: _Request, try_deadline: float) -> UpstreamResponse:
         """Send the request and read the response head. A reused keep-alive connection that
         turns out closed (the replica closed it while idle) is replaced by a fresh one once,
         in the same pool slot."""
@@ -600,11 +599,8 @@ class Gateway:
                 if remaining <= 0:
                     raise TimeoutError("per-try timeout")
                 if conn.sock is None:
-                    conn.timeout = min(self.settings.connect_timeout, remaining)
-                    conn.connect()
-                conn.sock.settimeout(remaining)
-                conn.request(req.method, req.path, req.body or None, req.headers)
-                return conn.getresponse()
+                    conn.connect(min(self.settings.connect_timeout, remaining))
+                return conn.request(req.method, req.path, req.headers, req.body, remaining)
             except TimeoutError:
                 raise
             except ConnectionError:  # reset, refused, broken pipe, closed before the status line
@@ -620,7 +616,7 @@ class _Stream:
     """A streamed answer passed through event by event; the WSGI server calls ``close``."""
 
     def __init__(
-        self, gw: Gateway, lease: Lease, resp: http.client.HTTPResponse, first: bytes,
+        self, gw: Gateway, lease: Lease, resp: UpstreamResponse, first: bytes,
         tail: bytes, permits: list[Permit], req: _Request, url: str, ttfb: float,
         rev_ttfb: float, headers: list[tuple[str, str]],
     ) -> None:
@@ -653,10 +649,7 @@ class _Stream:
                                 "deadline")
                 return
             try:
-                sock = self.lease.conn.sock
-                if sock is not None:
-                    sock.settimeout(min(idle, remaining))
-                data = resp.read1(65536)
+                data = resp.read_some(min(idle, remaining))
             except TimeoutError:
                 self._finish(False, False)
                 if remaining < idle:
@@ -669,7 +662,7 @@ class _Stream:
                     yield sse_error(504, "upstream_timeout",
                                     f"the upstream sent nothing for {idle:.1f} s")
                 return
-            except (OSError, http.client.HTTPException, ValueError):
+            except (OSError, UpstreamError, ValueError):
                 self._finish(False, False)
                 gw.metrics.inc("stream_broken")
                 yield sse_error(502, "upstream_connection_error",
@@ -677,7 +670,7 @@ class _Stream:
                 return
             if not data:
                 tail, self.tail = self.tail, b""
-                self._finish(True, not resp.will_close)
+                self._finish(True, resp.reusable)
                 if tail:
                     yield tail
                 return
@@ -729,30 +722,7 @@ def _read_body(environ: dict[str, Any], limit: int) -> bytes:
     return bytes(data)
 
 
-def _read_all(lease: Lease, resp: http.client.HTTPResponse, deadline: float) -> bytes:
-    parts: list[bytes] = []
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError("per-try timeout while reading the body")
-        sock = lease.conn.sock
-        if sock is not None:
-            sock.settimeout(remaining)
-        chunk = resp.read1(65536)
-        if not chunk:
-            if resp.length not in (None, 0):
-                raise http.client.IncompleteRead(b"".join(parts), resp.length)
-            resp.close()  # the connection is free for the next request
-            return b"".join(parts)
-        parts.append(chunk)
-        if resp.length == 0:
-            resp.close()
-            return b"".join(parts)
-
-
-def _read_first_events(
-    lease: Lease, resp: http.client.HTTPResponse, deadline: float
-) -> tuple[bytes, bytes]:
+def _read_first_events(resp: UpstreamResponse, deadline: float) -> tuple[bytes, bytes]:
     """Read up to the end of the first complete SSE event: a stream that dies before it can
     still be retried (no byte has gone to the client)."""
     buf = b""
@@ -760,10 +730,7 @@ def _read_first_events(
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise TimeoutError("per-try timeout before the first event")
-        sock = lease.conn.sock
-        if sock is not None:
-            sock.settimeout(remaining)
-        chunk = resp.read1(65536)
+        chunk = resp.read_some(remaining)
         if not chunk:
             return buf, b""
         buf += chunk
@@ -775,9 +742,9 @@ def _read_first_events(
 
 
 def _response_headers(
-    resp: http.client.HTTPResponse, revision: str, replica: str
+    resp: UpstreamResponse, revision: str, replica: str
 ) -> list[tuple[str, str]]:
-    out = [(k, v) for k, v in resp.getheaders() if k.lower() not in _HOP]
+    out = [(k, v) for k, v in resp.headers if k.lower() not in _HOP]
     out.append(("X-Surefoot-Revision", revision))
     out.append(("X-Surefoot-Replica", replica))
     return out

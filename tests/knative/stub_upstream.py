@@ -6,7 +6,8 @@ This is a small HTTP/1.1 server on asyncio (keep-alive, Content-Length bodies), 
 background thread (:class:`StubUpstream`) or as its own process (``python -m
 tests.knative.stub_upstream --port N``, for benchmarks that must not share a GIL with it).
 
-Behaviour is the ``mode`` attribute (or the ``x-stub-mode`` request header):
+Behaviour is the ``mode`` attribute (or the ``x-stub-mode`` request header); ``delay`` (or the
+``x-stub-delay-ms`` header) holds every answer back that long, like a model's service time:
 
 - ``ok``: the OpenAI-shaped answer; ``stream: true`` in the body gives SSE events + ``[DONE]``
 - ``hang``: read the request, never answer
@@ -155,6 +156,8 @@ class StubUpstream:
         if self.record_bodies:
             self.bodies.append(body)
         mode = headers.get("x-stub-mode") or self.mode
+        hdr_delay = headers.get("x-stub-delay-ms")
+        delay = float(hdr_delay) / 1000.0 if hdr_delay else self.delay
         t = proto.transport
         assert t is not None
         self._protos.add(proto)
@@ -168,31 +171,31 @@ class StubUpstream:
             payload = json.dumps({"error": {"message": f"stub says {status}", "code": status,
                                             "type": "stub"}}).encode()
             extra = "Retry-After: 1\r\n" if status == 503 else ""
-            self._later(t, _response(status, payload, extra))
+            self._later(t, _response(status, payload, extra), delay)
             return
         if path == "/v1/models":
             payload = json.dumps({"object": "list", "data": [{"id": self.name,
                                                                "object": "model"}]}).encode()
-            self._later(t, _response(200, payload))
+            self._later(t, _response(200, payload), delay)
             return
         stream = b'"stream": true' in body or b'"stream":true' in body
         if stream:
-            self._stream(t, mode)
+            self._stream(t, mode, delay)
             return
         payload = json.dumps({
             "id": "cmpl-stub", "object": "text_completion", "model": self.name,
             "choices": [{"index": 0, "text": f"hello from {self.name}", "finish_reason": "stop"}],
             "usage": {"prompt_tokens": 1, "completion_tokens": 3, "total_tokens": 4},
         }).encode()
-        self._later(t, _response(200, payload, f"X-Stub: {self.name}\r\n"))
+        self._later(t, _response(200, payload, f"X-Stub: {self.name}\r\n"), delay)
 
-    def _later(self, t: asyncio.Transport, data: bytes) -> None:
-        if self.delay > 0:
-            self._loop.call_later(self.delay, _write, t, data)
+    def _later(self, t: asyncio.Transport, data: bytes, delay: float) -> None:
+        if delay > 0:
+            self._loop.call_later(delay, _write, t, data)
         else:
             t.write(data)
 
-    def _stream(self, t: asyncio.Transport, mode: str) -> None:
+    def _stream(self, t: asyncio.Transport, mode: str, delay: float) -> None:
         head = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
                 b"Transfer-Encoding: chunked\r\nCache-Control: no-cache\r\n\r\n")
         events = [
@@ -207,8 +210,8 @@ class StubUpstream:
         gap = self.stream_gap
 
         async def send() -> None:
-            if self.delay:
-                await asyncio.sleep(self.delay)
+            if delay:
+                await asyncio.sleep(delay)
             _write(t, head)
             for ev in events:
                 if gap:
