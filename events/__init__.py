@@ -131,6 +131,18 @@ from events._lifecycle import (
     pod_state,
 )
 from events._nvml import NvmlProbe
+from events._pods import (
+    GoneError,
+    KubeApi,
+    KubernetesApi,
+    PodLifecycleSource,
+    PodSourceService,
+    PodSourceSettings,
+    ResourceWatcher,
+    Tracker,
+    create_pods_health_app,
+    kube_client,
+)
 from events._probe import (
     CLOCK_REASONS,
     THERMAL_REASONS,
@@ -153,6 +165,8 @@ from events._receiver import (
 from events._xid import XID_TABLE, XidVerdict, classify, rule_for
 
 __all__ = [
+    "GoneError", "KubeApi", "KubernetesApi", "PodLifecycleSource", "PodSourceService",
+    "PodSourceSettings", "ResourceWatcher", "Tracker", "create_pods_health_app", "kube_client",
     "CHECK_FAILED", "CHECK_NO_DRIVER", "CHECK_OK", "CLOCK_REASONS", "THERMAL_REASONS",
     "FakeProbe", "GpuEventStream", "GpuHealthSource", "GpuInfo", "GpuProbe", "GpuReading",
     "GpuSourceService", "GpuSourceSettings", "KernelXid", "NvmlProbe", "ProbeEvent",
