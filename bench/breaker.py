@@ -1,0 +1,190 @@
+"""Breakers: the check on the request path, and how fast an opened breaker stops traffic.
+
+Targets (issue "Shared circuit breakers in Redis, and the inference gateway"):
+  - breaker check on the request path <= 50 us p50 (no Redis round trip in steady state);
+  - breaker opened -> all of 3 gateway processes stop routing there: p99 <= 50 ms.
+
+1. Request path: ``BreakerRegistry.acquire`` (+ ``record``) timed call by call against a real
+   Redis, beside the baseline it avoids: one Redis round trip (HMGET of the breaker's hash).
+2. Propagation: 3 real ``surefoot gateway`` processes share one Redis and front two stub
+   replicas A and B; 6 clients keep traffic flowing. Each trial opens A's breaker from this
+   process (as an event-driven function would) at T0; A records when each request arrives and
+   from which gateway. A gateway's delay is the arrival time of its last request at A after T0
+   minus T0 (0 if none came). Then the breaker is reset and traffic to A resumes. The delay is
+   measured from real traffic, so its resolution is the gap between a gateway's requests to A
+   (printed); arrival stamps are taken in this process, so GIL waits here can only make the
+   figure worse.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _load import Conn, free_port, request_bytes, start_gateway, stop  # noqa: E402
+
+from knative._breaker import (  # noqa: E402
+    BreakerRegistry,
+    BreakerRegistrySettings,
+    BreakerStore,
+)
+from knative._redis import EmbeddedRedis  # noqa: E402
+from tests.knative.stub_upstream import StubUpstream  # noqa: E402
+
+
+def pct(xs: list[float], q: float) -> float:
+    s = sorted(xs)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+def request_path(url: str, n: int) -> None:
+    settings = BreakerRegistrySettings(redis_url=url)
+    with BreakerRegistry(settings) as reg:
+        reg.wait_ready()
+        keys = ["revision:primary", "node:node-1", "replica:primary-0"]
+        for k in keys:  # the keys exist in Redis and in the view, closed
+            reg.reset(k)
+        perf = time.perf_counter_ns
+        acq, both, three, rtt = [], [], [], []
+        for _ in range(2000):
+            p = reg.acquire(keys[2])
+            if p is not None:
+                reg.record(p, True, 0.001)
+        for _ in range(n):
+            t0 = perf()
+            p = reg.acquire(keys[2])
+            t1 = perf()
+            if p is not None:
+                reg.record(p, True, 0.001)
+            t2 = perf()
+            acq.append(t1 - t0)
+            both.append(t2 - t0)
+        for _ in range(n):
+            t0 = perf()
+            ps = [reg.acquire(k) for k in keys]
+            for p in ps:
+                if p is not None:
+                    reg.record(p, True, 0.001)
+            three.append(perf() - t0)
+        hkey = reg.store.keys_of(keys[2])[0]
+        client = reg.store.client
+        for _ in range(min(n, 5000)):
+            t0 = perf()
+            client.hmget(hkey, ["state", "gen"])
+            rtt.append(perf() - t0)
+        time.sleep(0.1)
+        print("request path (closed breaker, Redis up), per call:")
+        for name, xs in (("acquire", acq), ("acquire + record", both),
+                         ("3 keys: acquire + record each", three),
+                         ("baseline: one Redis round trip", rtt)):
+            print(f"  {name:32s} p50 {pct(xs, 0.5) / 1e3:8.2f} us   p99 {pct(xs, 0.99) / 1e3:8.2f} us")
+        p50 = pct(three, 0.5) / 1e3
+        print(f"  3-key check p50 {p50:.2f} us (target <= 50 us: {'PASS' if p50 <= 50 else 'FAIL'});"
+              f" {pct(rtt, 0.5) / pct(three, 0.5):.0f}x below one Redis round trip")
+
+
+def propagation(url: str, trials: int, settle: float) -> None:
+    a = StubUpstream(name="A").start()
+    b = StubUpstream(name="B").start()
+    a.record_arrivals = True
+    gws = []
+    stop_flag = threading.Event()
+    threads: list[threading.Thread] = []
+    try:
+        env = {"SUREFOOT_REDIS_URL": url}
+        ports = [free_port() for _ in range(3)]
+        for port in ports:
+            gws.append(start_gateway(port, [f"primary=100={a.url},{b.url}"], env=env))
+        key = f"replica:127.0.0.1:{a.port}"
+        store = BreakerStore.from_url(BreakerRegistrySettings(redis_url=url))
+        store.reset(key, "bench start")
+
+        def client(port: int) -> None:
+            c = Conn("127.0.0.1", port, request_bytes("127.0.0.1", port))
+            while not stop_flag.is_set():
+                try:
+                    c.call()
+                except OSError:
+                    c.close()
+                    c = Conn("127.0.0.1", port, request_bytes("127.0.0.1", port))
+                time.sleep(0.0005)
+            c.close()
+
+        for port in ports:
+            for _ in range(2):
+                t = threading.Thread(target=client, args=(port,), daemon=True)
+                t.start()
+                threads.append(t)
+
+        delays: list[float] = []
+        gaps: list[float] = []
+        seen_all = 0
+        for _ in range(trials):
+            # Traffic reaches A from every gateway before the trial starts.
+            a.arrivals.clear()
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and len({g for _, g in a.arrivals}) < 3:
+                time.sleep(0.01)
+            before = list(a.arrivals)
+            senders = {g for _, g in before}
+            if len(senders) == 3:
+                seen_all += 1
+            for g in senders:
+                ts = sorted(t for t, gg in before if gg == g)
+                gaps += [y - x for x, y in zip(ts, ts[1:], strict=False)]
+            t0 = time.time()
+            store.open(key, "bench: event opened it")
+            time.sleep(settle)
+            after = list(a.arrivals)
+            for g in senders:
+                late = [t for t, gg in after if gg == g and t >= t0]
+                delays.append(max(late) - t0 if late else 0.0)
+            store.reset(key, "bench: next trial")
+        print(f"\npropagation: breaker opened -> 3 gateway processes stop routing there "
+              f"({trials} trials, {len(delays)} gateway-trials; all 3 sending in {seen_all}):")
+        ms = [d * 1e3 for d in delays]
+        print(f"  delay p50 {pct(ms, 0.5):6.2f} ms   p99 {pct(ms, 0.99):6.2f} ms   "
+              f"max {max(ms):6.2f} ms   mean {statistics.fmean(ms):6.2f} ms")
+        if gaps:
+            print(f"  resolution: a gateway's requests reach A every {statistics.median(gaps) * 1e3:.2f}"
+                  f" ms (median gap)")
+        p99 = pct(ms, 0.99)
+        print(f"  p99 {p99:.2f} ms (target <= 50 ms: {'PASS' if p99 <= 50 else 'FAIL'})")
+        store.client.close()
+    finally:
+        stop_flag.set()
+        for t in threads:
+            t.join(5)
+        for g in gws:
+            stop(g)
+        a.stop()
+        b.stop()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--calls", type=int, default=100_000, help="request-path calls to time")
+    ap.add_argument("--trials", type=int, default=30, help="propagation trials")
+    ap.add_argument("--settle", type=float, default=0.15,
+                    help="seconds of traffic watched after each open")
+    ap.add_argument("--redis-url", help="a Redis to use (default: an embedded one)")
+    args = ap.parse_args()
+    if args.redis_url:
+        request_path(args.redis_url, args.calls)
+        propagation(args.redis_url, args.trials, args.settle)
+        return 0
+    with EmbeddedRedis() as r:
+        request_path(r.url, args.calls)
+        propagation(r.url, args.trials, args.settle)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
