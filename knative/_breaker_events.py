@@ -1,28 +1,37 @@
-"""Breaker transitions as CloudEvents, posted to a sink off the caller's thread.
+"""Breaker transitions as CloudEvents of the events catalog, posted off the caller's thread.
 
 Functions (reroute traffic, quarantine a node) and dashboards react to a breaker that opened or
 closed; the breaker itself must never wait on them. :class:`CloudEventSink` is a transition hook
-(:data:`knative._breaker.TransitionHook`): it builds a binary-mode CloudEvent 1.0 and hands it to
-one background sender with a bounded queue; a full queue or an unreachable sink drops the event
-with a warning rather than slowing the breaker down.
+(:data:`knative._breaker.TransitionHook`): it builds the catalog's ``breaker.opened |
+halfopened | closed`` event with :func:`events.build` and hands it to an
+:class:`events.Publisher` (one background sender with a bounded queue, retries and an optional
+dead letter), so an unreachable sink costs the breaker nothing.
 
-The event id is ``<key>/<generation>``: the same transition reported twice (e.g. by a retry)
-keeps one id, so consumers that deduplicate by id act once.
+The catalog's breaker scopes are ``node`` and ``revision``; transitions of other keys (e.g.
+``replica:*``) are not emitted. Forced states map onto the same three types; the exact state and
+the generation travel as the extensions ``breakerstate`` and ``breakergen``. The event id is
+``<key>/<generation>/<redis-time-ms>``: unique per transition even after Redis forgets a
+breaker, and the same if one transition were reported twice.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
-import threading
 from datetime import UTC, datetime
-from typing import Any
 
 import httpx
-from cloudevents.core.bindings import http as ce_http
-from cloudevents.core.formats.json import JSONFormat
-from cloudevents.core.v1.event import CloudEvent
 
+from events import (
+    BREAKER_SCOPES,
+    BreakerClosed,
+    BreakerHalfOpened,
+    BreakerOpened,
+    Event,
+    Publisher,
+    Sender,
+    SenderSettings,
+    build,
+)
 from knative._breaker import (
     CLOSED,
     DISABLED,
@@ -35,55 +44,36 @@ from knative._breaker import (
 
 log = logging.getLogger(__name__)
 
-_TYPES = {
-    OPEN: "dev.surefoot.breaker.opened",
-    FORCED_OPEN: "dev.surefoot.breaker.opened",
-    HALF_OPEN: "dev.surefoot.breaker.half_opened",
-    CLOSED: "dev.surefoot.breaker.closed",
-    FORCED_CLOSED: "dev.surefoot.breaker.closed",
-    DISABLED: "dev.surefoot.breaker.closed",
-}
 
-_FORMAT = JSONFormat()
-
-
-def event_type(new_state: str) -> str:
-    """``dev.surefoot.breaker.opened | half_opened | closed`` for a breaker's new state."""
-    return _TYPES[new_state]
-
-
-def transition_data(t: Transition) -> dict[str, Any]:
-    return {
-        "key": t.key,
-        "old": t.old,
-        "new": t.new,
-        "generation": t.generation,
-        "reason": t.reason,
-        "until": t.until,
-        "opens": t.opens,
-    }
-
-
-def to_cloudevent(t: Transition, source: str) -> ce_http.HTTPMessage:
-    """The transition as a binary-mode HTTP message (headers ``ce-*``, JSON body)."""
-    event = CloudEvent(
-        {
-            "specversion": "1.0",
-            "id": f"{t.key}/{t.generation}",
-            "source": source,
-            "type": event_type(t.new),
-            "subject": t.key,
-            "time": datetime.fromtimestamp(t.at, UTC),
-            "datacontenttype": "application/json",
-        },
-        transition_data(t),
+def transition_event(t: Transition, source: str) -> Event | None:
+    """The catalog event for a transition, or ``None`` for a key outside the catalog's scopes."""
+    scope, _, name = t.key.partition(":")
+    if scope not in BREAKER_SCOPES or not name:
+        return None
+    reason = t.reason
+    payload: BreakerOpened | BreakerHalfOpened | BreakerClosed
+    if t.new in (OPEN, FORCED_OPEN):
+        hold = round(t.until - t.at, 3) if t.until is not None else None
+        payload = BreakerOpened(scope=scope, name=name, reason=reason, hold_seconds=hold)
+    elif t.new == HALF_OPEN:
+        payload = BreakerHalfOpened(scope=scope, name=name, reason=reason)
+    elif t.new in (CLOSED, FORCED_CLOSED, DISABLED):
+        payload = BreakerClosed(scope=scope, name=name, reason=reason)
+    else:  # pragma: no cover - every state is mapped above
+        return None
+    return build(
+        payload,
+        source=source,
+        id=f"{t.key}/{t.generation}/{int(round(t.at * 1000))}",
+        time=datetime.fromtimestamp(t.at, UTC),
+        extensions={"breakerstate": t.new, "breakergen": str(t.generation)},
     )
-    return ce_http.to_binary(event, _FORMAT)
 
 
 class CloudEventSink:
-    """A transition hook that posts each transition to ``url`` in the background.
+    """A transition hook that publishes each transition to ``url`` in the background.
 
+    ``settings`` are the events package's sender settings (timeout, retries, dead letter);
     ``transport`` is the seam tests replace (an ``httpx`` transport).
     """
 
@@ -91,50 +81,35 @@ class CloudEventSink:
         self,
         url: str,
         source: str = "/surefoot/breakers",
-        timeout: float = 2.0,
-        max_queue: int = 1000,
+        settings: SenderSettings | None = None,
         transport: httpx.BaseTransport | None = None,
+        max_queue: int = 1000,
     ) -> None:
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"breaker event sink {url!r} is not an http(s) URL")
         self.url = url
         self.source = source
-        self.sent = 0
-        self.failed = 0
-        self._q: queue.Queue[ce_http.HTTPMessage | None] = queue.Queue(max_queue)
-        self._client = httpx.Client(timeout=timeout, transport=transport)
-        self._thread = threading.Thread(target=self._run, name="breaker-events", daemon=True)
-        self._thread.start()
+        self.skipped = 0
+        self._sender = Sender(settings or SenderSettings(), transport=transport)
+        self._publisher = Publisher(self._sender, url, max_queue=max_queue)
+
+    @property
+    def sent(self) -> int:
+        return self._publisher.sent
+
+    @property
+    def failed(self) -> int:
+        return self._publisher.failed + self._publisher.dropped
 
     def __call__(self, t: Transition) -> None:
-        try:
-            self._q.put_nowait(to_cloudevent(t, self.source))
-        except queue.Full:
-            self.failed += 1
-            log.warning("breaker event queue full; dropped %s -> %s of %s", t.old, t.new, t.key)
-
-    def _run(self) -> None:
-        while True:
-            msg = self._q.get()
-            if msg is None:
-                return
-            try:
-                r = self._client.post(self.url, headers=msg.headers, content=msg.body)
-                if r.status_code >= 300:
-                    raise httpx.HTTPStatusError(
-                        f"sink answered {r.status_code}", request=r.request, response=r
-                    )
-                self.sent += 1
-            except httpx.HTTPError as exc:
-                self.failed += 1
-                log.warning("breaker event %s not delivered to %s: %s",
-                            msg.headers.get("ce-id"), self.url, exc)
+        event = transition_event(t, self.source)
+        if event is None:
+            self.skipped += 1
+            log.debug("breaker %s: no catalog event for this scope", t.key)
+            return
+        self._publisher(event)
 
     def close(self, timeout: float = 5.0) -> None:
         """Send what is queued (within ``timeout``), then stop."""
-        try:
-            self._q.put(None, timeout=timeout)
-        except queue.Full:
-            pass
-        self._thread.join(timeout)
-        self._client.close()
+        self._publisher.close(timeout)
+        self._sender.close()

@@ -458,28 +458,39 @@ def test_transitions_post_cloudevents_to_the_sink(redis_url: str) -> None:
     sink = CloudEventSink(f"http://127.0.0.1:{srv.server_address[1]}/", source="/test")
     try:
         reg = BreakerRegistry(make_settings(redis_url), sink, start=False)
-        reg.open("node:n1", "xid 79")
+        t1 = reg.open("node:n1", "xid 79")
         reg.half_open("node:n1", "healthy")
         reg.close_breaker("node:n1", "probes ok")
+        reg.force_open("revision:primary", "operator")
+        reg.open("replica:r-0", "no catalog scope for replicas")
         reg.close()
         sink.close()
-        got = [(h["ce-type"], h["ce-id"], h["ce-subject"], json.loads(b)["reason"])
-               for h, b in _Sink.received]
+        got = [(h["ce-type"], h["ce-subject"], h["ce-breakerstate"], h["ce-breakergen"],
+                json.loads(b)["reason"]) for h, b in _Sink.received]
         assert got == [
-            ("dev.surefoot.breaker.opened", "node:n1/1", "node:n1", "xid 79"),
-            ("dev.surefoot.breaker.half_opened", "node:n1/2", "node:n1", "healthy"),
-            ("dev.surefoot.breaker.closed", "node:n1/3", "node:n1", "probes ok"),
+            ("dev.surefoot.breaker.opened", "node/n1", "open", "1", "xid 79"),
+            ("dev.surefoot.breaker.halfopened", "node/n1", "half_open", "2", "healthy"),
+            ("dev.surefoot.breaker.closed", "node/n1", "closed", "3", "probes ok"),
+            ("dev.surefoot.breaker.opened", "revision/primary", "forced_open", "1", "operator"),
         ]
-        h = _Sink.received[0][0]
+        h, body = _Sink.received[0]
+        assert t1 is not None
+        assert h["ce-id"] == f"node:n1/1/{round(t1.at * 1000)}"
         assert h["ce-specversion"] == "1.0" and h["ce-source"] == "/test"
-        assert sink.sent == 3 and sink.failed == 0
+        data = json.loads(body)
+        assert (data["scope"], data["name"]) == ("node", "n1")
+        assert data["hold_seconds"] == pytest.approx(FAST.wait_in_open, abs=0.01)
+        assert sink.sent == 4 and sink.failed == 0 and sink.skipped == 1
     finally:
         srv.shutdown()
         srv.server_close()
 
 
 def test_unreachable_sink_does_not_break_the_breaker(redis_url: str, free_port: int) -> None:
-    sink = CloudEventSink(f"http://127.0.0.1:{free_port}/", timeout=0.2)
+    from events import RetryPolicy, SenderSettings
+
+    sink = CloudEventSink(f"http://127.0.0.1:{free_port}/",
+                          settings=SenderSettings(timeout_s=0.2, retry=RetryPolicy(retries=0)))
     reg = BreakerRegistry(make_settings(redis_url), sink, start=False)
     t0 = time.monotonic()
     assert reg.open("node:n2", "x") is not None
