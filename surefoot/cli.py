@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "surefoot._cmd_serve",
     "surefoot._cmd_checkpoint",
     "surefoot._cmd_render",
+    "surefoot._cmd_gateway",
     "surefoot._cmd_events",
 ]
 
