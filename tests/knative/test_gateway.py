@@ -516,3 +516,27 @@ def test_gateway_settings_validation_and_env() -> None:
     with pytest.raises(GatewaySettingsError) as e:
         GatewaySettings.from_env({"SUREFOOT_GATEWAY_DEADLINE": "soon"})
     assert "SUREFOOT_GATEWAY_DEADLINE" in str(e.value)
+
+
+def test_gateway_serves_when_redis_is_unreachable(
+    stubs: dict[str, StubUpstream], free_port: int
+) -> None:
+    settings = BreakerRegistrySettings(redis_url=f"redis://127.0.0.1:{free_port}/0",
+                                       redis_timeout=0.05, reconnect_interval=0.05)
+    reg = BreakerRegistry(settings)
+    try:
+        assert not reg.wait_ready(0.1) and reg.degraded
+        _, client, _ = make(table(stubs, "ab"), reg)
+        worst = 0.0
+        for _ in range(20):
+            t0 = time.monotonic()
+            assert post(client).status_code == 200
+            worst = max(worst, time.monotonic() - t0)
+        assert worst < 0.05, worst  # no request waits on the missing Redis
+        r = client.get("/admin/breakers", headers={"Authorization": f"Bearer {TOKEN}"})
+        assert r.status_code == 200 and r.json["stale"] is True and r.json["degraded"] is True
+        r = client.post("/admin/breakers/revision:primary", json={"action": "force_open"},
+                        headers={"Authorization": f"Bearer {TOKEN}"})
+        assert r.status_code == 503 and r.headers["Retry-After"] == "1"
+    finally:
+        reg.close()
