@@ -125,3 +125,11 @@ def test_repeated_app_xid_escalates_to_reset() -> None:
     assert verdict.action == RESET_GPU and verdict.fatal and verdict.escalated
     assert ev.classify(43, repeats=10).action == IGNORE  # ignorable stays ignorable
     assert ev.classify(999).action == "investigate"
+
+
+def test_every_type_is_documented() -> None:
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "events.md").read_text()
+    for t, cls in ev.CATALOG.items():
+        assert f"`{t.removeprefix(ev.PREFIX)}` | `{cls.__name__}`" in doc, t
