@@ -385,5 +385,10 @@ class Publisher:
                 self.failed += 1
 
     def close(self, timeout: float = 10.0) -> None:
-        self._queue.put(None)
+        """Send what is queued (up to ``timeout`` seconds), then stop the thread."""
+        try:
+            self._queue.put(None, timeout=timeout)
+        except queue.Full:
+            log.error("publisher: %d event(s) still queued at close", self._queue.qsize())
+            return
         self._thread.join(timeout)

@@ -3,6 +3,7 @@ deduplicating event stream and the source with its health endpoint."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -525,3 +526,53 @@ def test_check_exit_codes() -> None:
     code, lines = check(NvmlProbe(nvml=fake))
     assert code == CHECK_OK
     assert "  not supported: nvmlDeviceGetRemappedRows" in lines
+
+
+def test_kmsg_reader_yields_records_and_stops() -> None:
+    from events._kmsg import _kmsg_lines
+
+    r, w = os.pipe()
+    stop = threading.Event()
+    lines = _kmsg_lines(r, stop, 0.01)
+    os.write(w, b"3,77,123456,-;NVRM: Xid (PCI:0000:3b:00): 79, pid=5, GPU has fallen off the bus.\n")
+    line = next(lines)
+    parsed = parse_xid_line(line)
+    assert parsed is not None and parsed.xid == 79 and parsed.pid == 5
+    stop.set()
+    assert list(lines) == []
+    os.close(w)
+
+
+def test_kernel_log_source_selection(tmp_path: Path) -> None:
+    from events._kmsg import kernel_log_source
+
+    assert kernel_log_source("off") is None and kernel_log_source(None) is None
+    path = tmp_path / "kern.log"
+    path.write_text("")
+    src = kernel_log_source(str(path))
+    assert src is not None
+    stop = threading.Event()
+    stop.set()
+    assert list(src(stop)) == []
+
+
+def test_publisher_sends_in_background_and_drops_when_full() -> None:
+    import httpx
+
+    seen: list[str] = []
+    gate = threading.Event()
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        gate.wait(5)
+        seen.append(request.headers["ce-id"])
+        return httpx.Response(202)
+
+    sender = ev.Sender(transport=httpx.MockTransport(handle))
+    pub = ev.Publisher(sender, "http://sink.test/", max_queue=2)
+    events = [ev.build(ev.NodeReady(node="n"), source="/s", id=f"e{i}") for i in range(6)]
+    for e in events:
+        pub(e)  # never blocks the caller
+    assert pub.dropped >= 1
+    gate.set()
+    pub.close()
+    assert pub.sent == len(seen) == 6 - pub.dropped and seen[0] == "e0"
