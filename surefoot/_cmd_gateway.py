@@ -34,8 +34,10 @@ def register(subparsers: Any) -> None:
                    help="a revision, its traffic percent and its replica URLs (repeatable)")
     p.add_argument("--fallback", metavar="REV=URL[,URL...]",
                    help="the fallback revision and its replica URLs")
-    p.add_argument("--platform", choices=("knative",),
+    p.add_argument("--platform", choices=("knative", "local"),
                    help="resolve targets from the platform instead of --target")
+    p.add_argument("--control-url", default=os.environ.get("SUREFOOT_CONTROL_URL"),
+                   help="with --platform local: the control API of `surefoot up`")
     p.add_argument("--service", help="the Knative Service to front (with --platform)")
     p.add_argument("--fallback-revision",
                    help="with --platform: the fallback revision (default: the one tagged fallback)")
@@ -129,6 +131,18 @@ def run(args: argparse.Namespace) -> int:
         def resolver_factory() -> Resolver:
             return PlatformResolver(KnativePlatform.from_settings(kube), service, fb_rev,
                                     interval)
+    elif args.platform == "local":
+        if args.target:
+            raise CliError("--target and --platform are exclusive; use one")
+        if not args.service or not args.control_url:
+            raise CliError("--platform local needs --service NAME and --control-url URL")
+        from knative._local_control import LocalPlatformClient
+
+        service, fb_rev, interval = args.service, args.fallback_revision, args.refresh_interval
+        control = args.control_url
+
+        def resolver_factory() -> Resolver:
+            return PlatformResolver(LocalPlatformClient(control), service, fb_rev, interval)
     else:
         try:
             table = static_table(args.target, args.fallback)

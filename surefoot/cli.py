@@ -17,6 +17,7 @@ from surefoot import __version__
 
 # Command groups, in the order `surefoot --help` lists them.
 COMMAND_MODULES = [
+    "surefoot._cmd_up",
     "surefoot._cmd_serve",
     "surefoot._cmd_checkpoint",
     "surefoot._cmd_render",
@@ -62,6 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"surefoot: --log-level {args.log_level!r} is not a logging level", file=sys.stderr)
         return EXIT_USAGE
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx", "httpcore", "werkzeug"):
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
     try:
         return int(args.func(args) or 0)
     except CliError as exc:

@@ -1,0 +1,539 @@
+"""The platform seam on one machine: replicas as real processes on simulated nodes.
+
+``LocalPlatform`` does for ``surefoot up`` what Kubernetes and Knative do on a cluster, and no
+more: a revision wants N replicas; each is a real ``surefoot serve`` process on a free port,
+placed on a simulated node under required anti-affinity (at most one replica of a revision per
+node; a replica that cannot be placed stays Pending). A supervisor restarts crashed replicas
+with exponential backoff (CrashLoopBackOff), replaces deleted and evicted ones (they restore
+from the shared checkpoint store), probes readiness, and emits the same lifecycle CloudEvents
+as the cluster watcher. Eviction honours a disruption budget of one unavailable replica per
+revision (HTTP 429's "not now", as the Eviction API answers).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from events import (
+    Event,
+    NodeCordoned,
+    NodeUncordoned,
+    PodCrashLoop,
+    PodDeleted,
+    PodEvicted,
+    PodNotReady,
+    PodOomKilled,
+    PodReady,
+    PodRestarted,
+    build,
+)
+from knative._platform import (
+    EvictionReport,
+    Node,
+    NotFound,
+    PermanentPlatformError,
+    Replica,
+    Target,
+    TooManyRequests,
+    validate_traffic,
+)
+
+log = logging.getLogger(__name__)
+
+SOURCE = "surefoot/local-platform"
+
+
+@dataclass(frozen=True)
+class RevisionSpec:
+    """One revision of a service: how many replicas, and the ``surefoot serve`` flags."""
+
+    name: str
+    service: str
+    tag: str
+    min_scale: int
+    max_scale: int
+    serve_args: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class LocalSettings:
+    nodes: int = 4
+    namespace: str = "default"
+    checkpoint_dir: str = ""
+    log_dir: str = ""
+    redis_url: str = ""
+    grace_seconds: float = 10.0
+    crash_backoff: float = 1.0
+    crash_backoff_max: float = 30.0
+    crashloop_after: int = 3  # restarts before the replica is reported in CrashLoopBackOff
+    tick: float = 0.05
+    probe_timeout: float = 0.5
+    python: str = sys.executable
+    env: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class _Node:
+    name: str
+    unschedulable: bool = False
+    ready: bool = True
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class _Replica:
+    name: str
+    revision: str
+    service: str
+    node: str | None = None
+    port: int | None = None
+    proc: subprocess.Popen[bytes] | None = None
+    phase: str = "Pending"  # Pending | Running | Terminating | CrashLoopBackOff
+    ready: bool = False
+    restarts: int = 0
+    restart_at: float = 0.0
+    terminate_reason: str = ""
+    kill_at: float = 0.0
+    exit_code: int | None = None
+    # timeline, wall clock
+    created: float = field(default_factory=time.time)
+    scheduled: float | None = None
+    started: float | None = None
+    ready_at: float | None = None
+    terminating_at: float | None = None
+
+    @property
+    def url(self) -> str | None:
+        return f"http://127.0.0.1:{self.port}" if self.port else None
+
+    def view(self) -> Replica:
+        return Replica(self.name, self.node, self.revision, self.url if self.proc else None,
+                       self.ready, self.phase, self.proc.pid if self.proc else None)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class LocalPlatform:
+    """Implements :class:`knative.Platform` with processes; call :meth:`start`, then
+    :meth:`stop` (which leaves no process behind)."""
+
+    def __init__(self, settings: LocalSettings, revisions: list[RevisionSpec],
+                 traffic: Mapping[str, list[Target]], emit: Callable[[Event], None] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.settings = settings
+        self._specs = {r.name: r for r in revisions}
+        self._traffic = {svc: list(t) for svc, t in traffic.items()}
+        for targets in self._traffic.values():
+            validate_traffic(targets)
+        self._nodes = {f"node-{i}": _Node(f"node-{i}") for i in range(1, settings.nodes + 1)}
+        self._replicas: dict[str, _Replica] = {}
+        self._history: list[dict[str, Any]] = []  # replicas that are gone, for timelines
+        self._emit = emit or (lambda event: None)
+        self._clock = clock
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._probe = httpx.Client(timeout=settings.probe_timeout)
+        self.log_dir = Path(settings.log_dir or Path.cwd() / ".surefoot" / "logs")
+
+    # --- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> LocalPlatform:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        with self._lock:
+            self._reconcile()
+        self._thread = threading.Thread(target=self._run, name="local-supervisor", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Terminate every replica (SIGTERM, then SIGKILL after the grace) and the supervisor."""
+        self._stop.set()
+        if self._thread:
+            self._thread.join(5)
+        grace = self.settings.grace_seconds if timeout is None else timeout
+        with self._lock:
+            procs = [r.proc for r in self._replicas.values() if r.proc and r.proc.poll() is None]
+        for p in procs:
+            _signal_group(p, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for p in procs:
+            try:
+                p.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                _signal_group(p, signal.SIGKILL)
+                p.wait(5)
+        self._probe.close()
+
+    def wait_ready(self, timeout: float, revisions: list[str] | None = None) -> bool:
+        """Wait until every wanted replica of ``revisions`` (default all) is ready."""
+        deadline = time.monotonic() + timeout
+        names = revisions or list(self._specs)
+        while time.monotonic() < deadline:
+            with self._lock:
+                ok = all(
+                    sum(1 for r in self._replicas.values()
+                        if r.revision == n and r.ready and r.phase == "Running")
+                    >= self._specs[n].min_scale
+                    for n in names
+                )
+            if ok:
+                return True
+            time.sleep(0.1)
+        return False
+
+    # --- the Platform protocol ---------------------------------------------------------------
+    def replicas(self, service: str) -> list[Replica]:
+        with self._lock:
+            return [r.view() for r in self._replicas.values() if r.service == service]
+
+    def traffic(self, service: str) -> list[Target]:
+        with self._lock:
+            if service not in self._traffic:
+                raise NotFound(f"service {service!r} does not exist")
+            return list(self._traffic[service])
+
+    def set_traffic(self, service: str, targets: list[Target]) -> None:
+        validate_traffic(targets)
+        with self._lock:
+            if service not in self._traffic:
+                raise NotFound(f"service {service!r} does not exist")
+            unknown = [t.revision for t in targets if t.revision not in self._specs]
+            if unknown:
+                raise PermanentPlatformError(f"traffic: unknown revisions {unknown}")
+            self._traffic[service] = list(targets)
+        log.info("traffic of %s: %s", service,
+                 ", ".join(f"{t.revision}={t.percent}%" for t in targets))
+
+    def set_scale(self, service: str, revision: str, min_scale: int, max_scale: int) -> None:
+        if min_scale < 0 or max_scale < max(min_scale, 1):
+            raise PermanentPlatformError(
+                f"scale: need 0 <= min ({min_scale}) <= max ({max_scale}), max >= 1")
+        with self._lock:
+            spec = self._spec(revision)
+            if spec.service != service:
+                raise NotFound(f"revision {revision!r} is not part of service {service!r}")
+            self._specs[revision] = RevisionSpec(spec.name, spec.service, spec.tag, min_scale,
+                                                 max_scale, spec.serve_args)
+            self._reconcile()
+
+    def delete_replica(self, name: str) -> None:
+        with self._lock:
+            r = self._replicas.get(name)
+            if r is None:
+                raise NotFound(f"replica {name!r} does not exist")
+            if r.phase == "Terminating":
+                return
+            self._terminate(r, "deleted")
+            self._emit_event(PodDeleted(
+                namespace=self.settings.namespace, pod=r.name, node=r.node,
+                revision=r.revision, service=r.service, terminating=True,
+                grace_period_seconds=int(self.settings.grace_seconds)))
+            self._reconcile()
+
+    def nodes(self) -> list[Node]:
+        with self._lock:
+            return [Node(n.name, n.ready, n.unschedulable, dict(n.labels))
+                    for n in self._nodes.values()]
+
+    def cordon(self, node: str) -> None:
+        with self._lock:
+            n = self._node(node)
+            if not n.unschedulable:
+                n.unschedulable = True
+                self._emit_event(NodeCordoned(node=node))
+
+    def uncordon(self, node: str) -> None:
+        with self._lock:
+            n = self._node(node)
+            if n.unschedulable:
+                n.unschedulable = False
+                self._emit_event(NodeUncordoned(node=node))
+                self._reconcile()
+
+    def label(self, node: str, key: str, value: str | None) -> None:
+        with self._lock:
+            n = self._node(node)
+            if value is None:
+                n.labels.pop(key, None)
+            else:
+                n.labels[key] = value
+
+    def evict(self, node: str, timeout: float = 120.0) -> EvictionReport:
+        """Evict every replica on ``node``, one disruption at a time per revision: a replica is
+        evicted only while every other replica of its revision is ready (else 429, retried
+        until ``timeout``)."""
+        start = time.monotonic()
+        with self._lock:
+            self._node(node)
+        evicted: list[str] = []
+        while True:
+            with self._lock:
+                waiting = [r for r in self._replicas.values()
+                           if r.node == node and r.phase != "Terminating"]
+                for r in waiting:
+                    if self._disruption_allowed(r):
+                        self._terminate(r, "evicted")
+                        evicted.append(r.name)
+                        self._emit_event(PodEvicted(
+                            namespace=self.settings.namespace, pod=r.name, reason="Evicted",
+                            message=f"evicted from {node}", node=node, revision=r.revision,
+                            service=r.service))
+                self._reconcile()
+                left = [r.name for r in self._replicas.values()
+                        if r.node == node and r.phase != "Terminating"]
+            if not left:
+                return EvictionReport(node, tuple(evicted), (), (), time.monotonic() - start)
+            if time.monotonic() - start >= timeout:
+                return EvictionReport(node, tuple(evicted), (), tuple(left),
+                                      time.monotonic() - start)
+            time.sleep(0.1)
+
+    def evict_replica(self, name: str) -> None:
+        """One Eviction API call: 429 (TooManyRequests) when the budget does not allow it."""
+        with self._lock:
+            r = self._replicas.get(name)
+            if r is None:
+                raise NotFound(f"replica {name!r} does not exist")
+            if r.phase == "Terminating":
+                return
+            if not self._disruption_allowed(r):
+                raise TooManyRequests(
+                    f"evicting {name} would violate the disruption budget of {r.revision}")
+            self._terminate(r, "evicted")
+            self._emit_event(PodEvicted(
+                namespace=self.settings.namespace, pod=r.name, reason="Evicted",
+                node=r.node, revision=r.revision, service=r.service))
+            self._reconcile()
+
+    # --- status for the CLI and the drill ----------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "nodes": [{"name": n.name, "ready": n.ready, "unschedulable": n.unschedulable,
+                           "labels": dict(n.labels)} for n in self._nodes.values()],
+                "replicas": [self._describe(r) for r in self._replicas.values()],
+                "revisions": [{"name": s.name, "service": s.service, "tag": s.tag,
+                               "min_scale": s.min_scale, "max_scale": s.max_scale}
+                              for s in self._specs.values()],
+                "traffic": {svc: [{"revision": t.revision, "percent": t.percent, "tag": t.tag}
+                                  for t in ts] for svc, ts in self._traffic.items()},
+                "history": list(self._history[-50:]),
+            }
+
+    def _describe(self, r: _Replica) -> dict[str, Any]:
+        return {
+            "name": r.name, "revision": r.revision, "service": r.service, "node": r.node,
+            "phase": r.phase, "ready": r.ready, "pid": r.proc.pid if r.proc else None,
+            "url": r.url if r.proc else None, "restarts": r.restarts,
+            "reason": r.terminate_reason or None, "exit_code": r.exit_code,
+            "created": r.created, "scheduled": r.scheduled, "started": r.started,
+            "ready_at": r.ready_at, "terminating_at": r.terminating_at,
+            "log": str(self.log_dir / f"{r.name}.log"),
+        }
+
+    # --- internals ---------------------------------------------------------------------------
+    def _spec(self, revision: str) -> RevisionSpec:
+        try:
+            return self._specs[revision]
+        except KeyError:
+            raise NotFound(f"revision {revision!r} does not exist") from None
+
+    def _node(self, node: str) -> _Node:
+        try:
+            return self._nodes[node]
+        except KeyError:
+            raise NotFound(
+                f"node {node!r} does not exist (nodes: {', '.join(self._nodes)})") from None
+
+    def _emit_event(self, payload: Any) -> None:
+        try:
+            self._emit(build(payload, source=SOURCE))
+        except Exception:  # an event sink must never break the supervisor
+            log.exception("could not emit %s", type(payload).__name__)
+
+    def _disruption_allowed(self, r: _Replica) -> bool:
+        if not r.ready:
+            return True  # evicting a replica that is not serving costs no availability
+        others = [o for o in self._replicas.values()
+                  if o.revision == r.revision and o is not r and o.phase != "Terminating"]
+        return all(o.ready for o in others)
+
+    def _terminate(self, r: _Replica, reason: str) -> None:
+        r.phase = "Terminating"
+        r.terminate_reason = reason
+        r.terminating_at = time.time()
+        r.kill_at = self._clock() + self.settings.grace_seconds
+        was_ready, r.ready = r.ready, False
+        if r.proc is not None and r.proc.poll() is None:
+            _signal_group(r.proc, signal.SIGTERM)
+        if was_ready:
+            self._emit_event(PodNotReady(namespace=self.settings.namespace, pod=r.name,
+                                         reason="Terminating", node=r.node,
+                                         revision=r.revision, service=r.service))
+
+    def _placeable(self, revision: str) -> list[_Node]:
+        used = {r.node for r in self._replicas.values() if r.revision == revision and r.node}
+        load = {n: 0 for n in self._nodes}
+        for r in self._replicas.values():
+            if r.node:
+                load[r.node] += 1
+        nodes = [n for n in self._nodes.values()
+                 if n.ready and not n.unschedulable and n.name not in used]
+        return sorted(nodes, key=lambda n: (load[n.name], n.name))
+
+    def _reconcile(self) -> None:
+        for spec in self._specs.values():
+            active = [r for r in self._replicas.values()
+                      if r.revision == spec.name and r.phase != "Terminating"]
+            want = max(spec.min_scale, 0)
+            for _ in range(want - len(active)):
+                name = f"{spec.name}-{secrets.token_hex(3)}"
+                self._replicas[name] = _Replica(name, spec.name, spec.service)
+            extra = len(active) - max(want, 0) if len(active) > spec.max_scale else 0
+            for r in sorted(active, key=lambda r: (r.ready, -r.created))[:max(extra, 0)]:
+                self._terminate(r, "scaled down")
+            for r in self._replicas.values():
+                if r.revision == spec.name and r.phase == "Pending" and r.node is None:
+                    nodes = self._placeable(spec.name)
+                    if nodes:
+                        r.node = nodes[0].name
+                        r.scheduled = time.time()
+                        self._launch(r)
+
+    def _launch(self, r: _Replica) -> None:
+        s = self.settings
+        spec = self._specs[r.revision]
+        r.port = r.port or _free_port()
+        cmd = [
+            s.python, "-m", "surefoot", "serve", "--host", "127.0.0.1", "--port", str(r.port),
+            "--replica", r.name, "--revision", r.revision, "--node", r.node or "",
+            "--grace-seconds", str(s.grace_seconds), *spec.serve_args,
+        ]
+        if s.checkpoint_dir:
+            cmd += ["--checkpoint-dir", s.checkpoint_dir]
+        env = {**os.environ, **s.env, "SUREFOOT_REVISION": r.revision}
+        if s.redis_url:
+            env["SUREFOOT_REDIS_URL"] = s.redis_url
+        logf = open(self.log_dir / f"{r.name}.log", "ab")  # noqa: SIM115 - owned by the child
+        try:
+            r.proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env,
+                                      start_new_session=True)
+        finally:
+            logf.close()
+        r.started = time.time()
+        r.phase = "Running"
+        r.ready = False
+        r.exit_code = None
+        log.info("started %s (%s) on %s, pid %d, port %d", r.name, r.revision, r.node,
+                 r.proc.pid, r.port)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.settings.tick):
+            try:
+                self._step()
+            except Exception:  # the supervisor must keep running
+                log.exception("supervisor step failed")
+
+    def _step(self) -> None:
+        now = self._clock()
+        to_probe: list[_Replica] = []
+        with self._lock:
+            for r in list(self._replicas.values()):
+                if r.proc is not None and r.proc.poll() is not None:
+                    self._exited(r, now)
+                elif r.phase == "Terminating" and r.proc is not None and now >= r.kill_at:
+                    log.warning("%s did not exit within its grace period: SIGKILL", r.name)
+                    _signal_group(r.proc, signal.SIGKILL)
+                elif r.phase == "Terminating" and r.proc is None:
+                    self._forget(r)
+                elif r.phase == "CrashLoopBackOff" and now >= r.restart_at:
+                    self._launch(r)
+                elif r.phase == "Running":
+                    to_probe.append(r)
+            self._reconcile()
+        for r in to_probe:
+            self._probe_ready(r)
+
+    def _exited(self, r: _Replica, now: float) -> None:
+        assert r.proc is not None
+        code = r.proc.returncode
+        r.exit_code = code
+        if r.phase == "Terminating":
+            log.info("%s exited with %s after %s", r.name, code, r.terminate_reason)
+            r.proc = None
+            self._forget(r)
+            return
+        r.proc = None
+        r.ready = False
+        r.restarts += 1
+        backoff = min(self.settings.crash_backoff * 2 ** (r.restarts - 1),
+                      self.settings.crash_backoff_max)
+        r.restart_at = now + backoff
+        r.phase = "CrashLoopBackOff"
+        log.warning("%s exited with %s (restart %d in %.1f s)", r.name, code, r.restarts,
+                    backoff)
+        ns = self.settings.namespace
+        if code == -signal.SIGKILL:
+            self._emit_event(PodOomKilled(namespace=ns, pod=r.name, container="serve",
+                                          node=r.node, revision=r.revision, service=r.service))
+        self._emit_event(PodRestarted(namespace=ns, pod=r.name, container="serve",
+                                      restart_count=r.restarts, node=r.node,
+                                      revision=r.revision, service=r.service))
+        if r.restarts >= self.settings.crashloop_after:
+            self._emit_event(PodCrashLoop(namespace=ns, pod=r.name, container="serve",
+                                          restart_count=r.restarts,
+                                          message=f"exit code {code}", node=r.node,
+                                          revision=r.revision, service=r.service))
+
+    def _forget(self, r: _Replica) -> None:
+        self._replicas.pop(r.name, None)
+        d = self._describe(r)
+        d["gone"] = time.time()
+        self._history.append(d)
+
+    def _probe_ready(self, r: _Replica) -> None:
+        url = r.url
+        if url is None:
+            return
+        try:
+            ok = self._probe.get(f"{url}/readyz").status_code == 200
+        except httpx.HTTPError:
+            ok = False
+        with self._lock:
+            if r.phase != "Running" or r.ready == ok:
+                return
+            r.ready = ok
+            ns = self.settings.namespace
+            if ok:
+                r.ready_at = time.time()
+                self._emit_event(PodReady(namespace=ns, pod=r.name, node=r.node,
+                                          revision=r.revision, service=r.service))
+            else:
+                self._emit_event(PodNotReady(namespace=ns, pod=r.name, reason="ReadinessProbe",
+                                             node=r.node, revision=r.revision,
+                                             service=r.service))
+
+
+def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass

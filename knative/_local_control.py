@@ -1,0 +1,183 @@
+"""The local platform over HTTP: a control API served by ``surefoot up``, and its client.
+
+``surefoot status``, ``surefoot kill``, ``surefoot evict``, the gateway and the drill run in
+their own processes; they reach the one ``LocalPlatform`` of ``surefoot up`` through this small
+API, and ``LocalPlatformClient`` gives them the same :class:`knative.Platform` interface the
+Knative platform has. Platform errors travel as HTTP statuses and come back as the same types.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+from flask import Flask, Response, jsonify, request
+
+from knative._local import LocalPlatform
+from knative._platform import (
+    Conflict,
+    EvictionReport,
+    Node,
+    NotFound,
+    PermanentPlatformError,
+    PlatformError,
+    Replica,
+    Target,
+    TemporaryPlatformError,
+    TooManyRequests,
+)
+
+_STATUS = {NotFound: 404, Conflict: 409, TooManyRequests: 429}
+
+
+def create_control_app(platform: LocalPlatform) -> Flask:
+    app = Flask(__name__)
+
+    @app.errorhandler(PlatformError)
+    def _platform_error(exc: PlatformError) -> tuple[Response, int]:
+        status = _STATUS.get(type(exc), 503 if exc.temporary else 422)
+        return jsonify({"error": str(exc), "type": type(exc).__name__}), status
+
+    def body() -> dict[str, Any]:
+        data = request.get_json(silent=True)
+        if not isinstance(data, dict):
+            raise PermanentPlatformError("request body must be a JSON object")
+        return data
+
+    @app.get("/v1/status")
+    def status() -> Response:
+        return jsonify(platform.status())
+
+    @app.get("/v1/services/<service>/replicas")
+    def replicas(service: str) -> Response:
+        return jsonify([r.__dict__ for r in platform.replicas(service)])
+
+    @app.get("/v1/services/<service>/traffic")
+    def traffic(service: str) -> Response:
+        return jsonify([t.__dict__ for t in platform.traffic(service)])
+
+    @app.put("/v1/services/<service>/traffic")
+    def set_traffic(service: str) -> Response:
+        raw = body().get("targets")
+        if not isinstance(raw, list):
+            raise PermanentPlatformError("targets: must be a list")
+        try:
+            targets = [Target(str(t["revision"]), int(t["percent"]), t.get("tag")) for t in raw]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise PermanentPlatformError(f"targets: {exc}") from exc
+        platform.set_traffic(service, targets)
+        return jsonify([t.__dict__ for t in targets])
+
+    @app.put("/v1/services/<service>/revisions/<revision>/scale")
+    def set_scale(service: str, revision: str) -> Response:
+        b = body()
+        try:
+            lo, hi = int(b["min"]), int(b["max"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise PermanentPlatformError(f"scale: min and max integers required ({exc})") from exc
+        platform.set_scale(service, revision, lo, hi)
+        return jsonify({"min": lo, "max": hi})
+
+    @app.delete("/v1/replicas/<name>")
+    def delete_replica(name: str) -> Response:
+        platform.delete_replica(name)
+        return jsonify({"deleted": name})
+
+    @app.get("/v1/nodes")
+    def nodes() -> Response:
+        return jsonify([n.__dict__ for n in platform.nodes()])
+
+    @app.post("/v1/nodes/<node>/<action>")
+    def node_action(node: str, action: str) -> Response:
+        if action == "cordon":
+            platform.cordon(node)
+        elif action == "uncordon":
+            platform.uncordon(node)
+        elif action == "evict":
+            timeout = float(request.args.get("timeout", "120"))
+            report = platform.evict(node, timeout)
+            return jsonify({**report.__dict__, "complete": report.complete})
+        else:
+            raise NotFound(f"no node action {action!r} (cordon, uncordon, evict)")
+        return jsonify({"node": node, "action": action})
+
+    @app.patch("/v1/nodes/<node>/labels")
+    def label(node: str) -> Response:
+        for key, value in body().items():
+            platform.label(node, key, None if value is None else str(value))
+        return jsonify({"node": node})
+
+    return app
+
+
+class LocalPlatformClient:
+    """:class:`knative.Platform` over the control API of a running ``surefoot up``."""
+
+    def __init__(self, url: str, timeout: float = 10.0,
+                 transport: httpx.BaseTransport | None = None) -> None:
+        self.url = url.rstrip("/")
+        self._http = httpx.Client(base_url=self.url, timeout=timeout, transport=transport)
+
+    def _call(self, method: str, path: str, timeout: float | None = None,
+              **kwargs: Any) -> Any:
+        try:
+            r = self._http.request(method, path, timeout=timeout or self._http.timeout,
+                                   **kwargs)
+        except httpx.HTTPError as exc:
+            raise TemporaryPlatformError(
+                f"local platform at {self.url} unreachable ({exc}); is `surefoot up` running?"
+            ) from exc
+        if r.status_code < 400:
+            return r.json()
+        try:
+            message = r.json().get("error", r.text)
+        except ValueError:
+            message = r.text
+        if r.status_code == 404:
+            raise NotFound(message)
+        if r.status_code == 409:
+            raise Conflict(message)
+        if r.status_code == 429:
+            raise TooManyRequests(message)
+        if r.status_code >= 500:
+            raise TemporaryPlatformError(message)
+        raise PermanentPlatformError(message)
+
+    def status(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._call("GET", "/v1/status")
+        return result
+
+    def replicas(self, service: str) -> list[Replica]:
+        return [Replica(**r) for r in self._call("GET", f"/v1/services/{service}/replicas")]
+
+    def traffic(self, service: str) -> list[Target]:
+        return [Target(**t) for t in self._call("GET", f"/v1/services/{service}/traffic")]
+
+    def set_traffic(self, service: str, targets: list[Target]) -> None:
+        self._call("PUT", f"/v1/services/{service}/traffic",
+                   json={"targets": [t.__dict__ for t in targets]})
+
+    def set_scale(self, service: str, revision: str, min_scale: int, max_scale: int) -> None:
+        self._call("PUT", f"/v1/services/{service}/revisions/{revision}/scale",
+                   json={"min": min_scale, "max": max_scale})
+
+    def delete_replica(self, name: str) -> None:
+        self._call("DELETE", f"/v1/replicas/{name}")
+
+    def nodes(self) -> list[Node]:
+        return [Node(**n) for n in self._call("GET", "/v1/nodes")]
+
+    def cordon(self, node: str) -> None:
+        self._call("POST", f"/v1/nodes/{node}/cordon")
+
+    def uncordon(self, node: str) -> None:
+        self._call("POST", f"/v1/nodes/{node}/uncordon")
+
+    def label(self, node: str, key: str, value: str | None) -> None:
+        self._call("PATCH", f"/v1/nodes/{node}/labels", json={key: value})
+
+    def evict(self, node: str, timeout: float = 120.0) -> EvictionReport:
+        r = self._call("POST", f"/v1/nodes/{node}/evict", timeout=timeout + 10,
+                       params={"timeout": timeout})
+        return EvictionReport(r["node"], tuple(r["evicted"]), tuple(r["skipped"]),
+                              tuple(r["refused"]), float(r["seconds"]))

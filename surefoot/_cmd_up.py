@@ -1,0 +1,237 @@
+"""``surefoot up`` (the whole system on one machine) and the commands that act on it:
+``status``, ``kill POD``, ``evict NODE`` — on the local platform or on Knative."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from surefoot.cli import EXIT_FAILED, CliError
+
+log = logging.getLogger(__name__)
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser("up", help="run the whole system on this machine")
+    p.add_argument("--port", type=int, default=8080, help="the gateway's port (default 8080)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--nodes", type=int, default=4, help="simulated nodes (default 4)")
+    p.add_argument("--replicas", type=int, default=3, help="primary replicas (default 3)")
+    p.add_argument("--model", default="gemma-3-270m")
+    p.add_argument("--no-embeddings", action="store_true",
+                   help="serve no embedding model (faster start)")
+    p.add_argument("--checkpoint-interval", type=float, default=300.0)
+    p.add_argument("--grace-seconds", type=float, default=10.0)
+    p.add_argument("--state-dir", help="where state, logs and checkpoints go "
+                   "(default ~/.cache/surefoot/run)")
+    p.add_argument("--redis-url", help="a Redis to use instead of the embedded one")
+    p.set_defaults(func=run_up)
+
+    for name, helptext in (("status", "replicas, breakers, traffic, latest checkpoint"),):
+        s = subparsers.add_parser(name, help=helptext)
+        _platform_flags(s)
+        s.add_argument("--json", action="store_true")
+        s.set_defaults(func=run_status)
+    k = subparsers.add_parser("kill", help="delete a replica (pod)")
+    k.add_argument("pod")
+    _platform_flags(k)
+    k.set_defaults(func=run_kill)
+    e = subparsers.add_parser("evict", help="cordon a node and evict its replicas")
+    e.add_argument("node")
+    e.add_argument("--timeout", type=float, default=120.0)
+    _platform_flags(e)
+    e.set_defaults(func=run_evict)
+
+
+def _platform_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--platform", choices=("local", "knative"), default="local")
+    p.add_argument("--state-dir", help="state of `surefoot up` (local platform)")
+
+
+def _state(args: argparse.Namespace) -> Any:
+    from surefoot._up import RunState, UpError, default_state_dir
+
+    try:
+        return RunState.read(Path(args.state_dir) if args.state_dir else default_state_dir())
+    except UpError as exc:
+        raise CliError(str(exc)) from exc
+
+
+def platform_for(args: argparse.Namespace) -> tuple[Any, str]:
+    """The platform named by ``--platform`` and the service it serves."""
+    if args.platform == "knative":
+        from knative import KnativePlatform, KubeSettings
+
+        try:
+            kube = KubeSettings.from_env()
+            return KnativePlatform.from_settings(kube), kube.service
+        except Exception as exc:  # no kubeconfig, bad context
+            raise CliError(f"--platform knative: {exc}") from exc
+    from knative._local_control import LocalPlatformClient
+
+    st = _state(args)
+    return LocalPlatformClient(st.control_url), st.service
+
+
+def run_up(args: argparse.Namespace) -> int:
+    from surefoot._up import LocalSystem, UpError, UpSettings
+
+    if not 0 < args.port < 65536:
+        raise CliError(f"--port {args.port} is not a TCP port")
+    if args.nodes < 1 or args.replicas < 1:
+        raise CliError("--nodes and --replicas must be at least 1")
+    settings = UpSettings(
+        host=args.host, port=args.port, nodes=args.nodes, primary_replicas=args.replicas,
+        model=args.model, embeddings=not args.no_embeddings,
+        checkpoint_interval=args.checkpoint_interval, grace_seconds=args.grace_seconds,
+        state_dir=args.state_dir or "", redis_url=args.redis_url or "",
+    )
+    system = LocalSystem(settings)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        stop.set()
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        system.start()
+        print(f"surefoot up: starting {settings.primary_replicas} primary and "
+              f"{settings.fallback_replicas} fallback replicas on {settings.nodes} nodes...",
+              flush=True)
+        ready = system.wait_ready()
+        st = system.state
+        assert st is not None
+        print(f"\ngateway (OpenAI API)  {st.gateway_url}/v1\ncontrol API           "
+              f"{st.control_url}\nbroker                {st.broker_url}\nfunctions             "
+              f"{st.functions_url or '-'}\nredis                 {st.redis_url}\n"
+              f"checkpoints           {st.checkpoint_dir}\nlogs                  {st.log_dir}\n")
+        from knative._local_control import LocalPlatformClient
+
+        print(format_status(collect_status(LocalPlatformClient(st.control_url), st.service,
+                                           st.redis_url, st.checkpoint_dir)))
+        if not ready:
+            print("\nnot every replica is ready yet: see `surefoot status` and the logs",
+                  flush=True)
+        print("\nCtrl-C stops everything.", flush=True)
+        while not stop.wait(1.0):
+            pass
+    except UpError as exc:
+        raise CliError(str(exc), code=EXIT_FAILED if "running" in str(exc) else 2) from exc
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        print("\nstopping...", file=sys.stderr, flush=True)
+        system.stop()
+        print("stopped.", file=sys.stderr, flush=True)
+    return 0
+
+
+def collect_status(platform: Any, service: str, redis_url: str | None,
+                   checkpoint_dir: str | None) -> dict[str, Any]:
+    out: dict[str, Any] = {"service": service}
+    out["replicas"] = [r.__dict__ for r in platform.replicas(service)]
+    out["traffic"] = [t.__dict__ for t in platform.traffic(service)]
+    out["nodes"] = [n.__dict__ for n in platform.nodes()]
+    out["breakers"] = []
+    if redis_url:
+        try:
+            from knative import BreakerRegistrySettings, BreakerStore
+
+            store = BreakerStore.from_url(BreakerRegistrySettings(redis_url=redis_url))
+            statuses, _ = store.statuses()
+            out["breakers"] = [b.to_json() for b in statuses]
+        except Exception as exc:  # status still answers when Redis does not
+            out["breakers_error"] = str(exc)
+    out["latest_checkpoint"] = None
+    if checkpoint_dir and Path(checkpoint_dir).exists():
+        from checkpoint_store import CheckpointStore, FilesystemBackend
+
+        try:
+            m = CheckpointStore(FilesystemBackend(checkpoint_dir, create=False)).latest(
+                verify=False)
+            if m is not None:
+                out["latest_checkpoint"] = {"id": m.id, "model_id": m.model_id,
+                                            "revision": m.revision, "created": m.created}
+        except Exception as exc:
+            out["checkpoint_error"] = str(exc)
+    return out
+
+
+def format_status(st: dict[str, Any]) -> str:
+    lines = [f"{'REPLICA':<28}{'NODE':<9}{'REVISION':<22}{'PHASE':<18}{'READY':<7}"
+             f"{'PID':<8}URL"]
+    for r in st["replicas"]:
+        lines.append(f"{r['name']:<28}{r['node'] or '-':<9}{r['revision']:<22}{r['phase']:<18}"
+                     f"{'yes' if r['ready'] else 'no':<7}{r['pid'] or '-'!s:<8}{r['url'] or '-'}")
+    pending = [r["name"] for r in st["replicas"] if r["phase"] == "Pending"]
+    if pending:
+        lines.append(f"pending (no node satisfies anti-affinity): {', '.join(pending)}")
+    lines.append("")
+    lines.append("traffic: " + ", ".join(
+        f"{t['revision']}={t['percent']}%" + (f" ({t['tag']})" if t.get("tag") else "")
+        for t in st["traffic"]))
+    lines.append("nodes: " + ", ".join(
+        n["name"] + (" (cordoned)" if n["unschedulable"] else "") for n in st["nodes"]))
+    breakers = st.get("breakers") or []
+    lines.append("breakers: " + (", ".join(
+        f"{b.get('key')}={b.get('state')}" for b in breakers) if breakers else "none open"))
+    ck = st.get("latest_checkpoint")
+    lines.append("latest checkpoint: " + (f"{ck['id']} ({ck['revision']})" if ck else "none"))
+    return "\n".join(lines)
+
+
+def run_status(args: argparse.Namespace) -> int:
+    platform, service = platform_for(args)
+    from knative import PlatformError
+
+    redis_url = ckpt = None
+    if args.platform == "local":
+        st = _state(args)
+        redis_url, ckpt = st.redis_url, st.checkpoint_dir
+    try:
+        status = collect_status(platform, service, redis_url, ckpt)
+    except PlatformError as exc:
+        raise CliError(str(exc), code=EXIT_FAILED) from exc
+    print(json.dumps(status, indent=2, default=str) if args.json else format_status(status))
+    return 0
+
+
+def run_kill(args: argparse.Namespace) -> int:
+    from knative import NotFound, PlatformError
+
+    platform, service = platform_for(args)
+    try:
+        platform.delete_replica(args.pod)
+    except NotFound:
+        names = ", ".join(r.name for r in platform.replicas(service))
+        raise CliError(f"no replica named {args.pod!r} (replicas: {names})") from None
+    except PlatformError as exc:
+        raise CliError(str(exc), code=EXIT_FAILED) from exc
+    print(f"deleted {args.pod}")
+    return 0
+
+
+def run_evict(args: argparse.Namespace) -> int:
+    from knative import NotFound, PlatformError
+
+    platform, _ = platform_for(args)
+    try:
+        platform.cordon(args.node)
+        report = platform.evict(args.node, args.timeout)
+    except NotFound as exc:
+        raise CliError(str(exc)) from None
+    except PlatformError as exc:
+        raise CliError(str(exc), code=EXIT_FAILED) from exc
+    print(f"node {args.node} cordoned; evicted: {', '.join(report.evicted) or 'none'}"
+          + (f"; refused (disruption budget): {', '.join(report.refused)}"
+             if report.refused else ""))
+    return 0 if report.complete else EXIT_FAILED
