@@ -13,7 +13,6 @@ import pytest
 import events as ev
 from tests.events.test_lifecycle import node, pod
 from tests.kube_fake import FakeKubeServer
-from tests.kube_fake._state import resource_named
 
 SOURCE = "/surefoot/sources/pods"
 
@@ -151,9 +150,7 @@ SETTINGS = ev.PodSourceSettings(namespace="default", selector="app=llm", sweep_i
 
 
 def update_pod(kube: FakeKubeServer, name: str, **status: Any) -> None:
-    obj = kube.get("pods", name)
-    obj["status"].update(status)
-    kube.state.put_direct(resource_named("pods"), obj)
+    kube.set_pod_status(name, status)
 
 
 def test_live_watch_reports_pod_and_node_changes(kube: FakeKubeServer) -> None:
