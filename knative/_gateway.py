@@ -543,6 +543,9 @@ class Gateway:
             return _Failure(503, "pool_exhausted", str(exc), retryable=True, retry_after="1")
         with self._lock:
             self._inflight[url] = self._inflight.get(url, 0) + 1
+        # When this replica was chosen (for tracing, and to measure how fast an open breaker
+        # stops routing).
+        req.headers["x-surefoot-sent-at"] = f"{time.time():.6f}"
         keep = False
         streaming = False
         try:

@@ -77,7 +77,8 @@ class StubUpstream:
         self.die_after = 1
         self.requests = 0
         self.connections = 0
-        self.arrivals: list[tuple[float, str]] = []  # (time.time(), x-surefoot-gateway)
+        # (arrival time.time(), x-surefoot-gateway, x-surefoot-sent-at or 0.0)
+        self.arrivals: list[tuple[float, str, float]] = []
         self.record_arrivals = False
         self.bodies: list[bytes] = []
         self.record_bodies = False
@@ -152,7 +153,8 @@ class StubUpstream:
                 body: bytes) -> None:
         self.requests += 1
         if self.record_arrivals:
-            self.arrivals.append((time.time(), headers.get("x-surefoot-gateway", "")))
+            self.arrivals.append((time.time(), headers.get("x-surefoot-gateway", ""),
+                                  float(headers.get("x-surefoot-sent-at", "0") or 0)))
         if self.record_bodies:
             self.bodies.append(body)
         mode = headers.get("x-stub-mode") or self.mode
