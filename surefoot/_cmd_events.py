@@ -1,7 +1,8 @@
 """``surefoot source gpu|pods``, ``surefoot inject gpu-*`` and ``surefoot broker``.
 
 Thin: parse flags (falling back to SUREFOOT_* variables), build the events package's settings,
-run. Environment: SUREFOOT_BROKER_URL (default sink), SUREFOOT_NODE_NAME (default node).
+run. Environment: SUREFOOT_BROKER_URL (default sink; without it, the broker of a running
+``surefoot up``), SUREFOOT_NODE_NAME (default node).
 """
 
 from __future__ import annotations
@@ -107,10 +108,22 @@ def register(subparsers: Any) -> None:
     br.set_defaults(func=run_broker)
 
 
+def _running_up_broker() -> str | None:
+    """The broker of a running ``surefoot up`` on this machine, if there is one."""
+    try:
+        from surefoot._up import RunState, UpError, default_state_dir
+    except ImportError:
+        return None
+    try:
+        return RunState.read(default_state_dir()).broker_url or None
+    except (UpError, OSError, TypeError, ValueError):
+        return None
+
+
 def _sink(args: argparse.Namespace, env: Mapping[str, str]) -> str:
-    sink = args.sink or env.get(ENV_SINK)
+    sink = args.sink or env.get(ENV_SINK) or _running_up_broker()
     if not sink:
-        raise CliError(f"no event sink: pass --sink URL or set {ENV_SINK}")
+        raise CliError(f"no event sink: pass --sink URL, set {ENV_SINK}, or start `surefoot up`")
     if not sink.startswith(("http://", "https://")):
         raise CliError(f"--sink must be an http(s) URL, got {sink!r}")
     return sink

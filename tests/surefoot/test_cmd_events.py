@@ -50,14 +50,31 @@ def sink() -> Iterator[Sink]:
 
 
 @pytest.fixture(autouse=True)
-def no_env_sink(monkeypatch: pytest.MonkeyPatch) -> None:
+def no_env_sink(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("SUREFOOT_BROKER_URL", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # no `surefoot up` state
 
 
 def test_inject_without_sink_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["inject", "gpu-xid", "--node", "n1", "--xid", "79"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["surefoot inject: no event sink: pass --sink URL or set SUREFOOT_BROKER_URL"]
+    assert err == ["surefoot inject: no event sink: pass --sink URL, set SUREFOOT_BROKER_URL, "
+                   "or start `surefoot up`"]
+
+
+def test_inject_finds_the_broker_of_a_running_up(sink: Sink, tmp_path: Path) -> None:
+    import dataclasses
+
+    from surefoot._up import RunState, default_state_dir
+
+    values: dict[str, Any] = {f.name: "" for f in dataclasses.fields(RunState)
+                              if f.default is dataclasses.MISSING
+                              and f.default_factory is dataclasses.MISSING}
+    values.update(pid=os.getpid(), broker_url=sink.url)
+    RunState(**values).write(default_state_dir())
+    assert main(["inject", "gpu-lost", "--node", "n1"]) == 0
+    (event,) = sink.wait(1)
+    assert event.type == "dev.surefoot.gpu.lost"
 
 
 @pytest.mark.parametrize("argv", [
@@ -169,7 +186,7 @@ def test_broker_bad_config_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture
 
 
 def _spawn(args: list[str]) -> subprocess.Popen[str]:
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = dict(os.environ, PYTHONUNBUFFERED="1")  # XDG_CACHE_HOME: the test's, no `up` state
     env.pop("SUREFOOT_BROKER_URL", None)
     return subprocess.Popen([sys.executable, "-m", "surefoot", *args], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
