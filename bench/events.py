@@ -37,6 +37,7 @@ import events as ev  # noqa: E402
 LATENCY_TARGET_MS = 10.0
 RATE_TARGET = 2000.0
 RAW_SOURCE = "/bench/raw"
+CPU_US: dict[str, list[float]] = {"sender": [], "raw": []}  # CPU time of this process per send
 
 RECEIVER = r"""
 import asyncio, re, sys
@@ -145,10 +146,11 @@ def sender_rate(url: str, n: int) -> float:
     with ev.Sender(ev.SenderSettings(max_connections=4)) as sender:
         for _ in range(50):
             sender.send(event, url)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for _ in range(n):
             if not sender.send(event, url).ok:
                 raise RuntimeError("send failed")
+        CPU_US["sender"].append((time.process_time() - c0) / n * 1e6)
         return n / (time.perf_counter() - t0)
 
 
@@ -158,9 +160,10 @@ def raw_rate(url: str, n: int) -> float:
     with httpx.Client(limits=limits) as client:
         for _ in range(50):
             client.post(url, content=msg.body, headers=msg.headers)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         for _ in range(n):
             client.post(url, content=msg.body, headers=msg.headers).raise_for_status()
+        CPU_US["raw"].append((time.process_time() - c0) / n * 1e6)
         return n / (time.perf_counter() - t0)
 
 
@@ -217,6 +220,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  sender {rate:.0f} events/s (median)  raw httpx {raw_r:.0f} requests/s (median)")
     print(f"  sender / target = {rate / RATE_TARGET:.2f} -> "
           f"{'MET' if rate >= RATE_TARGET else 'MISSED'}; sender / raw httpx = {rate / raw_r:.2f}")
+    cpu_s, cpu_r = statistics.median(CPU_US["sender"]), statistics.median(CPU_US["raw"])
+    print(f"  CPU per event in the sending process (independent of other load): sender "
+          f"{cpu_s:.0f} us (= {1e6 / cpu_s:.0f}/s per core), raw httpx {cpu_r:.0f} us "
+          f"(= {1e6 / cpu_r:.0f}/s per core)")
+    print(f"  load average at the end: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
     return 0
 
 
