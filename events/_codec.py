@@ -179,10 +179,13 @@ def _check_attrs(attrs: Mapping[str, Any], accept: TypePolicy | None) -> dict[st
         problem = _time_problem(time_value)
         if problem:
             errors["time"] = problem
-    for name in attrs:
-        if name not in _CORE and name not in ("data", "data_base64", "schemaurl",
-                                              "datacontentencoding") and not _EXT_NAME.match(name):
+    for name, value in attrs.items():
+        if name in _CORE or name in ("data", "data_base64", "schemaurl", "datacontentencoding"):
+            continue
+        if not _EXT_NAME.match(name):
             errors[name] = "extension names are 1-20 lowercase letters or digits"
+        elif isinstance(value, (dict, list)) or value is None:
+            errors[name] = "extension values are strings, numbers or booleans"
     event_type = attrs.get("type")
     if accept is not None and isinstance(event_type, str) and event_type.strip():
         if not accept(event_type):

@@ -267,6 +267,8 @@ class Sender:
             resp = self._client.post(url, content=body, headers=headers)
         except httpx.TimeoutException as exc:
             raise TemporaryDeliveryError(f"timeout: {type(exc).__name__}", url=url) from None
+        except httpx.UnsupportedProtocol as exc:
+            raise PermanentDeliveryError(f"invalid URL: {exc}", url=url) from None
         except httpx.TransportError as exc:
             raise TemporaryDeliveryError(
                 f"transport error: {type(exc).__name__}: {exc}", url=url

@@ -155,3 +155,15 @@ def test_specversion_03_is_accepted() -> None:
     assert event.specversion == "0.3"
     msg = ev.to_binary(event)
     assert msg.headers["ce-specversion"] == "0.3"
+
+
+def test_structured_extension_values_must_be_primitive() -> None:
+    body = json.dumps({"specversion": "1.0", "id": "1", "source": "/s", "type": "com.example.x",
+                       "ext": {"nested": 1}, "count": 3, "flag": True}).encode()
+    with pytest.raises(ev.EventValidationError) as info:
+        ev.from_http({"content-type": "application/cloudevents+json"}, body, accept=None)
+    assert info.value.errors == {"ext": "extension values are strings, numbers or booleans"}
+    body = json.dumps({"specversion": "1.0", "id": "1", "source": "/s", "type": "com.example.x",
+                       "count": 3, "flag": True}).encode()
+    event = ev.from_http({"content-type": "application/cloudevents+json"}, body, accept=None)
+    assert event.extensions == {"count": "3", "flag": "true"}

@@ -224,3 +224,9 @@ def test_real_connection_refused_goes_to_dead_letter(tmp_path: Path, free_port: 
     assert len(ev.read_dead_letters(str(path))) == 1
 
 
+
+
+def test_bad_url_is_permanent() -> None:
+    with ev.Sender(sleep=lambda s: None) as s:
+        result = s.send(EVENT, "ftp://nowhere/")
+    assert not result.ok and result.attempts == 1 and "invalid URL" in (result.error or "")
