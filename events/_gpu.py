@@ -53,7 +53,7 @@ from events._probe import (
     decode_clock_reasons,
     pci_key,
 )
-from events._xid import RESET_GPU, classify, rule_for
+from events._xid import RESET_GPU, SCHEDULE_RESET, classify, rule_for
 
 log = logging.getLogger(__name__)
 
@@ -109,12 +109,12 @@ def ecc_event(settings: GpuSourceSettings, gpu: GpuInfo | None, reading: GpuRead
               new_uncorrected: bool, detector: str = DETECTOR_NVML) -> Event:
     failure = bool(reading.remapped_rows_failure)
     if failure or new_uncorrected:
-        severity, fatal = (FATAL if failure else CRITICAL), True
+        severity, action = (FATAL if failure else CRITICAL), RESET_GPU
     else:  # only a pending remap / retirement: reset at the next opportunity
-        severity, fatal = WARNING, False
+        severity, action = WARNING, SCHEDULE_RESET
     return build(
         GpuEcc(
-            node=settings.node, severity=severity, action=RESET_GPU, fatal=fatal,
+            node=settings.node, severity=severity, action=action, fatal=action == RESET_GPU,
             gpu=gpu.index if gpu else reading.index, uuid=gpu.uuid if gpu else None,
             pci_bus_id=gpu.pci_bus_id if gpu else None,
             volatile_uncorrected=reading.ecc_volatile_uncorrected,

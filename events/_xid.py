@@ -20,13 +20,15 @@ RESET_GPU = "reset_gpu"
 REBOOT = "reboot"
 DECODE = "decode"  # look at the details (ECC state, NVLink error) before deciding
 INVESTIGATE = "investigate"  # not in the table: log and watch for repeats
+SCHEDULE_RESET = "schedule_reset"  # a remap/retirement is pending: reset when convenient
 
-ACTIONS = (IGNORE, RESTART_APP, RESET_GPU, REBOOT, DECODE, INVESTIGATE)
+ACTIONS = (IGNORE, RESTART_APP, RESET_GPU, REBOOT, DECODE, INVESTIGATE, SCHEDULE_RESET)
 
 _SEVERITY = {
     IGNORE: INFO,
     INVESTIGATE: WARNING,
     RESTART_APP: WARNING,
+    SCHEDULE_RESET: WARNING,
     DECODE: CRITICAL,
     RESET_GPU: CRITICAL,
     REBOOT: FATAL,

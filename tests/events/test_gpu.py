@@ -330,7 +330,8 @@ def test_ecc_is_edge_triggered() -> None:
     assert (data(e).severity, data(e).fatal, data(e).volatile_uncorrected) == ("critical", True, 1)
     assert s.reading(reading(ecc_volatile_uncorrected=1)) == []
     (p,) = s.reading(reading(ecc_volatile_uncorrected=1, remapped_rows_pending=True))
-    assert (data(p).severity, data(p).fatal) == ("warning", False)
+    assert (data(p).severity, data(p).action, data(p).fatal) == ("warning", "schedule_reset",
+                                                                 False)
     (f,) = s.reading(reading(ecc_volatile_uncorrected=1, remapped_rows_pending=True,
                              remapped_rows_failure=True))
     assert (data(f).severity, data(f).fatal) == ("fatal", True)
