@@ -880,6 +880,8 @@ def create_app(
             "degraded": reg.degraded,
             "view_age": None if age == float("inf") else round(age, 3),
             "locally_open": reg.locally_open(),
+            # this process's in-memory view, the one its request path reads
+            "view": {k: v.state for k, v in reg.view().items()},
         })
 
     @app.post("/admin/breakers/<path:key>")

@@ -331,7 +331,8 @@ class LocalPlatform:
                            "labels": dict(n.labels)} for n in self._nodes.values()],
                 "replicas": [self._describe(r) for r in self._replicas.values()],
                 "revisions": [{"name": s.name, "service": s.service, "tag": s.tag,
-                               "min_scale": s.min_scale, "max_scale": s.max_scale}
+                               "min_scale": s.min_scale, "max_scale": s.max_scale,
+                               "serve_args": list(s.serve_args)}
                               for s in self._specs.values()],
                 "traffic": {svc: [{"revision": t.revision, "percent": t.percent, "tag": t.tag}
                                   for t in ts] for svc, ts in self._traffic.items()},
@@ -425,7 +426,7 @@ class LocalPlatform:
         cmd = [
             s.python, "-m", "surefoot", "serve", "--host", "127.0.0.1", "--port", str(r.port),
             "--replica", r.name, "--revision", r.revision, "--node", r.node or "",
-            "--grace-seconds", str(s.grace_seconds), *spec.serve_args,
+            "--grace-seconds", str(s.grace_seconds), *spec.serve_args,  # later flags win
         ]
         if s.checkpoint_dir:
             cmd += ["--checkpoint-dir", s.checkpoint_dir]

@@ -79,6 +79,11 @@ def platform_for(args: argparse.Namespace) -> tuple[Any, str]:
     return LocalPlatformClient(st.control_url), st.service
 
 
+def functions_factory(system: Any) -> tuple[Any, list[Any]] | None:
+    """The functions host mounted in ``surefoot up``, with its broker triggers."""
+    return None
+
+
 def run_up(args: argparse.Namespace) -> int:
     from surefoot._up import LocalSystem, UpError, UpSettings
 
@@ -92,7 +97,7 @@ def run_up(args: argparse.Namespace) -> int:
         checkpoint_interval=args.checkpoint_interval, grace_seconds=args.grace_seconds,
         state_dir=args.state_dir or "", redis_url=args.redis_url or "",
     )
-    system = LocalSystem(settings)
+    system = LocalSystem(settings, functions_factory)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: Any) -> None:

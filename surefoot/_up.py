@@ -74,6 +74,7 @@ class UpSettings:
     state_dir: str = ""
     admin_token: str = ""
     gpu_source: bool = True
+    replica_threads: int = 0  # 0: this machine's cores shared out among the replicas
     ready_timeout: float = 180.0
 
     @property
@@ -146,7 +147,7 @@ class LocalSystem:
     """Starts and stops every component; ``stop`` leaves no process behind."""
 
     def __init__(self, settings: UpSettings,
-                 functions_factory: Callable[[LocalSystem], Any] | None = None) -> None:
+                 functions_factory: Callable[[LocalSystem], Any | None] | None = None) -> None:
         self.s = settings
         self.state_dir = Path(settings.state_dir or default_state_dir())
         self.admin_token = settings.admin_token or secrets.token_urlsafe(16)
@@ -201,7 +202,14 @@ class LocalSystem:
         self.publisher = Publisher(sender, self.broker.url)
         self._on_stop("publisher", lambda: self.publisher.close(2) if self.publisher else None)
 
-        common = ["--max-tokens", str(s.max_tokens)]
+        # Replicas share this machine's cores: more engine threads than cores only makes them
+        # wait on each other (llama.cpp's OpenMP threads spin).
+        replicas = s.primary_replicas + s.fallback_replicas
+        threads = s.replica_threads or max(1, (os.cpu_count() or 1) // replicas)
+        # the replica's own grace leaves time for its exit snapshot within the platform's
+        replica_grace = max(1.0, s.grace_seconds * 0.7)
+        common = ["--max-tokens", str(s.max_tokens), "--n-threads", str(threads),
+                  "--grace-seconds", f"{replica_grace:g}"]
         primary_args = ["--model", s.model, "--n-ctx", str(s.n_ctx), "--embedding-model",
                         "all-minilm-l6-v2" if s.embeddings else "", *common]
         fallback_args = ["--model", s.fallback_model, "--n-ctx", str(s.fallback_n_ctx),
@@ -227,8 +235,9 @@ class LocalSystem:
         self.control.start()
         self._on_stop("control", self.control.stop)
 
-        if self.functions_factory is not None:
-            app, triggers = self.functions_factory(self)
+        mounted = self.functions_factory(self) if self.functions_factory else None
+        if mounted is not None:
+            app, triggers = mounted
             self.functions = HttpServer(app, "127.0.0.1", 0)
             self.functions.start()
             self.functions_url = self.functions.url

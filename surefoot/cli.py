@@ -18,6 +18,7 @@ from surefoot import __version__
 # Command groups, in the order `surefoot --help` lists them.
 COMMAND_MODULES = [
     "surefoot._cmd_up",
+    "surefoot._cmd_drill",
     "surefoot._cmd_serve",
     "surefoot._cmd_checkpoint",
     "surefoot._cmd_render",

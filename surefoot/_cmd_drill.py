@@ -1,0 +1,135 @@
+"""``surefoot drill``: the fault drill with its report (local platform or Knative)."""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from surefoot.cli import EXIT_FAILED, CliError
+
+FAULTS = ("pod_delete", "node_evict", "gpu_fault")
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "drill", help="load + faults (delete a pod, evict a node, a fatal GPU fault); report",
+        description="Steady load through the gateway while faults are injected. Attaches to a "
+                    "running `surefoot up` (local) or starts its own; exit 1 when a request "
+                    "failed.")
+    p.add_argument("--platform", choices=("local", "knative"), default="local")
+    p.add_argument("--rate", type=float, default=5.0, help="requests per second (default 5)")
+    p.add_argument("--duration", type=float, default=60.0,
+                   help="seconds of steady load before the faults (default 60)")
+    p.add_argument("--out", default="drill-out", help="report directory (default drill-out)")
+    p.add_argument("--faults", default=",".join(FAULTS),
+                   help=f"comma-separated subset of {','.join(FAULTS)}")
+    p.add_argument("--max-tokens", type=int, default=4)
+    p.add_argument("--state-dir", help="state of a running `surefoot up` to attach to")
+    p.add_argument("--no-embeddings", action="store_true",
+                   help="when the drill starts its own system: no embedding model")
+    p.add_argument("--gateway", help="with --platform knative: the gateway URL")
+    p.set_defaults(func=run)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def run(args: argparse.Namespace) -> int:
+    from surefoot._drill import Drill, DrillSettings, format_report
+
+    faults = tuple(f.strip() for f in args.faults.split(",") if f.strip())
+    bad = [f for f in faults if f not in FAULTS]
+    if bad:
+        raise CliError(f"--faults: unknown {', '.join(bad)}; choose from {', '.join(FAULTS)}")
+    if args.rate <= 0 or args.rate > 200:
+        raise CliError(f"--rate {args.rate}: must be in (0, 200]")
+    if args.duration < 1:
+        raise CliError(f"--duration {args.duration}: must be at least 1 second")
+    settings = DrillSettings(rate=args.rate, duration=args.duration, out=Path(args.out),
+                             max_tokens=args.max_tokens, faults=faults)
+    system = None
+    try:
+        if args.platform == "knative":
+            target = _knative_target(args)
+        else:
+            target, system = _local_target(args)
+        drill = Drill(target, settings, progress=lambda m: print(m, flush=True))
+        try:
+            report = drill.run()
+        except RuntimeError as exc:
+            raise CliError(str(exc), code=EXIT_FAILED) from exc
+        report_path, png = drill.write(settings.out)
+    finally:
+        if system is not None:
+            print("stopping the drill's system...", flush=True)
+            system.stop()
+    print(format_report(report))
+    print(f"\nreport: {report_path}\ntimeline: {png}")
+    return 0 if report["continuity"]["pass"] else EXIT_FAILED
+
+
+def _knative_target(args: argparse.Namespace) -> Any:
+    from knative import KnativePlatform, KubeSettings
+    from surefoot._drill import Target
+
+    if not args.gateway:
+        raise CliError("--platform knative needs --gateway URL (the gateway's address)")
+    try:
+        kube = KubeSettings.from_env()
+        platform = KnativePlatform.from_settings(kube)
+    except Exception as exc:  # no kubeconfig, bad context
+        raise CliError(f"--platform knative: {exc}") from exc
+    import os
+
+    return Target(platform, kube.service, args.gateway,
+                  os.environ.get("SUREFOOT_PRIMARY_REVISION", f"{kube.service}-v1"),
+                  broker_url=os.environ.get("SUREFOOT_BROKER_URL", ""),
+                  redis_url=os.environ.get("SUREFOOT_REDIS_URL", ""),
+                  admin_token=os.environ.get("SUREFOOT_ADMIN_TOKEN", ""))
+
+
+def _local_target(args: argparse.Namespace) -> tuple[Any, Any]:
+    from knative._local_control import LocalPlatformClient
+    from surefoot._drill import Target
+    from surefoot._up import LocalSystem, RunState, UpError, UpSettings, default_state_dir
+
+    state_dir = Path(args.state_dir) if args.state_dir else default_state_dir()
+    system = None
+    try:
+        st = RunState.read(state_dir)
+        print(f"attaching to `surefoot up` (pid {st.pid}) at {st.gateway_url}", flush=True)
+    except UpError:
+        if args.state_dir:
+            raise CliError(f"no running `surefoot up` with state in {state_dir}") from None
+        from surefoot._cmd_up import functions_factory
+
+        tmp = tempfile.mkdtemp(prefix="surefoot-drill-")
+        port = _free_port()
+        print(f"starting a local system for the drill (gateway port {port}, state {tmp})...",
+              flush=True)
+        system = LocalSystem(UpSettings(port=port, state_dir=tmp,
+                                        embeddings=not args.no_embeddings,
+                                        checkpoint_interval=0, gpu_source=False),
+                             functions_factory)
+        try:
+            system.start()
+            if not system.wait_ready():
+                raise CliError("the drill's system did not become ready", code=EXIT_FAILED)
+        except (UpError, BaseException):
+            system.stop()
+            raise
+        assert system.state is not None
+        st = system.state
+    client = LocalPlatformClient(st.control_url)
+    revs = {r["name"]: r for r in client.status().get("revisions", [])}
+    serve_args = tuple(revs.get(st.primary_revision, {}).get("serve_args", ()))
+    target = Target(client, st.service, st.gateway_url, st.primary_revision,
+                    broker_url=st.broker_url, redis_url=st.redis_url, admin_token=st.admin_token,
+                    serve_args=serve_args)
+    return target, system
