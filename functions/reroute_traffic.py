@@ -1,0 +1,438 @@
+"""reroute_traffic: move the primary's share of traffic to the fallback revision and back.
+
+The durable path behind the breakers. When the primary revision's breaker opens, the fallback
+takes the primary's share in the service's traffic block; the primary stays in the list at 0%
+with its tag, because Knative scales a revision that leaves the list to zero and the primary
+must stay warm (and reachable through its tag) to come back. The fallback's min-scale goes up
+by ``fallback_boost`` to absorb the load. The split before the reroute is kept in Redis.
+
+When the breaker closes, traffic goes back in steps (``restore_steps``, percent of the
+primary's normal share, e.g. 10 -> 50 -> 100) with ``restore_step_wait_s`` between them (the
+context's sleep, so tests do not wait). Before every step the primary must have
+``restore_min_ready`` ready replicas on nodes whose breaker is not open (waited for up to
+``restore_health_timeout_s``); if it does not, the traffic goes back to the fallback and the
+restore is retried later (a deferred action). A newer breaker event supersedes a restore in
+progress (a per-service epoch in Redis), and the primary's share never goes down during a
+restore. Every traffic change holds a per-service Redis lock (a merge patch replaces the whole
+list) and re-reads on 409.
+
+KServe: an InferenceService reconciles its Knative Service's traffic back, so with
+``kserve_isvc`` set the same two moves go through its ``canaryTrafficPercent`` (0 sends
+everything to the previously rolled-out revision; the restore raises it step by step).
+
+Replies: ``traffic.rerouted``; ``traffic.restored`` per step (the last one in the reply, the
+earlier ones to the sink as they happen).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from events import (
+    KNATIVE_PING,
+    BreakerClosed,
+    BreakerOpened,
+    Event,
+    TrafficRerouted,
+    TrafficRestored,
+    payload_of,
+)
+from functions._common import check_type, merge, run_deferred
+from functions._context import ACTED, DEFERRED, NOOP, Context, Outcome
+from functions._errors import MAPPED, PermanentFunctionError, TemporaryFunctionError, map_error
+from functions._once import once
+from functions._state import cancel, defer, locked
+from knative import Conflict, Target, node_key, revision_key
+
+log = logging.getLogger(__name__)
+
+NAME = "reroute_traffic"
+TYPES = (BreakerOpened.TYPE, BreakerClosed.TYPE, KNATIVE_PING)
+CONFLICT_RETRIES = 5
+_OPEN_STATES = ("open", "forced_open", "half_open")
+
+
+@once(NAME)
+def handle(event: Event, ctx: Context) -> Outcome:
+    """Handle one event (idempotent by event id)."""
+    check_type(NAME, event, TYPES)
+    try:
+        if event.type == KNATIVE_PING:
+            return merge(NAME, sweep(ctx), "no restore due")
+        p = payload_of(event)
+        assert isinstance(p, (BreakerOpened, BreakerClosed))
+        s = ctx.settings
+        if p.scope != "revision":
+            return Outcome(NAME, NOOP, f"{p.scope} breaker {p.name}: the gateways route around it")
+        if p.name != s.primary_revision:
+            return Outcome(NAME, NOOP, f"revision {p.name} is not the primary "
+                                       f"({s.primary_revision})")
+        if isinstance(p, BreakerOpened):
+            return reroute(ctx, reason=p.reason or "primary breaker opened",
+                           cause_event_id=event.id)
+        return restore(ctx, reason=p.reason or "primary breaker closed")
+    except MAPPED as exc:
+        raise map_error(exc, f"{NAME} {event.type} {event.id}") from exc
+
+
+# --- pure split arithmetic ----------------------------------------------------------------
+
+
+def _is(t: Target, revision: str, tag: str) -> bool:
+    return t.revision == revision or (bool(tag) and t.tag == tag)
+
+
+def _find(targets: list[Target], revision: str, tag: str) -> Target | None:
+    return next((t for t in targets if _is(t, revision, tag)), None)
+
+
+def rerouted_split(current: list[Target], settings: Any) -> list[Target]:
+    """The split with the primary at 0% (tag kept) and its share added to the fallback."""
+    s = settings
+    primary = _find(current, s.primary_revision, s.primary_tag)
+    if primary is None:
+        raise PermanentFunctionError(
+            f"the primary revision {s.primary_revision!r} (tag {s.primary_tag!r}) is not in the "
+            f"traffic of service {s.service!r}; nothing to reroute"
+        )
+    share = primary.percent
+    fallback = _find(current, s.fallback_revision, s.fallback_tag)
+    out = []
+    for t in current:
+        if t is primary:
+            out.append(Target(t.revision, 0, t.tag or s.primary_tag))
+        elif t is fallback:
+            out.append(Target(t.revision, t.percent + share, t.tag or s.fallback_tag))
+        else:
+            out.append(t)
+    if fallback is None:
+        out.append(Target(s.fallback_revision, share, s.fallback_tag))
+    return out
+
+
+def restored_split(current: list[Target], settings: Any, normal_primary: int,
+                   step: int) -> list[Target]:
+    """The split at ``step`` percent of the primary's ``normal_primary`` share; the pair's
+    total stays the same and the primary's share never goes down."""
+    s = settings
+    primary = _find(current, s.primary_revision, s.primary_tag)
+    fallback = _find(current, s.fallback_revision, s.fallback_tag)
+    if primary is None or fallback is None:
+        raise PermanentFunctionError(
+            f"service {s.service!r} no longer routes to both {s.primary_revision!r} and "
+            f"{s.fallback_revision!r}; cannot restore"
+        )
+    pool = primary.percent + fallback.percent
+    want = normal_primary if step >= 100 else round(normal_primary * step / 100)
+    want = min(max(want, primary.percent), pool)
+    out = []
+    for t in current:
+        if t is primary:
+            out.append(Target(t.revision, want, t.tag))
+        elif t is fallback:
+            out.append(Target(t.revision, pool - want, t.tag))
+        else:
+            out.append(t)
+    return out
+
+
+def _restored_for(current: list[Target], *, settings: Any, normal_primary: int,
+                  step: int) -> list[Target]:
+    return restored_split(current, settings, normal_primary, step)
+
+
+def _wire(targets: list[Target]) -> tuple[dict[str, Any], ...]:
+    out = []
+    for t in targets:
+        d: dict[str, Any] = {"revisionName": t.revision, "percent": t.percent}
+        if t.tag:
+            d["tag"] = t.tag
+        out.append(d)
+    return tuple(out)
+
+
+def _encode(targets: list[Target]) -> str:
+    return json.dumps([[t.revision, t.percent, t.tag] for t in targets])
+
+
+def _decode(raw: Any) -> list[Target] | None:
+    if raw is None:
+        return None
+    try:
+        return [Target(str(r), int(p), t) for r, p, t in json.loads(raw)]
+    except (ValueError, TypeError):
+        return None
+
+
+# --- state --------------------------------------------------------------------------------
+
+
+def _epoch_key(ctx: Context) -> str:
+    return ctx.key("traffic", ctx.settings.service, "epoch")
+
+
+def _saved_key(ctx: Context) -> str:
+    return ctx.key("traffic", ctx.settings.service, "saved")
+
+
+def _restore_member(ctx: Context) -> str:
+    return f"{NAME}|restore|{ctx.settings.service}"
+
+
+def _apply(ctx: Context, compute: Callable[[list[Target]], list[Target]]) -> tuple[list[Target], bool]:
+    """Read the split, compute the new one, write it; a 409 re-reads and recomputes."""
+    service = ctx.settings.service
+    for _ in range(CONFLICT_RETRIES + 1):
+        current = ctx.platform.traffic(service)
+        new = compute(current)
+        if new == current:
+            return current, False
+        try:
+            ctx.platform.set_traffic(service, new)
+            return new, True
+        except Conflict as exc:
+            log.info("traffic of %s changed underneath (%s); re-reading", service, exc)
+    raise TemporaryFunctionError(f"traffic of {service}: still conflicting after "
+                                 f"{CONFLICT_RETRIES + 1} tries")
+
+
+def _fallback_scale(ctx: Context, boosted: bool) -> None:
+    s = ctx.settings
+    low = s.fallback_min_scale + (s.fallback_boost if boosted else 0)
+    ctx.platform.set_scale(s.service, s.fallback_revision, low, s.fallback_max_scale)
+
+
+# --- reroute ------------------------------------------------------------------------------
+
+
+def reroute(ctx: Context, *, reason: str, cause_event_id: str | None = None) -> Outcome:
+    """Send the primary's share to the fallback (and supersede any restore in progress)."""
+    s = ctx.settings
+    ctx.redis.incr(_epoch_key(ctx))
+    cancel(ctx, _restore_member(ctx))
+    if s.kserve_isvc:
+        return _reroute_kserve(ctx, reason, cause_event_id)
+    moved = 0
+
+    def compute(current: list[Target]) -> list[Target]:
+        nonlocal moved
+        primary = _find(current, s.primary_revision, s.primary_tag)
+        if primary is not None and primary.percent > 0:
+            ctx.redis.set(_saved_key(ctx), _encode(current), nx=True)
+            moved = primary.percent
+        return rerouted_split(current, s)
+
+    with locked(ctx, f"traffic:{s.service}"):
+        targets, changed = _apply(ctx, compute)
+    _fallback_scale(ctx, boosted=True)
+    if not changed:
+        return Outcome(NAME, NOOP, f"{s.primary_revision} already at 0%; fallback min-scale "
+                                   "ensured")
+    reply = ctx.event(NAME, TrafficRerouted(
+        service=s.service, namespace=s.namespace, from_revision=s.primary_revision,
+        to_revision=s.fallback_revision, percent=moved, targets=_wire(targets), reason=reason,
+        cause_event_id=cause_event_id))
+    return Outcome(NAME, ACTED, f"moved {moved}% from {s.primary_revision} to "
+                                f"{s.fallback_revision}", reply=reply)
+
+
+# --- restore ------------------------------------------------------------------------------
+
+
+def _epoch(ctx: Context) -> int:
+    return int(ctx.redis.get(_epoch_key(ctx)) or 0)
+
+
+def primary_health(ctx: Context) -> tuple[int, str]:
+    """Ready primary replicas on nodes whose breaker is not open, and a line saying so."""
+    s = ctx.settings
+    ready = [r for r in ctx.platform.replicas(s.service)
+             if r.revision == s.primary_revision and r.ready]
+    nodes = {r.node for r in ready if r.node}
+    bad = {n for n in nodes if ctx.breakers.status(node_key(n)).state in _OPEN_STATES}
+    ok = [r for r in ready if r.node not in bad]
+    detail = f"{len(ok)} ready primary replicas (need {s.restore_min_ready})"
+    if bad:
+        detail += f"; nodes with open breakers: {', '.join(sorted(bad))}"
+    return len(ok), detail
+
+
+def _wait_healthy(ctx: Context, epoch: int) -> tuple[bool, str]:
+    s = ctx.settings
+    deadline = ctx.clock() + s.restore_health_timeout_s
+    while True:
+        n, detail = primary_health(ctx)
+        if n >= s.restore_min_ready:
+            return True, detail
+        if ctx.clock() >= deadline or _epoch(ctx) != epoch:
+            return False, detail
+        ctx.sleep(s.restore_health_poll_s)
+
+
+def restore(ctx: Context, *, reason: str) -> Outcome:
+    """Give the primary its share back in steps, checking its health before each step."""
+    s = ctx.settings
+    epoch = int(ctx.redis.incr(_epoch_key(ctx)))
+    cancel(ctx, _restore_member(ctx))
+    if s.kserve_isvc:
+        return _restore_kserve(ctx, reason, epoch)
+    saved = _decode(ctx.redis.get(_saved_key(ctx)))
+    current = ctx.platform.traffic(s.service)
+    primary = _find(current, s.primary_revision, s.primary_tag)
+    fallback = _find(current, s.fallback_revision, s.fallback_tag)
+    if primary is None or fallback is None:
+        return Outcome(NAME, NOOP, "service does not route to both revisions; nothing to restore")
+    normal = _find(saved, s.primary_revision, s.primary_tag) if saved else None
+    if normal is None:
+        if primary.percent > 0:
+            return Outcome(NAME, NOOP, f"{s.primary_revision} is at {primary.percent}% and no "
+                                       "reroute is recorded; nothing to restore")
+        normal_pct = primary.percent + fallback.percent
+    else:
+        normal_pct = normal.percent
+    last: Event | None = None
+    steps = s.restore_steps
+    for i, step in enumerate(steps, start=1):
+        if i > 1:
+            ctx.sleep(s.restore_step_wait_s)
+        if _epoch(ctx) != epoch:
+            return Outcome(NAME, NOOP, f"restore superseded by a newer breaker event after "
+                                       f"step {i - 1}", reply=last)
+        state = ctx.breakers.status(revision_key(s.primary_revision)).state
+        if state in _OPEN_STATES:
+            return Outcome(NAME, NOOP, f"restore stopped at step {i - 1}: the primary's breaker "
+                                       f"is {state} again", reply=last)
+        healthy, detail = _wait_healthy(ctx, epoch)
+        if not healthy:
+            return _pause(ctx, epoch, i, detail, reason)
+        with locked(ctx, f"traffic:{s.service}"):
+            if _epoch(ctx) != epoch:
+                return Outcome(NAME, NOOP, "restore superseded by a newer breaker event",
+                               reply=last)
+            targets, _ = _apply(ctx, functools.partial(
+                _restored_for, settings=s, normal_primary=normal_pct, step=step))
+        pct = next((t.percent for t in targets if _is(t, s.primary_revision, s.primary_tag)), 0)
+        event = ctx.event(NAME, TrafficRestored(
+            service=s.service, namespace=s.namespace, revision=s.primary_revision, percent=pct,
+            step=i, targets=_wire(targets), reason=f"{reason}; {detail}"))
+        if last is not None:
+            ctx.emit(last)
+        last = event
+    _fallback_scale(ctx, boosted=False)
+    ctx.redis.delete(_saved_key(ctx))
+    return Outcome(NAME, ACTED, f"restored {s.primary_revision} to {normal_pct}% in "
+                                f"{len(steps)} steps", reply=last)
+
+
+def _pause(ctx: Context, epoch: int, step: int, detail: str, reason: str) -> Outcome:
+    """The primary is not healthy enough: back to the fallback, retry later."""
+    s = ctx.settings
+    with locked(ctx, f"traffic:{s.service}"):
+        if _epoch(ctx) != epoch:
+            return Outcome(NAME, NOOP, "restore superseded by a newer breaker event")
+        targets, changed = _apply(ctx, lambda cur: rerouted_split(cur, s))
+    due = ctx.clock() + max(s.restore_step_wait_s, s.restore_health_poll_s)
+    defer(ctx, _restore_member(ctx), due)
+    reply = None
+    if changed:
+        reply = ctx.event(NAME, TrafficRerouted(
+            service=s.service, namespace=s.namespace, from_revision=s.primary_revision,
+            to_revision=s.fallback_revision, percent=100, targets=_wire(targets),
+            reason=f"restore paused before step {step}: {detail}"))
+    return Outcome(NAME, DEFERRED, f"restore paused before step {step} ({detail}); retrying "
+                                   "later", reply=reply, details={"due": due})
+
+
+def sweep(ctx: Context) -> list[Outcome]:
+    """Retry the restores that were paused for an unhealthy primary."""
+    def run(service: str) -> Outcome:
+        if service != ctx.settings.service:
+            return Outcome(NAME, NOOP, f"restore of another service {service} skipped")
+        state = ctx.breakers.status(revision_key(ctx.settings.primary_revision)).state
+        if state in _OPEN_STATES:
+            return Outcome(NAME, NOOP, f"primary breaker is {state}; restore waits for it")
+        try:
+            return restore(ctx, reason="retrying a paused restore")
+        except MAPPED as exc:
+            raise map_error(exc, f"{NAME} restore {service}") from exc
+
+    return run_deferred(ctx, NAME, "restore", run)
+
+
+# --- KServe -------------------------------------------------------------------------------
+
+
+def _saved_canary_key(ctx: Context) -> str:
+    return ctx.key("kserve", ctx.settings.kserve_isvc, "saved")
+
+
+def _canary(ctx: Context) -> Any:
+    if ctx.canary is None:
+        raise PermanentFunctionError(
+            f"kserve_isvc is {ctx.settings.kserve_isvc!r} but the context has no canary control"
+        )
+    return ctx.canary
+
+
+def _reroute_kserve(ctx: Context, reason: str, cause_event_id: str | None) -> Outcome:
+    s = ctx.settings
+    canary = _canary(ctx)
+    with locked(ctx, f"traffic:{s.service}"):
+        before = canary.canary_percent(s.kserve_isvc)
+        current = 100 if before is None else int(before)
+        if current == 0:
+            return Outcome(NAME, NOOP, f"InferenceService {s.kserve_isvc} canary already at 0%")
+        ctx.redis.set(_saved_canary_key(ctx), str(current), nx=True)
+        canary.set_canary_percent(s.kserve_isvc, 0)
+    reply = ctx.event(NAME, TrafficRerouted(
+        service=s.service, namespace=s.namespace, from_revision=s.primary_revision,
+        to_revision=s.fallback_revision, percent=current,
+        reason=f"{reason}; InferenceService {s.kserve_isvc} canaryTrafficPercent "
+               f"{current} -> 0", cause_event_id=cause_event_id))
+    return Outcome(NAME, ACTED, f"canaryTrafficPercent of {s.kserve_isvc} {current} -> 0",
+                   reply=reply)
+
+
+def _restore_kserve(ctx: Context, reason: str, epoch: int) -> Outcome:
+    s = ctx.settings
+    canary = _canary(ctx)
+    raw = ctx.redis.get(_saved_canary_key(ctx))
+    before = canary.canary_percent(s.kserve_isvc)
+    if raw is None and before != 0:
+        return Outcome(NAME, NOOP, f"InferenceService {s.kserve_isvc} was not rerouted; "
+                                   "nothing to restore")
+    normal = int(raw) if raw is not None else 100
+    last: Event | None = None
+    for i, step in enumerate(s.restore_steps, start=1):
+        if i > 1:
+            ctx.sleep(s.restore_step_wait_s)
+        if _epoch(ctx) != epoch:
+            return Outcome(NAME, NOOP, "restore superseded by a newer breaker event", reply=last)
+        healthy, detail = _wait_healthy(ctx, epoch)
+        if not healthy:
+            with locked(ctx, f"traffic:{s.service}"):
+                canary.set_canary_percent(s.kserve_isvc, 0)
+            defer(ctx, _restore_member(ctx), ctx.clock() + s.restore_step_wait_s)
+            return Outcome(NAME, DEFERRED, f"restore paused before step {i} ({detail})",
+                           reply=last)
+        want = normal if step >= 100 else round(normal * step / 100)
+        with locked(ctx, f"traffic:{s.service}"):
+            now = canary.canary_percent(s.kserve_isvc)
+            have = 100 if now is None else int(now)
+            want = max(want, have)  # never lower the primary's share during a restore
+            if have != want:
+                canary.set_canary_percent(s.kserve_isvc, want)
+        event = ctx.event(NAME, TrafficRestored(
+            service=s.service, namespace=s.namespace, revision=s.primary_revision, percent=want,
+            step=i, reason=f"{reason}; InferenceService {s.kserve_isvc} canaryTrafficPercent "
+                           f"{want}"))
+        if last is not None:
+            ctx.emit(last)
+        last = event
+    ctx.redis.delete(_saved_canary_key(ctx))
+    return Outcome(NAME, ACTED, f"canaryTrafficPercent of {s.kserve_isvc} back to {normal}",
+                   reply=last)
