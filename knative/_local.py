@@ -301,7 +301,7 @@ class LocalPlatform:
                         if r.node == node and r.phase != "Terminating"]
             if not left:
                 return EvictionReport(node, tuple(evicted), (), (), time.monotonic() - start)
-            if time.monotonic() - start >= timeout:
+            if time.monotonic() - start >= timeout or self._stop.is_set():
                 return EvictionReport(node, tuple(evicted), (), tuple(left),
                                       time.monotonic() - start)
             time.sleep(0.1)
@@ -401,6 +401,8 @@ class LocalPlatform:
         return sorted(nodes, key=lambda n: (load[n.name], n.name))
 
     def _reconcile(self) -> None:
+        if self._stop.is_set():  # stop() has taken its list of processes: start no more
+            return
         for spec in self._specs.values():
             active = [r for r in self._replicas.values()
                       if r.revision == spec.name and r.phase != "Terminating"]
@@ -477,6 +479,10 @@ class LocalPlatform:
         assert r.proc is not None
         code = r.proc.returncode
         r.exit_code = code
+        # The serve master is gone; a worker it left behind would keep the port (and answer
+        # on it) until it notices: the whole process group goes with the master, as a
+        # container's processes do.
+        _signal_group(r.proc, signal.SIGKILL)
         if r.phase == "Terminating":
             log.info("%s exited with %s after %s", r.name, code, r.terminate_reason)
             r.proc = None

@@ -8,6 +8,7 @@ Knative platform has. Platform errors travel as HTTP statuses and come back as t
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import httpx
@@ -94,7 +95,14 @@ def create_control_app(platform: LocalPlatform) -> Flask:
         elif action == "uncordon":
             platform.uncordon(node)
         elif action == "evict":
-            timeout = float(request.args.get("timeout", "120"))
+            raw = request.args.get("timeout", "120")
+            try:
+                timeout = float(raw)
+            except ValueError:
+                timeout = math.nan
+            if not 0 <= timeout < math.inf:  # NaN would make the drain loop never end
+                raise PermanentPlatformError(
+                    f"timeout: {raw!r} is not a number of seconds >= 0")
             report = platform.evict(node, timeout)
             return jsonify({**report.__dict__, "complete": report.complete})
         else:
