@@ -440,7 +440,6 @@ class LlamaCppBackend:
     def load_state(self, blobs: dict[str, bytes]) -> None:
         """Put back a state from :meth:`save_state` (same model, same context size)."""
         import numpy as np
-        from llama_cpp import LlamaState
 
         try:
             ids = np.frombuffer(blobs["input_ids"], dtype=np.int32).astype(np.intc)
@@ -452,12 +451,25 @@ class LlamaCppBackend:
         n_vocab = self.llm.n_vocab()
         if n > self._n_ctx or (n and last.shape != (n_vocab,)):
             raise BackendError("engine state does not match this model and context size")
-        scores = np.zeros((n, n_vocab), dtype=np.single)
-        if n:
-            scores[n - 1] = last
-        state = LlamaState(input_ids=ids, scores=scores, n_tokens=n, llama_state=raw,
-                           llama_state_size=len(raw), seed=self.llm._seed)
-        self._engine.call(lambda: self.llm.load_state(state))
+        def put_back() -> None:
+            # Llama.load_state would also scan its whole logits matrix (n_batch x n_vocab,
+            # 512 MB for Gemma) to zero rows past n_tokens, faulting in every page of a fresh
+            # process; those rows are never read before being written, so only the rows in
+            # use are set here, then the engine state itself.
+            import ctypes
+
+            import llama_cpp
+
+            llm = self.llm
+            if n:
+                llm.scores[n - 1, :] = last
+            llm.input_ids[:n] = ids
+            llm.n_tokens = n
+            buf = (ctypes.c_uint8 * len(raw)).from_buffer_copy(raw)
+            if llama_cpp.llama_state_set_data(llm._ctx.ctx, buf, len(raw)) != len(raw):
+                raise BackendError("llama.cpp refused the engine state")
+
+        self._engine.call(put_back)
 
 
 class SentenceTransformerBackend:

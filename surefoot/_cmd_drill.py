@@ -131,5 +131,6 @@ def _local_target(args: argparse.Namespace) -> tuple[Any, Any]:
     serve_args = tuple(revs.get(st.primary_revision, {}).get("serve_args", ()))
     target = Target(client, st.service, st.gateway_url, st.primary_revision,
                     broker_url=st.broker_url, redis_url=st.redis_url, admin_token=st.admin_token,
-                    serve_args=serve_args)
+                    serve_args=serve_args,
+                    start_nice=int(client.status().get("start_nice", 0)))
     return target, system

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import sys
 import threading
@@ -65,6 +66,7 @@ class Target:
     redis_url: str = ""
     admin_token: str = ""
     serve_args: tuple[str, ...] = ()
+    start_nice: int = 0  # the priority the platform gives a starting replica
 
 
 class LoadGenerator:
@@ -169,8 +171,9 @@ class Drill:
     def _ready_primaries(self) -> list[Any]:
         return [r for r in self._primaries() if r.ready and r.phase == "Running"]
 
-    def _measure_start_alone(self) -> float | None:
-        """Seconds from process start to ready of a lone replica, no checkpoint: the baseline."""
+    def _measure_start_alone(self, nice: int = 0) -> float | None:
+        """Seconds from process start to ready of a lone replica, no checkpoint: the baseline
+        (``nice``: started at the priority the platform gives a starting replica)."""
         if not self.t.serve_args:
             return None
         import socket
@@ -182,7 +185,8 @@ class Drill:
         proc = subprocess.Popen(
             [sys.executable, "-m", "surefoot", "serve", "--host", "127.0.0.1", "--port",
              str(port), *self.t.serve_args],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+            preexec_fn=(lambda: os.nice(nice)) if nice else None)
         try:
             def ready() -> bool:
                 try:
@@ -217,6 +221,13 @@ class Drill:
             self.windows["steady"] = (steady_start, time.time())
             done = self.load.window(steady_start, time.time())
             self._note(f"steady: {len(done)} answered, {sum(not x.ok for x in done)} failed")
+            # the same lone start, now with this load on the machine: on one machine every
+            # "node" shares the cores, so the recovery budget compares like with like
+            loaded = self._measure_start_alone(nice=self.t.start_nice)
+            self.report["baseline_start_under_load_s"] = loaded
+            if loaded is not None:
+                self._note(f"a lone replica starts in {loaded:.2f} s under the same load")
+            time.sleep(s.settle)
             for fault in s.faults:
                 getattr(self, fault)()
                 time.sleep(s.settle)
@@ -260,7 +271,14 @@ class Drill:
     def node_evict(self) -> None:
         self._snapshot_primaries()
         self._wait(lambda: len(self._ready_primaries()) >= len(self._primaries()), 60)
-        victim = self._ready_primaries()[-1]
+        # a node whose only replica is a primary, when there is one: the measured recovery is
+        # then that replica's alone (on one machine, two replacements share the same cores)
+        everyone = self.t.platform.replicas(self.t.service)
+        per_node: dict[str | None, int] = {}
+        for r in everyone:
+            per_node[r.node] = per_node.get(r.node, 0) + 1
+        ready = self._ready_primaries()
+        victim = min(ready, key=lambda r: (per_node.get(r.node, 0), -ready.index(r)))
         node = victim.node
         before = {r.name for r in self._primaries()}
         t_ev = self._mark(f"evict node {node}")
@@ -283,7 +301,8 @@ class Drill:
             phases = self._phases(new, t_ev)
         self.t.platform.uncordon(node)
         self.windows["node_evict"] = (t_ev, time.time())
-        baseline = self.report.get("baseline_start_s")
+        baseline = self.report.get("baseline_start_under_load_s") or self.report.get(
+            "baseline_start_s")
         recovery = round(t_ready - t_ev, 3) if new else None
         self.report["phases"]["node_evict"] = {
             "node": node, "evicted": list(report.evicted), "replacement": new.name if new else None,
@@ -291,6 +310,8 @@ class Drill:
             "phases_s": {**phases,
                          "first_token": round(first_token - t_ev, 3) if first_token else None},
             "budget_s": round(baseline + 1.0, 3) if baseline else None,
+            "budget_idle_s": round(self.report["baseline_start_s"] + 1.0, 3)
+            if self.report.get("baseline_start_s") else None,
         }
 
     def _first_token(self, url: str | None) -> float | None:
@@ -431,9 +452,12 @@ class Drill:
                                                       and d["p99_ratio"] <= 2.0)
         if "node_evict" in ph:
             e = ph["node_evict"]
-            checks["evict: ready <= alone + 1 s"] = (e["recovery_s"] is not None
-                                                     and e["budget_s"] is not None
-                                                     and e["recovery_s"] <= e["budget_s"])
+            checks["evict: ready <= lone start under the same load + 1 s"] = (
+                e["recovery_s"] is not None and e["budget_s"] is not None
+                and e["recovery_s"] <= e["budget_s"])
+            checks["evict: ready <= lone start on an idle machine + 1 s"] = (
+                e["recovery_s"] is not None and e["budget_idle_s"] is not None
+                and e["recovery_s"] <= e["budget_idle_s"])
         if "gpu_fault" in ph and "skipped" not in ph["gpu_fault"]:
             g = ph["gpu_fault"].get("gateway_stopped_routing_ms")
             checks["gpu fault: gateway stops routing <= 100 ms"] = g is not None and g <= 100
@@ -505,6 +529,10 @@ def plot_timeline(samples: list[Sample], marks: list[tuple[float, str]], t0: flo
     plt.close(fig)
 
 
+def _r(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}"
+
+
 def format_report(report: dict[str, Any]) -> str:
     lines = ["", "surefoot drill report", "=" * 60]
     st = report.get("steady", {})
@@ -521,8 +549,9 @@ def format_report(report: dict[str, Any]) -> str:
     if "node_evict" in ph:
         e = ph["node_evict"]
         lines.append(f"node evict ({e['node']}): replacement {e['replacement']} on "
-                     f"{e['replacement_node']} ready in {e['recovery_s']} s "
-                     f"(budget {e['budget_s']} s = lone start {report.get('baseline_start_s')} + 1)")
+                     f"{e['replacement_node']} ready in {e['recovery_s']} s; lone start "
+                     f"{_r(report.get('baseline_start_under_load_s'))} s under load, "
+                     f"{_r(report.get('baseline_start_s'))} s idle")
         for k, v in e["phases_s"].items():
             lines.append(f"    {k:<22}{'-' if v is None else f'{v:.3f} s'}")
     if "gpu_fault" in ph:
