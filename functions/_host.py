@@ -60,16 +60,19 @@ DEAD_LETTER_PATH = "/dead-letter"
 EXTENSION = "surefoot.functions"
 
 
-def functions_for(event_type: str) -> list[str]:
-    """The functions that handle ``event_type``, in ROUTES order."""
-    return [name for name, types in ROUTES.items() if event_type in types]
+def functions_for(event_type: str, only: str = "") -> list[str]:
+    """The functions that handle ``event_type``, in ROUTES order (``only``: that one)."""
+    return [name for name, types in ROUTES.items()
+            if event_type in types and (not only or name == only)]
 
 
-def triggers(base_url: str, *, prefix: str = "functions") -> list[Trigger]:
+def triggers(base_url: str, *, prefix: str = "functions", only: str = "") -> list[Trigger]:
     """Local-broker Triggers that route every handled type to its function's path."""
     base = base_url.rstrip("/")
     out = []
     for name, types in ROUTES.items():
+        if only and name != only:
+            continue
         for t in types:
             short = t.removeprefix("dev.surefoot.").removeprefix("dev.knative.").replace(".", "-")
             out.append(Trigger(name=f"{prefix}-{name.replace('_', '-')}-{short}",
@@ -100,7 +103,7 @@ class Host:
         first temporary (else permanent) failure is raised."""
         outcomes: list[Outcome] = []
         failure: Exception | None = None
-        for name in functions_for(event.type):
+        for name in functions_for(event.type, self.settings.only_function):
             try:
                 outcomes.append(self.run(name, event))
             except TemporaryError as exc:
@@ -169,7 +172,7 @@ def _function_handler(host: Host, name: str) -> Callable[[Event], Event | None]:
 
 def _dispatch_handler(host: Host) -> Callable[[Event], Event | None]:
     def handler(event: Event) -> Event | None:
-        if not functions_for(event.type):
+        if not functions_for(event.type, host.settings.only_function):
             _note([Outcome("-", NOOP, f"no function handles {event.type}")])
             return None
         outcomes = host.dispatch(event)
@@ -223,6 +226,8 @@ def create_app(settings: FunctionSettings, context: Context) -> Flask:
     app.extensions[EXTENSION] = host
     strict = ReceiverSettings(strict_types=True)
     for name in FUNCTIONS:
+        if settings.only_function and name != settings.only_function:
+            continue
         app.register_blueprint(
             receiver_blueprint(f"fn_{name}", _function_handler(host, name), strict,
                                rule=f"/{name}"))
@@ -253,7 +258,9 @@ def create_app(settings: FunctionSettings, context: Context) -> Flask:
     @app.get("/functions")
     def routes() -> Response:
         return jsonify({"functions": {n: {"path": f"/{n}", "types": list(t)}
-                                      for n, t in ROUTES.items()},
+                                      for n, t in ROUTES.items()
+                                      if not settings.only_function
+                                      or n == settings.only_function},
                         "dispatch": "/", "dead_letter": DEAD_LETTER_PATH})
 
     # --- dead letters ----------------------------------------------------------------------
@@ -399,7 +406,8 @@ class FunctionsServer:
         return self._http.port
 
     def triggers(self, prefix: str = "functions") -> list[Trigger]:
-        return triggers(self.url, prefix=prefix)
+        """Local-broker Triggers for this server's functions."""
+        return triggers(self.url, prefix=prefix, only=self.host.settings.only_function)
 
     def start(self) -> FunctionsServer:
         self._http.start()

@@ -65,6 +65,8 @@ class FunctionSettings:
     on an event survives a crashed handler; ``inflight_wait_s`` how long a second delivery of
     an event being handled waits for the first before answering 503; ``sweep_interval_s`` how
     often the host runs deferred actions (0: only on ``dev.knative.sources.ping``).
+    ``only_function``: the host serves that one function (at its path and at ``/``), for a
+    function deployed on its own.
     """
 
     service: str = "surefoot"
@@ -113,6 +115,7 @@ class FunctionSettings:
     inflight_wait_s: float = 2.0
     sweep_interval_s: float = 5.0
     dead_letter_keep: int = 1000
+    only_function: str = ""  # serve one function alone (its own Knative Service, func.yaml)
 
     def __post_init__(self) -> None:
         errors = self.check()
@@ -170,6 +173,9 @@ class FunctionSettings:
             errors["max_quarantined_percent"] = "must be within (0, 100]"
         if self.snapshot_replicas not in SNAPSHOT_SCOPES:
             errors["snapshot_replicas"] = f"must be one of {', '.join(SNAPSHOT_SCOPES)}"
+        known = ("trip_breaker", "reroute_traffic", "snapshot_checkpoint", "quarantine_node")
+        if self.only_function and self.only_function not in known:
+            errors["only_function"] = f"{self.only_function!r} is not one of {', '.join(known)}"
         for name in ("gpu_node_label", "optout_label"):
             value = getattr(self, name)
             if value and _label_pair(value) is None:

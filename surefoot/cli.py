@@ -24,6 +24,7 @@ COMMAND_MODULES = [
     "surefoot._cmd_render",
     "surefoot._cmd_gateway",
     "surefoot._cmd_events",
+    "surefoot._cmd_functions",
 ]
 
 EXIT_OK = 0

@@ -14,6 +14,9 @@ from knative import BreakerRegistrySettings, KnativePlatform
 from tests.functions._helpers import FakeTime, Sink, make_cluster
 from tests.kube_fake import FakeKubeServer
 
+# build_context arguments; every other keyword of make_ctx is a settings field.
+CONTEXT_ARGS = ("platform", "redis_client", "breakers", "http", "transport", "canary", "sink")
+
 
 @pytest.fixture
 def kube() -> Iterator[FakeKubeServer]:
@@ -56,11 +59,12 @@ def make_ctx(platform: KnativePlatform, fake_time: FakeTime, sink: Sink, redis_u
     made: list[Context] = []
 
     def make(**changes: Any) -> Context:
-        s = replace(settings, **{k: v for k, v in changes.items() if k in settings.__dict__})
-        extra = {k: v for k, v in changes.items() if k not in settings.__dict__}
-        ctx = build_context(s, extra.pop("platform", platform),
+        wiring = {k: changes.pop(k) for k in list(changes) if k in CONTEXT_ARGS}
+        s = replace(settings, **changes)
+        wiring.setdefault("sink", sink)
+        ctx = build_context(s, wiring.pop("platform", platform),
                             breaker_settings=BreakerRegistrySettings(redis_url=redis_url),
-                            clock=fake_time.clock, sleep=fake_time.sleep, sink=sink, **extra)
+                            clock=fake_time.clock, sleep=fake_time.sleep, **wiring)
         made.append(ctx)
         return ctx
 
