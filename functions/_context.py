@@ -99,6 +99,14 @@ class Context:
         self.sink = sink
         self.canary = canary
         self.leases = LeaseKeeper(redis_client, settings.lease_s)
+        self._scripts: dict[str, Any] = {}
+
+    def script(self, source: str) -> Any:
+        """A registered Lua script (EVALSHA, loaded once per connection pool)."""
+        found = self._scripts.get(source)
+        if found is None:
+            found = self._scripts[source] = self.redis.register_script(source)
+        return found
 
     def key(self, *parts: str) -> str:
         """A Redis key under the functions' prefix."""

@@ -112,7 +112,7 @@ def run_once(function: str, event: Event, ctx: Context, work: Callable[[], Outco
     except BaseException:
         ctx.leases.drop(key)
         try:
-            r.eval(_RELEASE, 1, key, token)
+            ctx.script(_RELEASE)(keys=[key], args=[token])
         except redis.RedisError as exc:
             log.warning("could not release the claim on %s (it expires with its lease): %s",
                         event.id, exc)
@@ -120,7 +120,7 @@ def run_once(function: str, event: Event, ctx: Context, work: Callable[[], Outco
     ctx.leases.drop(key)
     ttl_ms = max(1, int(ctx.settings.dedupe_ttl_s * 1000))
     try:
-        r.eval(_FINISH, 1, key, token, _encode(outcome), ttl_ms)
+        ctx.script(_FINISH)(keys=[key], args=[token, _encode(outcome), ttl_ms])
     except redis.RedisError as exc:
         # The action happened; only the memory of it failed. A redelivery may act again, and
         # every action is safe to repeat (absolute states, not increments).

@@ -61,7 +61,7 @@ def deferred_at(ctx: Context, member: str) -> float | None:
 def take_due(ctx: Context, prefix: str) -> list[str]:
     """Claim the deferred members starting with ``prefix`` that are due now (atomically: each
     is handed to exactly one caller)."""
-    got = ctx.redis.eval(_TAKE_DUE, 1, ctx.key("deferred"), repr(ctx.clock()), prefix)
+    got = ctx.script(_TAKE_DUE)(keys=[ctx.key("deferred")], args=[repr(ctx.clock()), prefix])
     return [_s(m) for m in got or []]
 
 
@@ -84,8 +84,8 @@ def count_in_window(ctx: Context, key: str, member: str, window_s: float) -> int
     """Add ``member`` at now and return how many members fall within the last ``window_s``.
     A member added twice (a redelivered event) counts once."""
     now = ctx.clock()
-    n = ctx.redis.eval(_COUNT, 1, key, repr(now), member, repr(now - window_s),
-                       max(1, int(window_s * 1000)) + 60_000)
+    n = ctx.script(_COUNT)(keys=[key], args=[repr(now), member, repr(now - window_s),
+                                              max(1, int(window_s * 1000)) + 60_000])
     return int(n)
 
 
@@ -113,8 +113,8 @@ class Admission:
 def admit(ctx: Context, node: str, cap: int, *, check_only: bool = False,
           forget: Sequence[str] = ()) -> Admission:
     """Admit ``node`` to the quarantined set if fewer than ``cap`` nodes are in it."""
-    verdict, n = ctx.redis.eval(_ADMIT, 1, ctx.key("quarantined"), node, cap,
-                                "1" if check_only else "0", *forget)
+    verdict, n = ctx.script(_ADMIT)(keys=[ctx.key("quarantined")],
+                                    args=[node, cap, "1" if check_only else "0", *forget])
     return Admission(_s(verdict), int(n), cap)
 
 
@@ -151,6 +151,6 @@ def locked(ctx: Context, name: str, *, ttl_s: float = 30.0, wait_s: float = 10.0
         yield
     finally:
         try:
-            ctx.redis.eval(_UNLOCK, 1, key, token)
+            ctx.script(_UNLOCK)(keys=[key], args=[token])
         except redis.RedisError:
             pass  # it expires with its TTL
