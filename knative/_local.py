@@ -146,7 +146,12 @@ class LocalPlatform:
         self._traffic = {svc: list(t) for svc, t in traffic.items()}
         for targets in self._traffic.values():
             validate_traffic(targets)
-        self._nodes = {f"node-{i}": _Node(f"node-{i}") for i in range(1, settings.nodes + 1)}
+        # simulated GPU nodes, labelled as the NVIDIA GPU operator labels real ones
+        self._nodes = {
+            f"node-{i}": _Node(f"node-{i}", labels={
+                "kubernetes.io/hostname": f"node-{i}", "nvidia.com/gpu.present": "true"})
+            for i in range(1, settings.nodes + 1)
+        }
         self._replicas: dict[str, _Replica] = {}
         self._history: list[dict[str, Any]] = []  # replicas that are gone, for timelines
         self._emit = emit or (lambda event: None)
