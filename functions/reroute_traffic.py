@@ -46,7 +46,7 @@ from functions._context import ACTED, DEFERRED, NOOP, Context, Outcome
 from functions._errors import MAPPED, PermanentFunctionError, TemporaryFunctionError, map_error
 from functions._once import once
 from functions._state import cancel, defer, locked
-from knative import Conflict, Target, node_key, revision_key
+from knative import Conflict, PlatformError, Target, node_key, revision_key
 
 log = logging.getLogger(__name__)
 
@@ -200,10 +200,27 @@ def _apply(ctx: Context, compute: Callable[[list[Target]], list[Target]]) -> tup
                                  f"{CONFLICT_RETRIES + 1} tries")
 
 
-def _fallback_scale(ctx: Context, boosted: bool) -> None:
+def _scale_member(ctx: Context) -> str:
+    return f"{NAME}|scale|{ctx.settings.service}"
+
+
+def _fallback_scale(ctx: Context, boosted: bool) -> str:
+    """Set the fallback's min-scale (boosted or not). The traffic move it follows has happened
+    already, so a failure here does not fail the event: it is logged, said in the outcome, and
+    a temporary one is retried by the sweep (the desired state is kept in Redis)."""
     s = ctx.settings
     low = s.fallback_min_scale + (s.fallback_boost if boosted else 0)
-    ctx.platform.set_scale(s.service, s.fallback_revision, low, s.fallback_max_scale)
+    ctx.redis.set(ctx.key("traffic", s.service, "boosted"), "1" if boosted else "0")
+    try:
+        ctx.platform.set_scale(s.service, s.fallback_revision, low, s.fallback_max_scale)
+    except PlatformError as exc:
+        log.warning("fallback %s min-scale %d not set: %s", s.fallback_revision, low, exc)
+        if exc.temporary:
+            defer(ctx, _scale_member(ctx), ctx.clock() + 5.0)
+            return f"; fallback min-scale {low} not set yet ({exc}), retrying"
+        return f"; fallback min-scale {low} not set ({exc})"
+    cancel(ctx, _scale_member(ctx))
+    return f"; fallback min-scale {low}"
 
 
 # --- reroute ------------------------------------------------------------------------------
@@ -228,16 +245,15 @@ def reroute(ctx: Context, *, reason: str, cause_event_id: str | None = None) -> 
 
     with locked(ctx, f"traffic:{s.service}"):
         targets, changed = _apply(ctx, compute)
-    _fallback_scale(ctx, boosted=True)
+    scale_note = _fallback_scale(ctx, boosted=True)
     if not changed:
-        return Outcome(NAME, NOOP, f"{s.primary_revision} already at 0%; fallback min-scale "
-                                   "ensured")
+        return Outcome(NAME, NOOP, f"{s.primary_revision} already at 0%{scale_note}")
     reply = ctx.event(NAME, TrafficRerouted(
         service=s.service, namespace=s.namespace, from_revision=s.primary_revision,
         to_revision=s.fallback_revision, percent=moved, targets=_wire(targets), reason=reason,
         cause_event_id=cause_event_id))
     return Outcome(NAME, ACTED, f"moved {moved}% from {s.primary_revision} to "
-                                f"{s.fallback_revision}", reply=reply)
+                                f"{s.fallback_revision}{scale_note}", reply=reply)
 
 
 # --- restore ------------------------------------------------------------------------------
@@ -322,10 +338,10 @@ def restore(ctx: Context, *, reason: str) -> Outcome:
         if last is not None:
             ctx.emit(last)
         last = event
-    _fallback_scale(ctx, boosted=False)
+    scale_note = _fallback_scale(ctx, boosted=False)
     ctx.redis.delete(_saved_key(ctx))
     return Outcome(NAME, ACTED, f"restored {s.primary_revision} to {normal_pct}% in "
-                                f"{len(steps)} steps", reply=last)
+                                f"{len(steps)} steps{scale_note}", reply=last)
 
 
 def _pause(ctx: Context, epoch: int, step: int, detail: str, reason: str) -> Outcome:
@@ -360,7 +376,14 @@ def sweep(ctx: Context) -> list[Outcome]:
         except MAPPED as exc:
             raise map_error(exc, f"{NAME} restore {service}") from exc
 
-    return run_deferred(ctx, NAME, "restore", run)
+    def scale(service: str) -> Outcome:
+        if service != ctx.settings.service:
+            return Outcome(NAME, NOOP, f"scale of another service {service} skipped")
+        boosted = ctx.redis.get(ctx.key("traffic", service, "boosted")) == b"1"
+        note = _fallback_scale(ctx, boosted)
+        return Outcome(NAME, NOOP, f"retried the fallback's scale{note}")
+
+    return run_deferred(ctx, NAME, "restore", run) + run_deferred(ctx, NAME, "scale", scale)
 
 
 # --- KServe -------------------------------------------------------------------------------

@@ -343,3 +343,26 @@ def test_split_arithmetic_keeps_other_targets(ctx: Context) -> None:
     step = reroute_traffic.restored_split(out, s, 70, 50)
     assert step[0].percent == 35 and step[1].percent == 45 and step[2].percent == 20
     assert sum(t.percent for t in step) == 100
+
+
+def test_scale_failure_does_not_undo_the_reroute(cluster: FakeKubeServer, ctx: Context,
+                                                 fake_time: FakeTime) -> None:
+    cluster.fail_next("/apis/serving.knative.dev/v1/namespaces/default/revisions/"
+                      "surefoot-fallback", 503, method="PATCH")
+    out = reroute_traffic.handle(opened(), ctx)
+    assert out.status == ACTED and "retrying" in out.reason
+    assert traffic_of(cluster) == REROUTED and scale_of(cluster, "surefoot-fallback") == (None,
+                                                                                         None)
+    fake_time.advance(6)
+    reroute_traffic.sweep(ctx)
+    assert scale_of(cluster, "surefoot-fallback") == ("3", "0")
+    assert deferred(ctx) == []
+
+
+def test_permanent_scale_failure_is_reported_not_retried(cluster: FakeKubeServer,
+                                                         ctx: Context) -> None:
+    cluster.fail_next("/apis/serving.knative.dev/v1/namespaces/default/revisions/"
+                      "surefoot-fallback", 403, method="GET")
+    out = reroute_traffic.handle(opened(), ctx)
+    assert out.status == ACTED and "not set" in out.reason and "retrying" not in out.reason
+    assert deferred(ctx) == []
