@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -115,9 +115,11 @@ class Context:
     def source(self, function: str) -> str:
         return f"{self.settings.source}/{function}"
 
-    def event(self, function: str, payload: EventData, *, id: str | None = None) -> Event:
+    def event(self, function: str, payload: EventData, *, id: str | None = None,
+              extensions: Mapping[str, str] | None = None) -> Event:
         """A reply event of ``function`` (deterministic ``id`` when given)."""
-        return build(payload, source=self.source(function), id=id or str(uuid.uuid4()))
+        return build(payload, source=self.source(function), id=id or str(uuid.uuid4()),
+                     extensions=extensions)
 
     def emit(self, event: Event) -> None:
         """Hand ``event`` to the sink now (progress events); logged and dropped without one."""

@@ -6,9 +6,11 @@ with its tag, because Knative scales a revision that leaves the list to zero and
 must stay warm (and reachable through its tag) to come back. The fallback's min-scale goes up
 by ``fallback_boost`` to absorb the load. The split before the reroute is kept in Redis.
 
-When the breaker closes, traffic goes back in steps (``restore_steps``, percent of the
-primary's normal share, e.g. 10 -> 50 -> 100) with ``restore_step_wait_s`` between them (the
-context's sleep, so tests do not wait). Before every step the primary must have
+When the breaker goes half-open, the primary gets the first step (e.g. 10%): a revision at 0%
+gets no requests, so without it the gateways would have nothing to probe the primary with and
+its breaker would never close. When the breaker closes, traffic goes back in steps
+(``restore_steps``, percent of the primary's normal share, e.g. 10 -> 50 -> 100) with
+``restore_step_wait_s`` between them (the context's sleep, so tests do not wait). Before every step the primary must have
 ``restore_min_ready`` ready replicas on nodes whose breaker is not open (waited for up to
 ``restore_health_timeout_s``); if it does not, the traffic goes back to the fallback and the
 restore is retried later (a deferred action). A newer breaker event supersedes a restore in
@@ -20,8 +22,8 @@ KServe: an InferenceService reconciles its Knative Service's traffic back, so wi
 ``kserve_isvc`` set the same two moves go through its ``canaryTrafficPercent`` (0 sends
 everything to the previously rolled-out revision; the restore raises it step by step).
 
-Replies: ``traffic.rerouted``; ``traffic.restored`` per step (the last one in the reply, the
-earlier ones to the sink as they happen).
+Replies: ``traffic.rerouted``; ``traffic.restored`` for the trial step and per restore step
+(the last one in the reply, the earlier ones to the sink as they happen).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from typing import Any
 from events import (
     KNATIVE_PING,
     BreakerClosed,
+    BreakerHalfOpened,
     BreakerOpened,
     Event,
     TrafficRerouted,
@@ -51,7 +54,7 @@ from knative import Conflict, PlatformError, Target, node_key, revision_key
 log = logging.getLogger(__name__)
 
 NAME = "reroute_traffic"
-TYPES = (BreakerOpened.TYPE, BreakerClosed.TYPE, KNATIVE_PING)
+TYPES = (BreakerOpened.TYPE, BreakerHalfOpened.TYPE, BreakerClosed.TYPE, KNATIVE_PING)
 CONFLICT_RETRIES = 5
 _OPEN_STATES = ("open", "forced_open", "half_open")
 
@@ -64,7 +67,7 @@ def handle(event: Event, ctx: Context) -> Outcome:
         if event.type == KNATIVE_PING:
             return merge(NAME, sweep(ctx), "no restore due")
         p = payload_of(event)
-        assert isinstance(p, (BreakerOpened, BreakerClosed))
+        assert isinstance(p, (BreakerOpened, BreakerHalfOpened, BreakerClosed))
         s = ctx.settings
         if p.scope != "revision":
             return Outcome(NAME, NOOP, f"{p.scope} breaker {p.name}: the gateways route around it")
@@ -74,6 +77,8 @@ def handle(event: Event, ctx: Context) -> Outcome:
         if isinstance(p, BreakerOpened):
             return reroute(ctx, reason=p.reason or "primary breaker opened",
                            cause_event_id=event.id)
+        if isinstance(p, BreakerHalfOpened):
+            return trial(ctx, reason=p.reason or "primary breaker half-open")
         return restore(ctx, reason=p.reason or "primary breaker closed")
     except MAPPED as exc:
         raise map_error(exc, f"{NAME} {event.type} {event.id}") from exc
@@ -289,6 +294,65 @@ def _wait_healthy(ctx: Context, epoch: int) -> tuple[bool, str]:
         ctx.sleep(s.restore_health_poll_s)
 
 
+def _normal_share(ctx: Context) -> tuple[int | None, str]:
+    """The primary's share before the reroute (None and why when there is nothing to restore)."""
+    s = ctx.settings
+    saved = _decode(ctx.redis.get(_saved_key(ctx)))
+    current = ctx.platform.traffic(s.service)
+    primary = _find(current, s.primary_revision, s.primary_tag)
+    fallback = _find(current, s.fallback_revision, s.fallback_tag)
+    if primary is None or fallback is None:
+        return None, "service does not route to both revisions; nothing to restore"
+    normal = _find(saved, s.primary_revision, s.primary_tag) if saved else None
+    if normal is not None:
+        return normal.percent, ""
+    if primary.percent > 0:
+        return None, (f"{s.primary_revision} is at {primary.percent}% and no reroute is "
+                      "recorded; nothing to restore")
+    return primary.percent + fallback.percent, ""
+
+
+def trial(ctx: Context, *, reason: str) -> Outcome:
+    """The primary's breaker went half-open: give the primary the first restore step, so the
+    gateways have requests to probe it with (a revision at 0% gets none, and its breaker would
+    stay half-open until it re-opens). The probes then close the breaker (and the restore
+    continues on ``breaker.closed``) or re-open it (and the reroute takes the share back)."""
+    s = ctx.settings
+    epoch = int(ctx.redis.incr(_epoch_key(ctx)))
+    first = s.restore_steps[0]
+    if s.kserve_isvc:
+        canary = _canary(ctx)
+        with locked(ctx, f"traffic:{s.service}"):
+            if canary.canary_percent(s.kserve_isvc) != 0:
+                return Outcome(NAME, NOOP, "the primary already receives traffic")
+            raw = ctx.redis.get(_saved_canary_key(ctx))
+            want = max(1, round((int(raw) if raw is not None else 100) * first / 100))
+            canary.set_canary_percent(s.kserve_isvc, want)
+        reply = ctx.event(NAME, TrafficRestored(
+            service=s.service, namespace=s.namespace, revision=s.primary_revision, percent=want,
+            step=1, reason=f"{reason}; trial traffic, canaryTrafficPercent {want}"))
+        return Outcome(NAME, ACTED, f"trial: canaryTrafficPercent {want}", reply=reply)
+    normal_pct, why_not = _normal_share(ctx)
+    if normal_pct is None:
+        return Outcome(NAME, NOOP, why_not)
+    n, detail = primary_health(ctx)
+    if n < s.restore_min_ready:
+        return Outcome(NAME, NOOP, f"no trial traffic: {detail}")
+    with locked(ctx, f"traffic:{s.service}"):
+        if _epoch(ctx) != epoch:
+            return Outcome(NAME, NOOP, "trial superseded by a newer breaker event")
+        targets, changed = _apply(ctx, functools.partial(
+            _restored_for, settings=s, normal_primary=normal_pct, step=first))
+    if not changed:
+        return Outcome(NAME, NOOP, "the primary already receives its trial share or more")
+    pct = next((t.percent for t in targets if _is(t, s.primary_revision, s.primary_tag)), 0)
+    reply = ctx.event(NAME, TrafficRestored(
+        service=s.service, namespace=s.namespace, revision=s.primary_revision, percent=pct,
+        step=1, targets=_wire(targets), reason=f"{reason}; trial traffic for the half-open "
+                                               f"breaker; {detail}"))
+    return Outcome(NAME, ACTED, f"trial: {s.primary_revision} at {pct}%", reply=reply)
+
+
 def restore(ctx: Context, *, reason: str) -> Outcome:
     """Give the primary its share back in steps, checking its health before each step."""
     s = ctx.settings
@@ -296,20 +360,9 @@ def restore(ctx: Context, *, reason: str) -> Outcome:
     cancel(ctx, _restore_member(ctx))
     if s.kserve_isvc:
         return _restore_kserve(ctx, reason, epoch)
-    saved = _decode(ctx.redis.get(_saved_key(ctx)))
-    current = ctx.platform.traffic(s.service)
-    primary = _find(current, s.primary_revision, s.primary_tag)
-    fallback = _find(current, s.fallback_revision, s.fallback_tag)
-    if primary is None or fallback is None:
-        return Outcome(NAME, NOOP, "service does not route to both revisions; nothing to restore")
-    normal = _find(saved, s.primary_revision, s.primary_tag) if saved else None
-    if normal is None:
-        if primary.percent > 0:
-            return Outcome(NAME, NOOP, f"{s.primary_revision} is at {primary.percent}% and no "
-                                       "reroute is recorded; nothing to restore")
-        normal_pct = primary.percent + fallback.percent
-    else:
-        normal_pct = normal.percent
+    normal_pct, why_not = _normal_share(ctx)
+    if normal_pct is None:
+        return Outcome(NAME, NOOP, why_not)
     last: Event | None = None
     steps = s.restore_steps
     for i, step in enumerate(steps, start=1):

@@ -13,13 +13,15 @@ it; the slower reactions (traffic, quarantine) follow through the broker.
   new fault before then cancels it; the host's sweep, or a ping, runs it when due);
 - ``dev.knative.sources.ping`` runs the due half-opens.
 
-Replies: ``breaker.opened`` / ``breaker.halfopened`` with id ``<key>/<generation>`` (the same id
-the breaker's own transition events carry, so consumers deduplicate across both paths).
+Replies: ``breaker.opened`` / ``breaker.halfopened`` with the id the breaker's own transition
+events carry (``<key>/<generation>/<redis-time-ms>``, extensions ``breakerstate`` and
+``breakergen``), so consumers deduplicate one transition across both paths.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from events import (
     KNATIVE_PING,
@@ -58,6 +60,13 @@ def _hold(t: Transition) -> float | None:
     return round(t.until - t.at, 3) if t.until else None
 
 
+def _reply_id(t: Transition) -> dict[str, Any]:
+    """The id and extensions the breaker's own transition events use (knative's
+    CloudEventSink), so a consumer deduplicates one transition across both paths."""
+    return {"id": f"{t.key}/{t.generation}/{int(round(t.at * 1000))}",
+            "extensions": {"breakerstate": t.new, "breakergen": str(t.generation)}}
+
+
 @once(NAME)
 def handle(event: Event, ctx: Context) -> Outcome:
     """Handle one event (idempotent by event id)."""
@@ -94,7 +103,7 @@ def open_node(ctx: Context, fault: Fault, *, cause_event_id: str | None = None) 
         return Outcome(NAME, NOOP, f"breaker {key} is already {state}")
     reply = ctx.event(NAME, BreakerOpened(scope="node", name=fault.node, reason=fault.reason,
                                           cause_event_id=cause_event_id, hold_seconds=_hold(t)),
-                      id=f"{key}/{t.generation}")
+                      **_reply_id(t))
     return Outcome(NAME, ACTED, f"opened {key}: {fault.reason}", reply=reply,
                    details={"key": key, "generation": t.generation})
 
@@ -120,7 +129,7 @@ def _crash(event: Event, ctx: Context) -> Outcome:
         return Outcome(NAME, NOOP, f"breaker {key} is already {ctx.breakers.status(key).state}")
     reply = ctx.event(NAME, BreakerOpened(scope="revision", name=p.revision, reason=reason,
                                           cause_event_id=event.id, hold_seconds=_hold(t)),
-                      id=f"{key}/{t.generation}")
+                      **_reply_id(t))
     return Outcome(NAME, ACTED, f"opened {key}: {reason}", reply=reply,
                    details={"key": key, "generation": t.generation})
 
@@ -148,7 +157,7 @@ def half_open_node(ctx: Context, node: str, *, cause_event_id: str | None = None
         return Outcome(NAME, NOOP, f"breaker {key} is {ctx.breakers.status(key).state}, not open")
     reply = ctx.event(NAME, BreakerHalfOpened(scope="node", name=node, reason=t.reason,
                                               cause_event_id=cause_event_id),
-                      id=f"{key}/{t.generation}")
+                      **_reply_id(t))
     return Outcome(NAME, ACTED, f"half-opened {key}", reply=reply)
 
 

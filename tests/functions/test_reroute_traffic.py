@@ -366,3 +366,50 @@ def test_permanent_scale_failure_is_reported_not_retried(cluster: FakeKubeServer
     out = reroute_traffic.handle(opened(), ctx)
     assert out.status == ACTED and "not set" in out.reason and "retrying" not in out.reason
     assert deferred(ctx) == []
+
+
+def halfopened(revision: str = "surefoot-primary") -> ev.Event:
+    return ev.build(ev.BreakerHalfOpened(scope="revision", name=revision, reason="wait over"),
+                    source="/test/breakers")
+
+
+def test_half_open_gives_the_primary_trial_traffic(cluster: FakeKubeServer, ctx: Context,
+                                                   fake_time: FakeTime) -> None:
+    """Gateways probe a half-open revision only with requests routed to it: at 0% it would get
+    none and never close. The trial step gives it the first restore step."""
+    reroute_traffic.handle(opened(), ctx)
+    out = reroute_traffic.handle(halfopened(), ctx)
+    assert out.status == ACTED
+    assert traffic_of(cluster) == [("surefoot-primary", 10, "primary"),
+                                   ("surefoot-fallback", 90, "fallback")]
+    p = ev.payload_of(out.reply) if out.reply else None
+    assert isinstance(p, ev.TrafficRestored) and (p.step, p.percent) == (1, 10)
+    # the probes fail: the breaker opens again and the share goes back to the fallback
+    assert reroute_traffic.handle(opened(), ctx).status == ACTED
+    assert traffic_of(cluster) == REROUTED
+    # they succeed next time: closed -> the restore continues from the trial step
+    reroute_traffic.handle(halfopened(), ctx)
+    assert reroute_traffic.handle(closed(), ctx).status == ACTED
+    assert traffic_of(cluster) == NORMAL
+
+
+def test_half_open_without_a_reroute_or_ready_primary_does_nothing(
+        cluster: FakeKubeServer, ctx: Context) -> None:
+    assert reroute_traffic.handle(halfopened(), ctx).status == NOOP  # never rerouted
+    reroute_traffic.handle(opened(), ctx)
+    for i in (1, 2, 3):
+        cluster.set_pod_ready(f"primary-{i}", False)
+    out = reroute_traffic.handle(halfopened(), ctx)
+    assert out.status == NOOP and "no trial traffic" in out.reason
+    assert traffic_of(cluster) == REROUTED
+
+
+def test_kserve_half_open_trial(cluster: FakeKubeServer,
+                                make_ctx: Callable[..., Context]) -> None:
+    canary = FakeCanary()
+    ctx = make_ctx(kserve_isvc="llm", canary=canary)
+    reroute_traffic.handle(opened(), ctx)
+    assert reroute_traffic.handle(halfopened(), ctx).status == ACTED
+    assert canary.history == [0, 10]
+    reroute_traffic.handle(closed(), ctx)
+    assert canary.history[-1] == 100

@@ -40,7 +40,10 @@ def test_fatal_gpu_fault_opens_the_node_breaker(ctx: Context, event: ev.Event) -
     assert isinstance(data, ev.BreakerOpened)
     assert (data.scope, data.name, data.cause_event_id) == ("node", "gpu-1", event.id)
     assert data.hold_seconds and data.hold_seconds > 0
-    assert out.reply.id == f"node:gpu-1/{ctx.breakers.status(node_key('gpu-1')).generation}"
+    st = ctx.breakers.status(node_key("gpu-1"))
+    assert st.since is not None
+    assert out.reply.id == f"node:gpu-1/{st.generation}/{int(round(st.since * 1000))}"
+    assert out.reply.extensions == {"breakerstate": "open", "breakergen": str(st.generation)}
 
 
 @pytest.mark.parametrize("number", [43, 45, 63, 92, 13, 31, 121])
