@@ -18,6 +18,11 @@ progress (a per-service epoch in Redis), and the primary's share never goes down
 restore. Every traffic change holds a per-service Redis lock (a merge patch replaces the whole
 list) and re-reads on 409.
 
+A node's breaker opening normally needs nothing here (the gateways route around the node), but
+if it leaves the primary with fewer than ``primary_min_ready`` ready replicas on healthy nodes,
+the primary cannot carry its share: the same reroute, marked as a capacity reroute, undone once
+capacity is back (on a node breaker closing or half-opening, or by the sweep).
+
 KServe: an InferenceService reconciles its Knative Service's traffic back, so with
 ``kserve_isvc`` set the same two moves go through its ``canaryTrafficPercent`` (0 sends
 everything to the previously rolled-out revision; the restore raises it step by step).
@@ -69,12 +74,15 @@ def handle(event: Event, ctx: Context) -> Outcome:
         p = payload_of(event)
         assert isinstance(p, (BreakerOpened, BreakerHalfOpened, BreakerClosed))
         s = ctx.settings
-        if p.scope != "revision":
-            return Outcome(NAME, NOOP, f"{p.scope} breaker {p.name}: the gateways route around it")
+        if p.scope == "node":
+            if isinstance(p, BreakerOpened):
+                return capacity_check(ctx, node=p.name, cause_event_id=event.id)
+            return capacity_restore(ctx)
         if p.name != s.primary_revision:
             return Outcome(NAME, NOOP, f"revision {p.name} is not the primary "
                                        f"({s.primary_revision})")
         if isinstance(p, BreakerOpened):
+            ctx.redis.set(_cause_key(ctx), "breaker")
             return reroute(ctx, reason=p.reason or "primary breaker opened",
                            cause_event_id=event.id)
         if isinstance(p, BreakerHalfOpened):
@@ -182,6 +190,12 @@ def _epoch_key(ctx: Context) -> str:
 
 def _saved_key(ctx: Context) -> str:
     return ctx.key("traffic", ctx.settings.service, "saved")
+
+
+def _cause_key(ctx: Context) -> str:
+    """Why the traffic is rerouted: ``breaker`` (the primary's breaker) or ``capacity`` (node
+    breakers left the primary below its minimum)."""
+    return ctx.key("traffic", ctx.settings.service, "cause")
 
 
 def _restore_member(ctx: Context) -> str:
@@ -312,6 +326,37 @@ def _normal_share(ctx: Context) -> tuple[int | None, str]:
     return primary.percent + fallback.percent, ""
 
 
+def capacity_check(ctx: Context, *, node: str, cause_event_id: str | None = None) -> Outcome:
+    """A node's breaker opened: the gateways route around that node. If the primary is left
+    with fewer than ``primary_min_ready`` ready replicas on healthy nodes, it cannot carry its
+    share: reroute, remembering that capacity (not the primary's breaker) was the cause."""
+    s = ctx.settings
+    n, detail = primary_health(ctx)
+    if n >= s.primary_min_ready:
+        return Outcome(NAME, NOOP, f"node {node}: the primary keeps {n} ready replicas on "
+                                   f"healthy nodes (minimum {s.primary_min_ready})")
+    ctx.redis.set(_cause_key(ctx), "capacity", nx=True)
+    return reroute(ctx, reason=f"node {node} breaker opened; primary below its minimum of "
+                              f"{s.primary_min_ready}: {detail}", cause_event_id=cause_event_id)
+
+
+def capacity_restore(ctx: Context) -> Outcome:
+    """After a capacity reroute, restore once the primary is back at its minimum on healthy
+    nodes (and its own breaker is closed)."""
+    s = ctx.settings
+    cause = ctx.redis.get(_cause_key(ctx))
+    if cause != b"capacity":
+        return Outcome(NAME, NOOP, "no capacity reroute to undo")
+    state = ctx.breakers.status(revision_key(s.primary_revision)).state
+    if state in _OPEN_STATES:
+        return Outcome(NAME, NOOP, f"the primary's breaker is {state}")
+    n, detail = primary_health(ctx)
+    if n < s.primary_min_ready:
+        return Outcome(NAME, NOOP, f"primary still below its minimum of "
+                                   f"{s.primary_min_ready}: {detail}")
+    return restore(ctx, reason=f"primary capacity back: {detail}")
+
+
 def trial(ctx: Context, *, reason: str) -> Outcome:
     """The primary's breaker went half-open: give the primary the first restore step, so the
     gateways have requests to probe it with (a revision at 0% gets none, and its breaker would
@@ -392,7 +437,7 @@ def restore(ctx: Context, *, reason: str) -> Outcome:
             ctx.emit(last)
         last = event
     scale_note = _fallback_scale(ctx, boosted=False)
-    ctx.redis.delete(_saved_key(ctx))
+    ctx.redis.delete(_saved_key(ctx), _cause_key(ctx))
     return Outcome(NAME, ACTED, f"restored {s.primary_revision} to {normal_pct}% in "
                                 f"{len(steps)} steps{scale_note}", reply=last)
 
@@ -436,7 +481,16 @@ def sweep(ctx: Context) -> list[Outcome]:
         note = _fallback_scale(ctx, boosted)
         return Outcome(NAME, NOOP, f"retried the fallback's scale{note}")
 
-    return run_deferred(ctx, NAME, "restore", run) + run_deferred(ctx, NAME, "scale", scale)
+    out = run_deferred(ctx, NAME, "restore", run) + run_deferred(ctx, NAME, "scale", scale)
+    if ctx.redis.get(_cause_key(ctx)) == b"capacity":
+        try:
+            back = capacity_restore(ctx)
+        except MAPPED as exc:
+            log.warning("capacity restore check failed: %s", map_error(exc, NAME))
+        else:
+            if back.status != NOOP:
+                out.append(back)
+    return out
 
 
 # --- KServe -------------------------------------------------------------------------------

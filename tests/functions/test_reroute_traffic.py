@@ -413,3 +413,41 @@ def test_kserve_half_open_trial(cluster: FakeKubeServer,
     assert canary.history == [0, 10]
     reroute_traffic.handle(closed(), ctx)
     assert canary.history[-1] == 100
+
+
+def node_event(kind: type[ev.EventData], node: str) -> ev.Event:
+    return ev.build(kind(scope="node", name=node, reason="test"),  # type: ignore[call-arg]
+                    source="/test/breakers")
+
+
+def test_node_breakers_below_the_primary_minimum_reroute(cluster: FakeKubeServer,
+                                                         ctx: Context) -> None:
+    ctx.breakers.open(node_key("gpu-1"), "xid")
+    assert reroute_traffic.handle(node_event(ev.BreakerOpened, "gpu-1"), ctx).status == NOOP
+    ctx.breakers.open(node_key("gpu-2"), "xid")
+    out = reroute_traffic.handle(node_event(ev.BreakerOpened, "gpu-2"), ctx)
+    assert out.status == ACTED and traffic_of(cluster) == REROUTED
+    p = ev.payload_of(out.reply) if out.reply else None
+    assert isinstance(p, ev.TrafficRerouted) and "below its minimum" in p.reason
+    # one node comes back: the primary is at its minimum again -> restore
+    ctx.breakers.close(node_key("gpu-2"), "probes ok")
+    out = reroute_traffic.handle(node_event(ev.BreakerClosed, "gpu-2"), ctx)
+    assert out.status == ACTED and traffic_of(cluster) == NORMAL
+
+
+def test_capacity_restore_by_the_sweep(cluster: FakeKubeServer, ctx: Context) -> None:
+    for n in ("gpu-1", "gpu-2"):
+        ctx.breakers.open(node_key(n), "xid")
+    reroute_traffic.handle(node_event(ev.BreakerOpened, "gpu-2"), ctx)
+    assert reroute_traffic.sweep(ctx) == [] and traffic_of(cluster) == REROUTED
+    ctx.breakers.close(node_key("gpu-1"), "replaced")
+    assert [o.status for o in reroute_traffic.sweep(ctx)] == [ACTED]
+    assert traffic_of(cluster) == NORMAL
+
+
+def test_a_breaker_reroute_is_not_undone_by_node_capacity(cluster: FakeKubeServer,
+                                                          ctx: Context) -> None:
+    reroute_traffic.handle(opened(), ctx)
+    out = reroute_traffic.handle(node_event(ev.BreakerClosed, "gpu-1"), ctx)
+    assert out.status == NOOP and traffic_of(cluster) == REROUTED
+    assert reroute_traffic.sweep(ctx) == []
