@@ -483,14 +483,23 @@ def _rule(groups: list[str], resources: list[str], verbs: list[str]) -> dict[str
 # Which functions receive which event types (one Trigger each: exact type filters work on
 # every Knative Eventing release). Paths are the functions host's per-function routes.
 FUNCTION_ROUTES: dict[str, tuple[str, ...]] = {
+    # Must cover functions.ROUTES (a test checks it): one Trigger per function and type.
     "/trip_breaker": (
         "dev.surefoot.gpu.xid", "dev.surefoot.gpu.ecc", "dev.surefoot.gpu.lost",
         "dev.surefoot.gpu.healthy", "dev.surefoot.pod.oomkilled", "dev.surefoot.pod.crashloop",
+        "dev.knative.sources.ping",
     ),
-    "/reroute_traffic": ("dev.surefoot.breaker.opened", "dev.surefoot.breaker.closed"),
-    "/snapshot_checkpoint": ("dev.knative.sources.ping", "dev.surefoot.checkpoint.requested"),
+    "/reroute_traffic": (
+        "dev.surefoot.breaker.opened", "dev.surefoot.breaker.halfopened",
+        "dev.surefoot.breaker.closed", "dev.knative.sources.ping",
+    ),
+    "/snapshot_checkpoint": (
+        "dev.knative.sources.ping", "dev.surefoot.checkpoint.requested",
+        "dev.surefoot.pod.deleted",
+    ),
     "/quarantine_node": (
-        "dev.surefoot.gpu.xid", "dev.surefoot.gpu.ecc", "dev.surefoot.gpu.lost", "dev.surefoot.gpu.healthy",
+        "dev.surefoot.gpu.xid", "dev.surefoot.gpu.ecc", "dev.surefoot.gpu.lost",
+        "dev.surefoot.gpu.healthy", "dev.knative.sources.ping",
     ),
     # Knative's ApiServerSource events go to the host's dispatcher, which maps them.
     "/": (

@@ -79,9 +79,42 @@ def platform_for(args: argparse.Namespace) -> tuple[Any, str]:
     return LocalPlatformClient(st.control_url), st.service
 
 
-def functions_factory(system: Any) -> tuple[Any, list[Any]] | None:
-    """The functions host mounted in ``surefoot up``, with its broker triggers."""
-    return None
+class _MountedFunctions:
+    """The functions host of ``surefoot up``: a server over the local platform."""
+
+    def __init__(self, server: Any, ctx: Any) -> None:
+        self.server = server
+        self.ctx = ctx
+        self.url = server.url
+
+    def triggers(self) -> list[Any]:
+        return list(self.server.triggers())
+
+    def stop(self) -> None:
+        self.server.stop()
+        self.ctx.close()
+
+
+def functions_factory(system: Any) -> _MountedFunctions:
+    """The functions host mounted in-process on the local platform, fed by broker triggers."""
+    from functions import FunctionSettings, FunctionsServer, build_context
+    from knative import BreakerRegistrySettings
+
+    s = system.s
+    settings = FunctionSettings.from_env(
+        platform="local", service=s.service, primary_revision=s.primary_revision,
+        fallback_revision=s.fallback_revision, redis_url=system.redis_url,
+        admin_token=system.admin_token, fallback_max_scale=s.nodes,
+        # one machine: one extra fallback replica, not two, while the primary is out
+        fallback_boost=1,
+    )
+    ctx = build_context(
+        settings, system.platform,
+        breaker_settings=BreakerRegistrySettings.from_env(redis_url=system.redis_url),
+        sink=system.publisher,
+    )
+    server = FunctionsServer(settings, ctx).start()
+    return _MountedFunctions(server, ctx)
 
 
 def run_up(args: argparse.Namespace) -> int:

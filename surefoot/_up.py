@@ -158,7 +158,6 @@ class LocalSystem:
         self.broker: BrokerServer | None = None
         self.platform: LocalPlatform | None = None
         self.control: HttpServer | None = None
-        self.functions: HttpServer | None = None
         self.functions_url = ""
         self.gateway: subprocess.Popen[bytes] | None = None
         self.publisher: Publisher | None = None
@@ -237,12 +236,9 @@ class LocalSystem:
 
         mounted = self.functions_factory(self) if self.functions_factory else None
         if mounted is not None:
-            app, triggers = mounted
-            self.functions = HttpServer(app, "127.0.0.1", 0)
-            self.functions.start()
-            self.functions_url = self.functions.url
-            self._on_stop("functions", self.functions.stop)
-            for t in triggers:
+            self.functions_url = mounted.url
+            self._on_stop("functions", mounted.stop)
+            for t in mounted.triggers():
                 self.broker.broker.add_trigger(t)
 
         self._start_gateway(log_dir)
