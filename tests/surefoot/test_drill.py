@@ -1,0 +1,62 @@
+"""`surefoot drill` end to end on the local platform: real replicas, gateway, broker,
+functions and Redis; a short run (well under three minutes)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.fixture
+def isolated_env(tmp_path):
+    # no `surefoot up` of the machine's user is found: the drill starts its own system
+    return {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+
+
+def test_short_drill_keeps_continuity_and_writes_its_report(tmp_path, isolated_env):
+    out = tmp_path / "drill"
+    proc = subprocess.run(
+        [sys.executable, "-m", "surefoot", "drill", "--rate", "4", "--duration", "6",
+         "--no-embeddings", "--out", str(out)],
+        env=isolated_env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert report["continuity"] == {"failed": 0, "total": report["requests"]["total"],
+                                    "pass": True}
+    assert report["requests"]["total"] >= 40
+    delete = report["phases"]["pod_delete"]
+    assert delete["failed"] == 0 and delete["replacement"] and delete["recovery_s"] > 0
+    evict = report["phases"]["node_evict"]
+    assert evict["replacement"] and evict["replacement_node"] != evict["node"]
+    phases = evict["phases_s"]
+    assert 0 <= phases["scheduled"] <= phases["process_started"] <= phases["ready"]
+    assert phases["checkpoint_restored"] is not None  # came back from a checkpoint
+    assert phases["first_token"] >= phases["ready"]
+    gpu = report["phases"]["gpu_fault"]
+    assert gpu["breaker_opened_ms"] is not None
+    assert gpu["gateway_stopped_routing_ms"] is not None
+    assert gpu["node_quarantined_ms"] is not None
+    assert (out / "timeline.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "PASS  continuity" in proc.stdout
+
+
+def test_drill_rejects_bad_flags_with_one_line(isolated_env):
+    for flags, words in ((["--faults", "meteor"], "unknown meteor"),
+                         (["--rate", "0"], "--rate"),
+                         (["--duration", "0"], "--duration")):
+        proc = subprocess.run([sys.executable, "-m", "surefoot", "drill", *flags],
+                              env=isolated_env, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2, proc.stderr
+        assert words in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_drill_attaching_to_a_missing_system_says_so(tmp_path, isolated_env):
+    proc = subprocess.run(
+        [sys.executable, "-m", "surefoot", "drill", "--state-dir", str(tmp_path / "none")],
+        env=isolated_env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "no running `surefoot up`" in proc.stderr
