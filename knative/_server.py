@@ -26,6 +26,7 @@ from checkpoint_store import CheckpointSettings, open_store
 from knative._backends import ModelLoadError
 from knative._replica import Runtime, create_app, load_models, runtime_of
 from knative._replica_checkpoint import attach as attach_checkpoints
+from knative._replica_quarantine import NodeBreakerWatch
 from knative._serve_settings import ServeSettings
 
 log = logging.getLogger(__name__)
@@ -102,6 +103,10 @@ class _ReplicaServer(BaseApplication):  # type: ignore[misc]
                 else:
                     load_models(rt, cps.restore_before_load, cps.restore_after_load)
                     cps.start_timer(self.settings.checkpoint_interval)
+                if self.settings.redis_url and self.settings.node:
+                    watch = NodeBreakerWatch(self.settings.redis_url, self.settings.node)
+                    rt.quarantine_check = watch.reason
+                    watch.start()
             except ModelLoadError:
                 # A replica without its model can never become ready: exit so the supervisor
                 # (or the kubelet) sees a crash, with gunicorn's "do not respawn" code.
