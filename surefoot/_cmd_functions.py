@@ -181,6 +181,17 @@ def run_release(args: argparse.Namespace) -> int:
         raise CliError("NODE: give the node's name")
     if args.url:
         return _release_remote(args.url, node, args.reason, args.timeout)
+    if not os.environ.get("SUREFOOT_REDIS_URL") and not getattr(args, "redis_url", None):
+        # on one machine: the functions host of a running `surefoot up`
+        from surefoot._up import RunState, UpError, default_state_dir
+
+        try:
+            st = RunState.read(default_state_dir())
+        except UpError:
+            st = None
+        if st is not None and st.functions_url:
+            return _release_remote(st.functions_url, node, args.reason, args.timeout,
+                                   st.admin_token)
     from functions import FunctionError, PermanentFunctionError, quarantine_node
 
     settings = _settings(args)
@@ -197,12 +208,13 @@ def run_release(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _release_remote(url: str, node: str, reason: str, timeout: float) -> int:
+def _release_remote(url: str, node: str, reason: str, timeout: float,
+                    token: str | None = None) -> int:
     import httpx
 
     if not url.startswith(("http://", "https://")):
         raise CliError(f"--url {url!r}: expected an http(s) URL")
-    token = os.environ.get("SUREFOOT_ADMIN_TOKEN", "")
+    token = token if token is not None else os.environ.get("SUREFOOT_ADMIN_TOKEN", "")
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
         r = httpx.post(f"{url.rstrip('/')}/admin/release", json={"node": node, "reason": reason},
