@@ -48,6 +48,7 @@ from knative._breaker import (
     replica_key,
     revision_key,
 )
+from knative._env import convert as _convert
 from knative._routing import Endpoint, Resolver, Route, RoutingTable
 from knative._upstream import Lease, PoolExhausted, UpstreamError, UpstreamPool
 from knative._upstream import Response as UpstreamResponse
@@ -155,26 +156,6 @@ class GatewaySettings:
             raise GatewaySettingsError("; ".join(errors))
         values.update({k: v for k, v in overrides.items() if v is not None})
         return replace(cls(), **values)
-
-
-def _convert(kind: str, raw: str) -> Any:
-    if kind == "int":
-        return int(raw)
-    if kind == "float":
-        return float(raw)
-    if kind == "bool":
-        low = raw.strip().lower()
-        if low in ("1", "true", "yes", "on"):
-            return True
-        if low in ("0", "false", "no", "off", ""):
-            return False
-        raise ValueError(raw)
-    if "None" in kind and not raw:
-        return None
-    return raw
-
-
-# --- results of one try -------------------------------------------------------------------------
 
 
 class _Reply:

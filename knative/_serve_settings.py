@@ -12,6 +12,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from knative._backends import DEFAULT_EMBEDDING_MODEL, DEFAULT_GENERATION_MODEL
+from knative._env import convert as _convert
 
 
 class SettingsError(ValueError):
@@ -83,26 +84,10 @@ class ServeSettings:
                 continue
             raw = env[key]
             try:
-                values[f.name] = _convert(f.type, raw)
+                values[f.name] = _convert(str(f.type), raw)
             except ValueError:
                 errors.append(f"{key}: {raw!r} is not a valid {f.type}")
         if errors:
             raise SettingsError("; ".join(errors))
         values.update({k: v for k, v in overrides.items() if v is not None})
         return replace(cls(), **values).validate()
-
-
-def _convert(kind: Any, raw: str) -> Any:
-    kind = str(kind)
-    if kind == "int":
-        return int(raw)
-    if kind == "float":
-        return float(raw)
-    if kind == "bool":
-        low = raw.strip().lower()
-        if low in ("1", "true", "yes", "on"):
-            return True
-        if low in ("0", "false", "no", "off", ""):
-            return False
-        raise ValueError(raw)
-    return raw
