@@ -424,13 +424,25 @@ class LlamaCppBackend:
         import numpy as np
 
         def grab() -> dict[str, bytes]:
-            state = self.llm.save_state()
-            n = int(state.n_tokens)
-            last = (np.asarray(state.scores[n - 1], dtype=np.float32) if n
+            # Llama.save_state would copy every evaluated token's logits (1 MB a token for
+            # Gemma's vocabulary) while holding the engine; only the last row is needed.
+            import ctypes
+
+            import llama_cpp
+
+            llm = self.llm
+            ctx = llm._ctx.ctx
+            size = int(llama_cpp.llama_state_get_size(ctx))
+            buf = (ctypes.c_uint8 * size)()
+            n_bytes = int(llama_cpp.llama_state_get_data(ctx, buf, size))
+            if n_bytes > size:
+                raise BackendError("llama.cpp returned more state than it announced")
+            n = int(llm.n_tokens)
+            last = (np.array(llm.scores[n - 1], dtype=np.float32) if n
                     else np.zeros(0, dtype=np.float32))
             return {
-                "llama_state": bytes(state.llama_state),
-                "input_ids": np.asarray(state.input_ids[:n], dtype=np.int32).tobytes(),
+                "llama_state": ctypes.string_at(buf, n_bytes),
+                "input_ids": np.asarray(llm.input_ids[:n], dtype=np.int32).tobytes(),
                 "last_logits": last.tobytes(),
             }
 
