@@ -134,16 +134,28 @@ def run_up(args: argparse.Namespace) -> int:
     stop = threading.Event()
 
     def on_signal(signum: int, frame: Any) -> None:
+        # Only a flag, checked between the steps of start-up: an exception raised wherever the
+        # signal lands could lose a child just started (inside Popen) or be dropped by Python
+        # (inside a __del__). A second Ctrl-C does interrupt at once.
+        if stop.is_set():
+            raise KeyboardInterrupt
         stop.set()
-        raise KeyboardInterrupt
 
+    def interrupted() -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    failed: UpError | None = None
     try:
         system.start()
+        interrupted()
         print(f"surefoot up: starting {settings.primary_replicas} primary and "
               f"{settings.fallback_replicas} fallback replicas on {settings.nodes} nodes...",
               flush=True)
-        ready = system.wait_ready()
+        ready = system.wait_ready(stop)
+        interrupted()
         st = system.state
         assert st is not None
         print(f"\ngateway (OpenAI API)  {st.gateway_url}/v1\ncontrol API           "
@@ -161,15 +173,19 @@ def run_up(args: argparse.Namespace) -> int:
         while not stop.wait(1.0):
             pass
     except UpError as exc:
-        raise CliError(str(exc), code=EXIT_FAILED if "running" in str(exc) else 2) from exc
+        failed = exc
     except KeyboardInterrupt:
         pass
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        print("\nstopping...", file=sys.stderr, flush=True)
-        system.stop()
-        print("stopped.", file=sys.stderr, flush=True)
+        if failed is None:
+            print("\nstopping...", file=sys.stderr, flush=True)
+        system.stop()  # also what a failed start left running
+        if failed is None:
+            print("stopped.", file=sys.stderr, flush=True)
+    if failed is not None:  # one line on stderr, nothing else
+        raise CliError(str(failed), code=EXIT_FAILED if "running" in str(failed) else 2)
     return 0
 
 

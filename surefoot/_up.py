@@ -189,10 +189,13 @@ class LocalSystem:
         log_dir = run_dir / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
 
+        # Each child process gets its stopper before it starts: Ctrl-C during its start must
+        # still stop it.
         if not self.redis_url:
-            self.redis = EmbeddedRedis().start()
-            self.redis_url = self.redis.url
+            self.redis = EmbeddedRedis()
             self._on_stop("redis", self.redis.stop)
+            self.redis.start()
+            self.redis_url = self.redis.url
         log.info("redis at %s", self.redis_url)
 
         self.broker = BrokerServer(BrokerSettings(host="127.0.0.1", port=0)).start()
@@ -227,8 +230,8 @@ class LocalSystem:
                           env={"SUREFOOT_ADMIN_TOKEN": self.admin_token}),
             revisions, traffic, emit=self.publisher,
         )
-        self.platform.start()
         self._on_stop("replicas", lambda: self.platform.stop() if self.platform else None)
+        self.platform.start()
 
         self.control = HttpServer(create_control_app(self.platform), "127.0.0.1", 0)
         self.control.start()
@@ -270,13 +273,13 @@ class LocalSystem:
             "--events-sink", self.broker.url, "--refresh-interval", "0.25",
         ]
         env = {**os.environ, "SUREFOOT_GATEWAY_ADMIN_TOKEN": self.admin_token}
+        self._on_stop("gateway", self._stop_gateway)
         logf = open(log_dir / "gateway.log", "ab")  # noqa: SIM115 - owned by the child
         try:
             self.gateway = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env,
                                             start_new_session=True)
         finally:
             logf.close()
-        self._on_stop("gateway", self._stop_gateway)
 
     def _stop_gateway(self) -> None:
         p = self.gateway
@@ -307,16 +310,18 @@ class LocalSystem:
                 self.publisher(Event(type=KNATIVE_PING, source="/surefoot/local/checkpoint-timer",
                                      id=str(uuid.uuid4()), data={"reason": "timer"}))
 
-    def wait_ready(self) -> bool:
-        """Wait for every replica and the gateway; False if the timeout ran out."""
+    def wait_ready(self, stop: threading.Event | None = None) -> bool:
+        """Wait for every replica and the gateway; False if the timeout ran out or ``stop``
+        was set."""
         assert self.platform is not None
+        stop = stop or threading.Event()
         deadline = time.monotonic() + self.s.ready_timeout
-        if not self.platform.wait_ready(self.s.ready_timeout):
-            return False
-        while time.monotonic() < deadline:
-            if self.gateway is not None and self.gateway.poll() is not None:
-                raise UpError(f"the gateway exited with {self.gateway.returncode}; see "
-                              f"{self.state_dir / 'logs' / 'gateway.log'}")
+        while not self.platform.wait_ready(min(0.5, max(0.0, deadline - time.monotonic()))):
+            self._check_gateway()
+            if stop.is_set() or time.monotonic() >= deadline:
+                return False
+        while time.monotonic() < deadline and not stop.is_set():
+            self._check_gateway()
             try:
                 if httpx.get(f"{self.gateway_url}/readyz", timeout=1).status_code == 200:
                     return True
@@ -324,6 +329,11 @@ class LocalSystem:
                 pass
             time.sleep(0.1)
         return False
+
+    def _check_gateway(self) -> None:
+        if self.gateway is not None and self.gateway.poll() is not None:
+            raise UpError(f"the gateway exited with {self.gateway.returncode}; see "
+                          f"{self.state_dir / 'logs' / 'gateway.log'}")
 
     # --- stop --------------------------------------------------------------------------------
     def stop(self) -> None:
