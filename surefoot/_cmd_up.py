@@ -266,7 +266,10 @@ def run_kill(args: argparse.Namespace) -> int:
     try:
         platform.delete_replica(args.pod)
     except NotFound:
-        names = ", ".join(r.name for r in platform.replicas(service))
+        try:
+            names = ", ".join(r.name for r in platform.replicas(service)) or "none"
+        except PlatformError as exc:  # the hint is optional; the answer is not
+            names = f"unknown: {exc}"
         raise CliError(f"no replica named {args.pod!r} (replicas: {names})") from None
     except PlatformError as exc:
         raise CliError(str(exc), code=EXIT_FAILED) from exc
@@ -277,6 +280,8 @@ def run_kill(args: argparse.Namespace) -> int:
 def run_evict(args: argparse.Namespace) -> int:
     from knative import NotFound, PlatformError
 
+    if not 0 <= args.timeout < float("inf"):  # checked before the node is cordoned
+        raise CliError(f"--timeout {args.timeout} is not a number of seconds >= 0")
     platform, _ = platform_for(args)
     try:
         platform.cordon(args.node)

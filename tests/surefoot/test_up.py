@@ -201,6 +201,9 @@ def test_kill_and_evict_of_unknown_names(running: tuple[LocalPlatform, Path],
     line = one_line(capsys.readouterr().err)
     assert line.startswith("surefoot evict: ") and "'node-7'" in line
     assert "node-1, node-2" in line
+    for bad in ("-1", "nan", "inf"):
+        assert main(["evict", "node-1", "--timeout", bad, "--state-dir", str(state_dir)]) == 2
+        assert "--timeout" in one_line(capsys.readouterr().err)
     assert not any(n.unschedulable for n in p.nodes())  # nothing was touched
     assert sorted(r.name for r in p.replicas("sf")) == names
 
