@@ -488,7 +488,9 @@ class SentenceTransformerBackend:
     """Sentence embeddings on torch (CPU, or ``cuda=True`` on a GPU node)."""
 
     def __init__(self, model: str = DEFAULT_EMBEDDING_MODEL, model_id: str | None = None,
-                 cuda: bool = False, queue_timeout: float = 60.0) -> None:
+                 cuda: bool = False, queue_timeout: float = 60.0,
+                 n_threads: int | None = None) -> None:
+        self.n_threads = n_threads
         self.model = model
         self.model_id = model_id or (
             DEFAULT_EMBEDDING_MODEL if model == DEFAULT_EMBEDDING_MODEL else Path(model).name
@@ -503,7 +505,12 @@ class SentenceTransformerBackend:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         try:
+            import torch
             from sentence_transformers import SentenceTransformer
+
+            if self.n_threads:
+                # torch would take every core; replicas sharing a machine must not
+                torch.set_num_threads(self.n_threads)
 
             self._st = SentenceTransformer(str(path), device="cuda" if self.cuda else "cpu")
         except (ImportError, OSError, ValueError, RuntimeError) as exc:

@@ -239,7 +239,8 @@ def build_backends(
         queue_timeout=settings.queue_timeout, chat_format=settings.chat_format,
     ) if settings.model else None
     emb = SentenceTransformerBackend(
-        settings.embedding_model, cuda=settings.cuda, queue_timeout=settings.queue_timeout
+        settings.embedding_model, cuda=settings.cuda, queue_timeout=settings.queue_timeout,
+        n_threads=settings.n_threads or None,
     ) if settings.embedding_model else None
     return gen, emb
 

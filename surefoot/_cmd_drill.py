@@ -28,8 +28,11 @@ def register(subparsers: Any) -> None:
                    help=f"comma-separated subset of {','.join(FAULTS)}")
     p.add_argument("--max-tokens", type=int, default=4)
     p.add_argument("--state-dir", help="state of a running `surefoot up` to attach to")
-    p.add_argument("--no-embeddings", action="store_true",
-                   help="when the drill starts its own system: no embedding model")
+    p.add_argument("--embeddings", action="store_true",
+                   help="when the drill starts its own system: serve the embedding model too "
+                        "(off by default: the drill's load is completions)")
+    p.add_argument("--no-embeddings", dest="embeddings", action="store_false",
+                   help="(the default) no embedding model in the drill's own system")
     p.add_argument("--gateway", help="with --platform knative: the gateway URL")
     p.set_defaults(func=run)
 
@@ -114,7 +117,7 @@ def _local_target(args: argparse.Namespace) -> tuple[Any, Any]:
         print(f"starting a local system for the drill (gateway port {port}, state {tmp})...",
               flush=True)
         system = LocalSystem(UpSettings(port=port, state_dir=tmp,
-                                        embeddings=not args.no_embeddings,
+                                        embeddings=args.embeddings,
                                         checkpoint_interval=0, gpu_source=False),
                              functions_factory)
         try:
