@@ -404,10 +404,11 @@ class Drill:
         ]
         event = xid_event(GpuSourceSettings(node=node), None, 79,
                           message="GPU has fallen off the bus.", detector=DETECTOR_INJECT)
+        sender = Sender(SenderSettings())  # long-lived, as the GPU source's own sender is
         for w in watchers:
             w.start()
         t_inj = self._mark(f"inject XID 79 on {node}")
-        Sender(SenderSettings()).send(event, self.t.broker_url)
+        sender.send(event, self.t.broker_url)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and not {
                 "breaker_opened", "gateway_stopped_routing", "node_quarantined"} <= set(seen):
