@@ -83,7 +83,7 @@ class LocalSettings:
     tick: float = 0.05
     # A starting replica runs at this nice level until it is ready: on a cluster it would start
     # on a node of its own, not take CPU from the replicas that serve (0 disables).
-    start_nice: int = 10
+    start_nice: int = 19
     probe_timeout: float = 0.5
     python: str = sys.executable
     env: Mapping[str, str] = field(default_factory=dict)
