@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -159,7 +160,9 @@ class LocalPlatform:
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._probe = httpx.Client(timeout=settings.probe_timeout)
+        self._probe = httpx.Client(timeout=settings.probe_timeout,
+                                   limits=httpx.Limits(max_connections=32))
+        self._probers = ThreadPoolExecutor(max_workers=8, thread_name_prefix="probe")
         self.log_dir = Path(settings.log_dir or Path.cwd() / ".surefoot" / "logs")
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -188,6 +191,7 @@ class LocalPlatform:
             except subprocess.TimeoutExpired:
                 _signal_group(p, signal.SIGKILL)
                 p.wait(5)
+        self._probers.shutdown(wait=True)
         self._probe.close()
 
     def wait_ready(self, timeout: float, revisions: list[str] | None = None) -> bool:
@@ -483,8 +487,8 @@ class LocalPlatform:
                 elif r.phase == "Running":
                     to_probe.append(r)
             self._reconcile()
-        for r in to_probe:
-            self._probe_ready(r)
+        # probed side by side: one wedged replica must not delay what the others report
+        list(self._probers.map(self._probe_ready, to_probe))
 
     def _exited(self, r: _Replica, now: float) -> None:
         assert r.proc is not None
