@@ -549,8 +549,9 @@ def plot_timeline(samples: list[Sample], marks: list[tuple[float, str]], t0: flo
     for at, label in marks:
         for ax in (ax1, ax2):
             ax.axvline(at - t0, color="tab:orange", linestyle="--", linewidth=0.8)
-        ax1.annotate(label, (at - t0, 1), xycoords=("data", "axes fraction"), rotation=90,
-                     fontsize=7, va="top", ha="right")
+        short = label if len(label) <= 26 else label[:25] + "…"
+        ax1.annotate(short, (at - t0, 0.98), xycoords=("data", "axes fraction"), rotation=90,
+                     fontsize=7, va="top", ha="right", annotation_clip=True)
     fig.suptitle("surefoot drill: latency and throughput, faults marked")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
