@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import fields
 from typing import Any
 
 
@@ -21,3 +23,22 @@ def convert(kind: str, raw: str) -> Any:
     if "None" in kind and not raw:
         return None
     return raw
+
+
+def env_values(cls: Any, prefix: str, env: Mapping[str, str],
+               overrides: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """Field values of the dataclass ``cls`` from ``<prefix><FIELD>`` variables, then the
+    ``overrides`` that are not None; and one message per variable that does not convert."""
+    values: dict[str, Any] = {}
+    errors = []
+    for f in fields(cls):
+        key = f"{prefix}{f.name.upper()}"
+        if key not in env:
+            continue
+        raw = env[key]
+        try:
+            values[f.name] = convert(str(f.type), raw)
+        except ValueError:
+            errors.append(f"{key}: {raw!r} is not a valid {f.type}")
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return values, errors

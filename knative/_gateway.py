@@ -29,7 +29,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import quote
 
@@ -48,7 +48,7 @@ from knative._breaker import (
     replica_key,
     revision_key,
 )
-from knative._env import convert as _convert
+from knative._env import env_values
 from knative._routing import Endpoint, Resolver, Route, RoutingTable
 from knative._upstream import Lease, PoolExhausted, UpstreamError, UpstreamPool
 from knative._upstream import Response as UpstreamResponse
@@ -140,21 +140,10 @@ class GatewaySettings:
         cls, env: Mapping[str, str] | None = None, **overrides: Any
     ) -> GatewaySettings:
         """``SUREFOOT_GATEWAY_<FIELD>`` variables, then ``overrides`` that are not None."""
-        env = os.environ if env is None else env
-        values: dict[str, Any] = {}
-        errors = []
-        for f in fields(cls):
-            key = f"SUREFOOT_GATEWAY_{f.name.upper()}"
-            if key not in env:
-                continue
-            raw = env[key]
-            try:
-                values[f.name] = _convert(str(f.type), raw)
-            except ValueError:
-                errors.append(f"{key}: {raw!r} is not a valid {f.type}")
+        values, errors = env_values(cls, "SUREFOOT_GATEWAY_",
+                                    os.environ if env is None else env, overrides)
         if errors:
             raise GatewaySettingsError("; ".join(errors))
-        values.update({k: v for k, v in overrides.items() if v is not None})
         return replace(cls(), **values)
 
 

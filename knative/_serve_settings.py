@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from knative._backends import DEFAULT_EMBEDDING_MODEL, DEFAULT_GENERATION_MODEL
-from knative._env import convert as _convert
+from knative._env import env_values
 
 
 class SettingsError(ValueError):
@@ -75,19 +75,8 @@ class ServeSettings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> ServeSettings:
         """Settings from ``SUREFOOT_<FIELD>`` variables, then ``overrides`` (not None)."""
-        env = os.environ if env is None else env
-        values: dict[str, Any] = {}
-        errors = []
-        for f in fields(cls):
-            key = f"SUREFOOT_{f.name.upper()}"
-            if key not in env:
-                continue
-            raw = env[key]
-            try:
-                values[f.name] = _convert(str(f.type), raw)
-            except ValueError:
-                errors.append(f"{key}: {raw!r} is not a valid {f.type}")
+        values, errors = env_values(cls, "SUREFOOT_", os.environ if env is None else env,
+                                    overrides)
         if errors:
             raise SettingsError("; ".join(errors))
-        values.update({k: v for k, v in overrides.items() if v is not None})
         return replace(cls(), **values).validate()
