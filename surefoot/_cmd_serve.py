@@ -35,7 +35,9 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from knative._backends import ModelLoadError, resolve_gguf
+    from dataclasses import replace
+
+    from knative._backends import ModelLoadError, generation_model_id, resolve_gguf
     from knative._serve_settings import ServeSettings, SettingsError
     from knative._server import serve
 
@@ -49,7 +51,12 @@ def run(args: argparse.Namespace) -> int:
     overrides["log_level"] = args.log_level
     try:
         settings = ServeSettings.from_env(**overrides)
-        resolve_gguf(settings.model)  # fail fast with one line, before forking a worker
+        # Resolve once, here: fail fast with one line before forking a worker, and spare the
+        # worker a second pass over the model file (the packaged model is sha256-checked).
+        path = str(resolve_gguf(settings.model))
+        if path != settings.model:
+            settings = replace(settings, model=path,
+                               model_id=settings.model_id or generation_model_id(settings.model))
     except (SettingsError, ModelLoadError) as exc:
         raise CliError(str(exc)) from exc
     return serve(settings)
