@@ -293,11 +293,11 @@ def create_app(
     typically in a background thread so that probes answer while the model loads.
     """
     if runtime is None:
-        if generation is None and embedding is None:
+        preloaded = generation is not None or embedding is not None
+        if not preloaded:
             generation, embedding = build_backends(settings)
-            runtime = Runtime(settings, generation, embedding)
-        else:
-            runtime = Runtime(settings, generation, embedding)
+        runtime = Runtime(settings, generation, embedding)
+        if preloaded:
             runtime.phases["model_loaded"] = time.time()
             runtime.loaded.set()
             runtime.metrics.ready.set(1)

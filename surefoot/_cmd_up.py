@@ -33,11 +33,10 @@ def register(subparsers: Any) -> None:
     p.add_argument("--redis-url", help="a Redis to use instead of the embedded one")
     p.set_defaults(func=run_up)
 
-    for name, helptext in (("status", "replicas, breakers, traffic, latest checkpoint"),):
-        s = subparsers.add_parser(name, help=helptext)
-        _platform_flags(s)
-        s.add_argument("--json", action="store_true")
-        s.set_defaults(func=run_status)
+    s = subparsers.add_parser("status", help="replicas, breakers, traffic, latest checkpoint")
+    _platform_flags(s)
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=run_status)
     k = subparsers.add_parser("kill", help="delete a replica (pod)")
     k.add_argument("pod")
     _platform_flags(k)
