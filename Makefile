@@ -28,7 +28,7 @@ up: install
 	.venv/bin/surefoot up --port $(PORT)
 
 test: install
-	$(PY) -m ruff check events checkpoint_store knative functions surefoot tests bench
+	$(PY) -m ruff check envreader events checkpoint_store knative functions surefoot tests bench
 	$(PY) -m mypy
 	$(PY) -m pytest -q
 

@@ -30,12 +30,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _load import Conn, free_port, request_bytes, start_gateway, stop  # noqa: E402
 
-from knative._breaker import (  # noqa: E402
+from knative.breakers import (
     BreakerRegistry,
     BreakerRegistrySettings,
     BreakerStore,
+    EmbeddedRedis,  # noqa: E402
 )
-from knative._redis import EmbeddedRedis  # noqa: E402
 from tests.knative.stub_upstream import StubUpstream  # noqa: E402
 
 

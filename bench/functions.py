@@ -46,14 +46,14 @@ import redis  # noqa: E402
 import events as ev  # noqa: E402
 from events import HttpServer  # noqa: E402
 from functions import FunctionSettings, FunctionsServer, build_context  # noqa: E402
-from knative import (  # noqa: E402
+from knative import Target
+from knative.breakers import (
     BreakerRegistrySettings,
     BreakerStore,
-    KnativePlatform,
-    Target,
+    EmbeddedRedis,  # noqa: E402
     node_key,
 )
-from knative._redis import EmbeddedRedis  # noqa: E402
+from knative.platforms.kube import KnativePlatform
 from tests.functions._helpers import KSVC_PATH, make_cluster  # noqa: E402
 from tests.kube_fake import FakeKubeServer  # noqa: E402
 

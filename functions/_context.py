@@ -23,7 +23,8 @@ import redis
 from events import Event, EventData, build
 from functions._errors import PermanentFunctionError
 from functions._settings import FunctionSettings
-from knative import BreakerRegistrySettings, BreakerStore, Platform
+from knative import Platform
+from knative.breakers import BreakerRegistrySettings, BreakerStore
 
 log = logging.getLogger(__name__)
 

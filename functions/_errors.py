@@ -12,7 +12,8 @@ import httpx
 import redis
 
 from events import PermanentError, TemporaryError
-from knative import BreakerError, PlatformError
+from knative import PlatformError
+from knative.breakers import BreakerError
 
 
 class FunctionError(Exception):

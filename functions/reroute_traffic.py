@@ -54,7 +54,8 @@ from functions._context import ACTED, DEFERRED, NOOP, Context, Outcome
 from functions._errors import MAPPED, PermanentFunctionError, TemporaryFunctionError, map_error
 from functions._once import once
 from functions._state import cancel, defer, locked
-from knative import Conflict, PlatformError, Target, node_key, revision_key
+from knative import Conflict, PlatformError, Target
+from knative.breakers import node_key, revision_key
 
 log = logging.getLogger(__name__)
 

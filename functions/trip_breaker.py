@@ -42,7 +42,7 @@ from functions._errors import MAPPED, map_error
 from functions._faults import Fault, assess
 from functions._once import once
 from functions._state import cancel, count_in_window, defer
-from knative import Transition, node_key, revision_key
+from knative.breakers import Transition, node_key, revision_key
 
 log = logging.getLogger(__name__)
 

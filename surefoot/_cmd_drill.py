@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _knative_target(args: argparse.Namespace) -> Any:
-    from knative import KnativePlatform, KubeSettings
+    from knative.platforms.kube import KnativePlatform, KubeSettings
     from surefoot._drill import Target
 
     if not args.gateway:
@@ -98,7 +98,7 @@ def _knative_target(args: argparse.Namespace) -> Any:
 
 
 def _local_target(args: argparse.Namespace) -> tuple[Any, Any]:
-    from knative._local_control import LocalPlatformClient
+    from knative.platforms.local import LocalPlatformClient
     from surefoot._drill import Target
     from surefoot._up import LocalSystem, RunState, UpError, UpSettings, default_state_dir
 

@@ -114,14 +114,9 @@ def _context(settings: Any) -> Any:
     """Platform, Redis, breakers and sink for a process of its own (the Knative platform)."""
     from events import Publisher, Sender, SenderSettings
     from functions import KServeCanary, build_context
-    from knative import (
-        BreakerRegistrySettings,
-        InvalidBreakerSettings,
-        KnativePlatform,
-        KubeSettings,
-        KubeSettingsError,
-        PlatformError,
-    )
+    from knative import PlatformError
+    from knative.breakers import BreakerRegistrySettings, InvalidBreakerSettings
+    from knative.platforms.kube import KnativePlatform, KubeSettings, KubeSettingsError
 
     if settings.platform == "local":
         raise CliError(

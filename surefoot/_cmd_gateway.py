@@ -80,15 +80,21 @@ def _check_port_free(host: str, port: int) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from knative._breaker import BreakerRegistrySettings, InvalidBreakerSettings
-    from knative._gateway import GatewaySettings, GatewaySettingsError
-    from knative._gateway_server import GatewayServerSettings, serve
-    from knative._redis import EmbeddedRedis, RedisStartError
-    from knative._routing import (
+    from knative.breakers import (
+        BreakerRegistrySettings,
+        EmbeddedRedis,
+        InvalidBreakerSettings,
+        RedisStartError,
+    )
+    from knative.gateway import (
+        GatewayServerSettings,
+        GatewaySettings,
+        GatewaySettingsError,
         PlatformResolver,
         Resolver,
         RoutingSpecError,
         StaticResolver,
+        serve,
         static_table,
     )
 
@@ -119,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
             raise CliError("--target and --platform are exclusive; use one")
         if not args.service:
             raise CliError("--platform knative needs --service NAME")
-        from knative._kube import KnativePlatform, KubeSettings
+        from knative.platforms.kube import KnativePlatform, KubeSettings
 
         try:
             kube = KubeSettings.from_env(service=args.service)
@@ -136,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
             raise CliError("--target and --platform are exclusive; use one")
         if not args.service or not args.control_url:
             raise CliError("--platform local needs --service NAME and --control-url URL")
-        from knative._local_control import LocalPlatformClient
+        from knative.platforms.local import LocalPlatformClient
 
         service, fb_rev, interval = args.service, args.fallback_revision, args.refresh_interval
         control = args.control_url

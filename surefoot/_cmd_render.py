@@ -2,7 +2,7 @@
 
 ``render`` needs no cluster; ``deploy`` and ``traffic`` reach one through a kubeconfig (or the
 in-cluster service account). The Knative branch of ``surefoot status`` is
-``knative._deploy.knative_status``.
+``knative.manifests._deploy.knative_status``.
 """
 
 from __future__ import annotations
@@ -77,8 +77,8 @@ def _kube_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _load(args: argparse.Namespace) -> Any:
-    from knative._backends import DEFAULT_GENERATION_MODEL
-    from knative._render import RenderConfigError, load_config
+    from knative.manifests import RenderConfigError, load_config
+    from knative.serving import DEFAULT_GENERATION_MODEL
 
     path = args.file
     if path is None and Path(DEFAULT_CONFIG).exists():
@@ -93,7 +93,7 @@ def _load(args: argparse.Namespace) -> Any:
 
 
 def run_render(args: argparse.Namespace) -> int:
-    from knative._render import render, to_stream, write
+    from knative.manifests import render, to_stream, write
 
     config = _load(args)
     files = render(config)
@@ -112,7 +112,7 @@ def run_render(args: argparse.Namespace) -> int:
 
 
 def _settings(args: argparse.Namespace, namespace: str | None = None) -> Any:
-    from knative._kube import KubeSettings, KubeSettingsError
+    from knative.platforms.kube import KubeSettings, KubeSettingsError
 
     try:
         return KubeSettings.from_env(
@@ -126,8 +126,8 @@ def _settings(args: argparse.Namespace, namespace: str | None = None) -> Any:
 
 
 def _api(settings: Any) -> tuple[Any, str]:
-    from knative._kube import api_client_for
-    from knative._platform import PlatformError
+    from knative.platforms import PlatformError
+    from knative.platforms.kube import api_client_for
 
     try:
         return api_client_for(settings)
@@ -136,9 +136,8 @@ def _api(settings: Any) -> tuple[Any, str]:
 
 
 def run_deploy(args: argparse.Namespace) -> int:
-    from knative._deploy import apply_objects
-    from knative._platform import PlatformError
-    from knative._render import all_objects, render
+    from knative.manifests import all_objects, apply_objects, render
+    from knative.platforms import PlatformError
 
     config = _load(args)
     api, _ = _api(_settings(args, namespace=config.namespace))
@@ -174,9 +173,9 @@ def _parse_assignments(items: list[str]) -> dict[str, int]:
 def run_traffic(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from knative._deploy import format_traffic
-    from knative._kube import KnativePlatform
-    from knative._platform import PermanentPlatformError, PlatformError, Target
+    from knative.manifests import format_traffic
+    from knative.platforms import PermanentPlatformError, PlatformError, Target
+    from knative.platforms.kube import KnativePlatform
 
     words = list(args.words)
     if words and words[0] != "set":

@@ -37,9 +37,14 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from knative._backends import ModelLoadError, generation_model_id, resolve_gguf
-    from knative._serve_settings import ServeSettings, SettingsError
-    from knative._server import serve
+    from knative.serving import (
+        ModelLoadError,
+        ServeSettings,
+        SettingsError,
+        generation_model_id,
+        resolve_gguf,
+        serve,
+    )
 
     overrides = {
         k: getattr(args, k) for k in (

@@ -65,14 +65,14 @@ def _state(args: argparse.Namespace) -> Any:
 def platform_for(args: argparse.Namespace) -> tuple[Any, str]:
     """The platform named by ``--platform`` and the service it serves."""
     if args.platform == "knative":
-        from knative import KnativePlatform, KubeSettings
+        from knative.platforms.kube import KnativePlatform, KubeSettings
 
         try:
             kube = KubeSettings.from_env()
             return KnativePlatform.from_settings(kube), kube.service
         except Exception as exc:  # no kubeconfig, bad context
             raise CliError(f"--platform knative: {exc}") from exc
-    from knative._local_control import LocalPlatformClient
+    from knative.platforms.local import LocalPlatformClient
 
     st = _state(args)
     return LocalPlatformClient(st.control_url), st.service
@@ -97,7 +97,7 @@ class _MountedFunctions:
 def functions_factory(system: Any) -> _MountedFunctions:
     """The functions host mounted in-process on the local platform, fed by broker triggers."""
     from functions import FunctionSettings, FunctionsServer, build_context
-    from knative import BreakerRegistrySettings
+    from knative.breakers import BreakerRegistrySettings
 
     s = system.s
     settings = FunctionSettings.from_env(
@@ -161,7 +161,7 @@ def run_up(args: argparse.Namespace) -> int:
               f"{st.control_url}\nbroker                {st.broker_url}\nfunctions             "
               f"{st.functions_url or '-'}\nredis                 {st.redis_url}\n"
               f"checkpoints           {st.checkpoint_dir}\nlogs                  {st.log_dir}\n")
-        from knative._local_control import LocalPlatformClient
+        from knative.platforms.local import LocalPlatformClient
 
         print(format_status(collect_status(LocalPlatformClient(st.control_url), st.service,
                                            st.redis_url, st.checkpoint_dir)))
@@ -197,7 +197,7 @@ def collect_status(platform: Any, service: str, redis_url: str | None,
     out["breakers"] = []
     if redis_url:
         try:
-            from knative import BreakerRegistrySettings, BreakerStore
+            from knative.breakers import BreakerRegistrySettings, BreakerStore
 
             store = BreakerStore.from_url(BreakerRegistrySettings(redis_url=redis_url))
             statuses, _ = store.statuses()

@@ -352,7 +352,7 @@ class Drill:
         import redis as redis_lib
 
         from events import DETECTOR_INJECT, GpuSourceSettings, Sender, SenderSettings, xid_event
-        from knative import BreakerRegistrySettings, BreakerStore, node_key
+        from knative.breakers import BreakerRegistrySettings, BreakerStore, node_key
 
         victim = self._ready_primaries()[0]
         node = victim.node

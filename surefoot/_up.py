@@ -38,9 +38,9 @@ from events import (
     SenderSettings,
 )
 from events._http import HttpServer
-from knative import EmbeddedRedis, Target
-from knative._local import LocalPlatform, LocalSettings, RevisionSpec
-from knative._local_control import create_control_app
+from knative import Target
+from knative.breakers import EmbeddedRedis
+from knative.platforms.local import LocalPlatform, LocalSettings, RevisionSpec, create_control_app
 
 log = logging.getLogger(__name__)
 

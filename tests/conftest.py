@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from knative._redis import EmbeddedRedis
+from knative.breakers import EmbeddedRedis
 
 
 @pytest.fixture(scope="session")

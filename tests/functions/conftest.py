@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 
 from functions import Context, FunctionSettings, build_context
-from knative import BreakerRegistrySettings, KnativePlatform
+from knative.breakers import BreakerRegistrySettings
+from knative.platforms.kube import KnativePlatform
 from tests.functions._helpers import FakeTime, Sink, make_cluster
 from tests.kube_fake import FakeKubeServer
 

@@ -22,7 +22,7 @@ from functions import (
     host_of,
     triggers,
 )
-from knative import node_key, revision_key
+from knative.breakers import node_key, revision_key
 from tests.functions._helpers import (
     FakeTime,
     Sink,

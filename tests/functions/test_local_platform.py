@@ -21,8 +21,9 @@ from functions import (
     snapshot_checkpoint,
     trip_breaker,
 )
-from knative import BreakerRegistrySettings, Target, node_key
-from knative._local import LocalPlatform, LocalSettings, RevisionSpec
+from knative import Target
+from knative.breakers import BreakerRegistrySettings, node_key
+from knative.platforms.local import LocalPlatform, LocalSettings, RevisionSpec
 from tests.functions._helpers import FakeTime, closed, opened, ping, xid
 
 SMALL = ("--embedding-model", "", "--n-ctx", "512", "--max-tokens", "16", "--grace-seconds", "1")

@@ -20,7 +20,8 @@ from functions import (
     reroute_traffic,
 )
 from functions._state import deferred
-from knative import Target, node_key, revision_key
+from knative import Target
+from knative.breakers import node_key, revision_key
 from tests.functions._helpers import (
     KSVC_PATH,
     FakeTime,

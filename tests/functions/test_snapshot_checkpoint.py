@@ -173,7 +173,7 @@ def test_malformed_201_is_temporary(sctx: Context, replicas: Replicas) -> None:
 
 @pytest.fixture(scope="module")
 def gemma() -> Iterator[object]:
-    from knative import LlamaCppBackend
+    from knative.serving import LlamaCppBackend
 
     backend = LlamaCppBackend(n_ctx=256, n_threads=2, queue_timeout=30)
     backend.load()
@@ -183,8 +183,8 @@ def gemma() -> Iterator[object]:
 def test_snapshot_through_a_real_replica_app(make_ctx: Callable[..., Context], gemma: object,
                                              tmp_path: Path, cluster: FakeKubeServer) -> None:
     from checkpoint_store import CheckpointStore, FilesystemBackend
-    from knative import ServeSettings, create_app, runtime_of
-    from knative._replica_checkpoint import attach
+    from knative.serving import ServeSettings, create_app, runtime_of
+    from knative.serving._checkpoint import attach
 
     store = CheckpointStore(FilesystemBackend(tmp_path / "ckpt"), keep=3)
     app = create_app(ServeSettings(n_ctx=256, max_tokens=8, revision="surefoot-primary",

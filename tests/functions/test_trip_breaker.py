@@ -11,7 +11,7 @@ import pytest
 import events as ev
 from functions import ACTED, DEFERRED, DUPLICATE, NOOP, Context, trip_breaker
 from functions._state import deferred
-from knative import node_key, revision_key
+from knative.breakers import node_key, revision_key
 from tests.functions._helpers import (
     FakeTime,
     crashloop,

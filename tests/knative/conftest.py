@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from knative import LlamaCppBackend, SentenceTransformerBackend
+from knative.serving import LlamaCppBackend, SentenceTransformerBackend
 
 
 @pytest.fixture(scope="session")

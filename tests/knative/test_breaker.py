@@ -12,17 +12,17 @@ from collections.abc import Callable, Iterator
 import pytest
 import redis
 
-from knative import (
+from knative.breakers import (
     BreakerRegistry,
     BreakerRegistrySettings,
     BreakerSettings,
     BreakerStore,
     CloudEventSink,
+    EmbeddedRedis,
     InvalidBreakerKey,
     InvalidBreakerSettings,
     Transition,
 )
-from knative._redis import EmbeddedRedis
 
 FAST = BreakerSettings(
     window_size=10,

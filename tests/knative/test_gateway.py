@@ -12,10 +12,8 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from knative import (
-    BreakerRegistry,
-    BreakerRegistrySettings,
-    BreakerSettings,
+from knative.breakers import BreakerRegistry, BreakerRegistrySettings, BreakerSettings
+from knative.gateway import (
     Endpoint,
     GatewaySettings,
     GatewaySettingsError,
@@ -23,8 +21,8 @@ from knative import (
     RoutingTable,
     StaticResolver,
     create_gateway_app,
+    gateway_of,
 )
-from knative._gateway import gateway_of
 from tests.knative.stub_upstream import StubUpstream
 
 TOKEN = "s3cret-admin-token"
@@ -318,7 +316,7 @@ def test_retry_budget_limits_retries(stubs: dict[str, StubUpstream]) -> None:
 def test_retry_budget_is_a_share_of_active_requests(stubs: dict[str, StubUpstream]) -> None:
     _, client, _ = make(table(stubs), retry_budget_min=3, retry_budget_ratio=0.2)
     gw = gateway_of(client.application)
-    from knative._gateway import _Request
+    from knative.gateway._gateway import _Request
 
     reqs = [_Request("POST", "/", b"", {}, time.monotonic() + 5) for _ in range(5)]
     gw.active = 20  # 20% of 20 = 4 concurrent retries, above the floor of 3

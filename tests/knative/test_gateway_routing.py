@@ -6,17 +6,9 @@ from typing import Any
 
 import pytest
 
-from knative import (
-    Endpoint,
-    PlatformResolver,
-    Replica,
-    Route,
-    RoutingSpecError,
-    Target,
-    TemporaryPlatformError,
-    static_table,
-)
-from knative._upstream import PoolExhausted, UpstreamPool
+from knative import Replica, Target, TemporaryPlatformError
+from knative.gateway import Endpoint, PlatformResolver, Route, RoutingSpecError, static_table
+from knative.gateway._upstream import PoolExhausted, UpstreamPool
 
 
 class ScriptedPlatform:

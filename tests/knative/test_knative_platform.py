@@ -11,9 +11,6 @@ import pytest
 
 from knative import (
     Conflict,
-    KnativePlatform,
-    KubeSettings,
-    KubeSettingsError,
     NotFound,
     PermanentPlatformError,
     Platform,
@@ -23,7 +20,13 @@ from knative import (
     TooManyRequests,
     Unauthorized,
 )
-from knative._kube import LATEST, map_api_error
+from knative.platforms.kube import (
+    LATEST,
+    KnativePlatform,
+    KubeSettings,
+    KubeSettingsError,
+    map_api_error,
+)
 from tests.kube_fake import FakeKubeServer
 from tests.kube_fake._state import PODAUTOSCALER, resource_named
 

@@ -19,14 +19,19 @@ import pytest
 from events import Event
 from events._http import HttpServer
 from knative import Platform
-from knative._local import LocalPlatform, LocalSettings, RevisionSpec
-from knative._local_control import LocalPlatformClient, create_control_app
-from knative._platform import (
+from knative.platforms import (
     NotFound,
     PermanentPlatformError,
     Target,
     TemporaryPlatformError,
     TooManyRequests,
+)
+from knative.platforms.local import (
+    LocalPlatform,
+    LocalPlatformClient,
+    LocalSettings,
+    RevisionSpec,
+    create_control_app,
 )
 from surefoot._cmd_up import collect_status, format_status
 

@@ -9,7 +9,7 @@ from typing import Any
 import kubernetes_validate
 import pytest
 
-from knative._render import (
+from knative.manifests._render import (
     FUNCTION_ROUTES,
     RenderConfig,
     RenderConfigError,

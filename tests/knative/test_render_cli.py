@@ -12,10 +12,15 @@ from typing import Any
 import pytest
 import yaml
 
-from knative._deploy import apply_objects, format_knative_status, knative_status, object_path
-from knative._kube import KnativePlatform, KubeSettings
-from knative._platform import NotFound, PermanentPlatformError
-from knative._render import all_objects, config_from_mapping, render
+from knative.manifests._deploy import (
+    apply_objects,
+    format_knative_status,
+    knative_status,
+    object_path,
+)
+from knative.manifests._render import all_objects, config_from_mapping, render
+from knative.platforms import NotFound, PermanentPlatformError
+from knative.platforms.kube import KnativePlatform, KubeSettings
 from surefoot.cli import main
 from tests.kube_fake import FakeKubeServer
 from tests.kube_fake._state import resource_named

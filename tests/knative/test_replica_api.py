@@ -8,7 +8,7 @@ import math
 import pytest
 from flask.testing import FlaskClient
 
-from knative import ServeSettings, create_app, runtime_of
+from knative.serving import ServeSettings, create_app, runtime_of
 
 
 @pytest.fixture

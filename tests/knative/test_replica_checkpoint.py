@@ -8,8 +8,8 @@ import httpx
 import pytest
 
 from checkpoint_store import CheckpointStore, FilesystemBackend
-from knative import ServeSettings, create_app, runtime_of
-from knative._replica_checkpoint import attach
+from knative.serving import ServeSettings, create_app, runtime_of
+from knative.serving._checkpoint import attach
 from tests.knative.test_replica_process import _start
 
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from knative import BreakerRegistrySettings, BreakerStore, ServeSettings, create_app, runtime_of
-from knative._replica_quarantine import NodeBreakerWatch
+from knative.breakers import BreakerRegistrySettings, BreakerStore
+from knative.serving import ServeSettings, create_app, runtime_of
+from knative.serving._quarantine import NodeBreakerWatch
 
 
 def test_readiness_fails_while_the_node_breaker_is_open(redis_url, gemma):

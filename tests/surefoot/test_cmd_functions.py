@@ -17,7 +17,8 @@ import pytest
 
 import events as ev
 from functions import FunctionSettings, FunctionsServer, build_context, quarantine_node
-from knative import BreakerRegistrySettings, KnativePlatform
+from knative.breakers import BreakerRegistrySettings
+from knative.platforms.kube import KnativePlatform
 from surefoot.cli import main
 from tests.functions._helpers import lost, make_cluster
 from tests.kube_fake import FakeKubeServer

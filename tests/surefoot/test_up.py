@@ -20,9 +20,8 @@ from typing import Any
 import pytest
 
 from events._http import HttpServer
-from knative._local import LocalPlatform, LocalSettings, RevisionSpec
-from knative._local_control import create_control_app
-from knative._platform import Target
+from knative.platforms import Target
+from knative.platforms.local import LocalPlatform, LocalSettings, RevisionSpec, create_control_app
 from surefoot._up import RunState
 from surefoot.cli import main
 

@@ -13,8 +13,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from knative._kube import KnativePlatform, KubeSettings, map_api_error
-from knative._platform import PermanentPlatformError, PlatformError
+from knative.platforms import PermanentPlatformError, PlatformError
+from knative.platforms.kube import KnativePlatform, KubeSettings, map_api_error
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ class NodeBreakerWatch:
     """Polls the node's breaker every ``interval`` seconds; ``reason()`` is the probe's view."""
 
     def __init__(self, redis_url: str, node: str, interval: float = 0.25) -> None:
-        from knative._breaker import BreakerRegistrySettings, BreakerStore, node_key
+        from knative.breakers import BreakerRegistrySettings, BreakerStore, node_key
 
         self.key = node_key(node)
         self.store = BreakerStore.from_url(BreakerRegistrySettings.from_env(redis_url=redis_url))
@@ -39,7 +39,7 @@ class NodeBreakerWatch:
         return self._reason
 
     def poll(self) -> None:
-        from knative._breaker import BreakerError
+        from knative.breakers import BreakerError
 
         try:
             status = self.store.status(self.key)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from knative._openai import ChatMessage, SamplingParams
+from knative.serving._openai import ChatMessage, SamplingParams
 
 log = logging.getLogger(__name__)
 

@@ -16,10 +16,9 @@ from typing import Any
 from flask import Flask
 from gunicorn.app.base import BaseApplication
 
-from knative._breaker import BreakerRegistry, BreakerRegistrySettings
-from knative._breaker_events import CloudEventSink
-from knative._gateway import GatewaySettings, create_app, gateway_of
-from knative._routing import Resolver
+from knative.breakers import BreakerRegistry, BreakerRegistrySettings, CloudEventSink
+from knative.gateway._gateway import GatewaySettings, create_app, gateway_of
+from knative.gateway._routing import Resolver
 
 log = logging.getLogger(__name__)
 

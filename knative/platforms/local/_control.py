@@ -14,8 +14,7 @@ from typing import Any
 import httpx
 from flask import Flask, Response, jsonify, request
 
-from knative._local import LocalPlatform
-from knative._platform import (
+from knative.platforms import (
     Conflict,
     EvictionReport,
     Node,
@@ -27,6 +26,7 @@ from knative._platform import (
     TemporaryPlatformError,
     TooManyRequests,
 )
+from knative.platforms.local._platform import LocalPlatform
 
 _STATUS = {NotFound: 404, Conflict: 409, TooManyRequests: 429}
 

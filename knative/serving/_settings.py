@@ -11,8 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from knative._backends import DEFAULT_EMBEDDING_MODEL, DEFAULT_GENERATION_MODEL
-from knative._env import env_values
+from envreader._reader import env_values
+from knative.serving._backends import DEFAULT_EMBEDDING_MODEL, DEFAULT_GENERATION_MODEL
 
 
 class SettingsError(ValueError):

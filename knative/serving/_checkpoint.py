@@ -20,8 +20,8 @@ from typing import Any
 from flask import Flask, Response, jsonify, request
 
 from checkpoint_store import CheckpointError, CheckpointStore, Manifest, Restored
-from knative._backends import BackendError, LlamaCppBackend
-from knative._replica import Runtime
+from knative.serving._app import Runtime
+from knative.serving._backends import BackendError, LlamaCppBackend
 
 log = logging.getLogger(__name__)
 

@@ -42,7 +42,7 @@ from events import (
     PodRestarted,
     build,
 )
-from knative._platform import (
+from knative.platforms import (
     EvictionReport,
     Node,
     NotFound,

@@ -36,7 +36,8 @@ from urllib.parse import quote
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from knative._breaker import (
+from envreader._reader import env_values
+from knative.breakers import (
     ACTIONS,
     BreakerError,
     BreakerRegistry,
@@ -48,10 +49,9 @@ from knative._breaker import (
     replica_key,
     revision_key,
 )
-from knative._env import env_values
-from knative._routing import Endpoint, Resolver, Route, RoutingTable
-from knative._upstream import Lease, PoolExhausted, UpstreamError, UpstreamPool
-from knative._upstream import Response as UpstreamResponse
+from knative.gateway._routing import Endpoint, Resolver, Route, RoutingTable
+from knative.gateway._upstream import Lease, PoolExhausted, UpstreamError, UpstreamPool
+from knative.gateway._upstream import Response as UpstreamResponse
 
 log = logging.getLogger(__name__)
 

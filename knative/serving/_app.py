@@ -29,8 +29,8 @@ from prometheus_client import (
 )
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from knative import _openai as oa
-from knative._backends import (
+from knative.serving import _openai as oa
+from knative.serving._backends import (
     BackendError,
     ContextOverflow,
     Delta,
@@ -41,7 +41,7 @@ from knative._backends import (
     ModelLoadError,
     SentenceTransformerBackend,
 )
-from knative._serve_settings import ServeSettings
+from knative.serving._settings import ServeSettings
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 from urllib.parse import urlsplit
 
-from knative._platform import Platform, PlatformError
+from knative.platforms import Platform, PlatformError
 
 log = logging.getLogger(__name__)
 

@@ -23,11 +23,11 @@ from flask import Flask
 from gunicorn.app.base import BaseApplication
 
 from checkpoint_store import CheckpointSettings, open_store
-from knative._backends import ModelLoadError
-from knative._replica import Runtime, create_app, load_models, runtime_of
-from knative._replica_checkpoint import attach as attach_checkpoints
-from knative._replica_quarantine import NodeBreakerWatch
-from knative._serve_settings import ServeSettings
+from knative.serving._app import Runtime, create_app, load_models, runtime_of
+from knative.serving._backends import ModelLoadError
+from knative.serving._checkpoint import attach as attach_checkpoints
+from knative.serving._quarantine import NodeBreakerWatch
+from knative.serving._settings import ServeSettings
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 An in-process breaker learns about a failing replica only by failing into it, once per process.
 Here every breaker (one per revision, node or replica) lives in Redis; every change of state is a
-Lua script (:mod:`knative._breaker_lua`) that is atomic with the read that decided it and uses
+Lua script (:mod:`knative.breakers._lua`) that is atomic with the read that decided it and uses
 Redis ``TIME`` as the clock. Transitions are published; each process keeps a local view fed by
 its subscription, so asking "may I call this target?" reads memory only. Results are queued in
 memory and written in batches by a background thread (a failure wakes it at once), so a request
@@ -37,7 +37,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from knative._breaker_lua import SCRIPTS
+from knative.breakers._lua import SCRIPTS
 
 log = logging.getLogger(__name__)
 

@@ -33,7 +33,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-from knative._platform import (
+from knative.platforms import (
     Conflict,
     EvictionReport,
     Node,

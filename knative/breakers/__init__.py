@@ -1,0 +1,51 @@
+"""Circuit breakers shared through Redis (one per revision, node or replica), their
+CloudEvents, and the embedded Redis server that ``surefoot up`` runs them on."""
+
+from knative.breakers._breaker import (
+    ACTIONS,
+    STATES,
+    BreakerError,
+    BreakerRegistry,
+    BreakerRegistrySettings,
+    BreakerSettings,
+    BreakerStatus,
+    BreakerStore,
+    BreakerUnavailable,
+    InvalidBreakerKey,
+    InvalidBreakerSettings,
+    Permit,
+    Transition,
+    TransitionHook,
+    check_key,
+    keys_for,
+    node_key,
+    replica_key,
+    revision_key,
+)
+from knative.breakers._events import CloudEventSink
+from knative.breakers._redis import EmbeddedRedis, RedisStartError
+
+__all__ = [
+    "ACTIONS",
+    "STATES",
+    "BreakerError",
+    "BreakerRegistry",
+    "BreakerRegistrySettings",
+    "BreakerSettings",
+    "BreakerStatus",
+    "BreakerStore",
+    "BreakerUnavailable",
+    "CloudEventSink",
+    "EmbeddedRedis",
+    "InvalidBreakerKey",
+    "InvalidBreakerSettings",
+    "Permit",
+    "RedisStartError",
+    "Transition",
+    "TransitionHook",
+    "check_key",
+    "keys_for",
+    "node_key",
+    "replica_key",
+    "revision_key",
+]

@@ -1,0 +1,45 @@
+"""The serving replica: the OpenAI HTTP API over one model instance per process (llama.cpp for
+generation, torch for embeddings), its probes, drain, checkpoints and node quarantine watch."""
+
+from knative.serving._app import Runtime, Unavailable, create_app, load_models, runtime_of
+from knative.serving._backends import (
+    DEFAULT_EMBEDDING_MODEL,
+    DEFAULT_GENERATION_MODEL,
+    BackendError,
+    ContextOverflow,
+    EmbeddingBackend,
+    EngineBusy,
+    GenerationBackend,
+    LlamaCppBackend,
+    ModelLoadError,
+    SentenceTransformerBackend,
+    generation_model_id,
+    resolve_gguf,
+)
+from knative.serving._checkpoint import attach as attach_checkpoints
+from knative.serving._server import serve
+from knative.serving._settings import ServeSettings, SettingsError
+
+__all__ = [
+    "DEFAULT_EMBEDDING_MODEL",
+    "DEFAULT_GENERATION_MODEL",
+    "BackendError",
+    "ContextOverflow",
+    "EmbeddingBackend",
+    "EngineBusy",
+    "GenerationBackend",
+    "LlamaCppBackend",
+    "ModelLoadError",
+    "Runtime",
+    "SentenceTransformerBackend",
+    "ServeSettings",
+    "SettingsError",
+    "Unavailable",
+    "attach_checkpoints",
+    "create_app",
+    "generation_model_id",
+    "load_models",
+    "resolve_gguf",
+    "runtime_of",
+    "serve",
+]
