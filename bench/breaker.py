@@ -28,15 +28,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _load import Conn, free_port, request_bytes, start_gateway, stop  # noqa: E402
+from _load import Conn, free_port, request_bytes, start_gateway, stop
 
 from knative.breakers import (
     BreakerRegistry,
     BreakerRegistrySettings,
     BreakerStore,
-    EmbeddedRedis,  # noqa: E402
+    EmbeddedRedis,
 )
-from tests.knative.stub_upstream import StubUpstream  # noqa: E402
+from tests.knative.stub_upstream import StubUpstream
 
 
 def pct(xs: list[float], q: float) -> float:

@@ -35,10 +35,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import torch  # noqa: E402
-import xxhash  # noqa: E402
+import torch
+import xxhash
 
-from checkpoint_store import CheckpointStore, FilesystemBackend  # noqa: E402
+from checkpoint_store import CheckpointStore, FilesystemBackend
 
 CHUNK = 16 * 1024 * 1024
 

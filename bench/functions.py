@@ -41,21 +41,21 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import redis  # noqa: E402
+import redis
 
-import events as ev  # noqa: E402
-from events import HttpServer  # noqa: E402
-from functions import FunctionSettings, FunctionsServer, build_context  # noqa: E402
+import events as ev
+from events import HttpServer
+from functions import FunctionSettings, FunctionsServer, build_context
 from knative import Target
 from knative.breakers import (
     BreakerRegistrySettings,
     BreakerStore,
-    EmbeddedRedis,  # noqa: E402
+    EmbeddedRedis,
     node_key,
 )
 from knative.platforms.kube import KnativePlatform
-from tests.functions._helpers import KSVC_PATH, make_cluster  # noqa: E402
-from tests.kube_fake import FakeKubeServer  # noqa: E402
+from tests.functions._helpers import KSVC_PATH, make_cluster
+from tests.kube_fake import FakeKubeServer
 
 BREAKER_TARGET_MS = 5.0
 TRAFFIC_TARGET_MS = 50.0

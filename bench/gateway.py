@@ -30,7 +30,7 @@ from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _load import (  # noqa: E402
+from _load import (
     BODY,
     free_port,
     median,

@@ -1034,9 +1034,9 @@ def _checked(
 
 
 __all__ = [
+    "BlobProblem",
     "CheckpointStore",
+    "PruneReport",
     "Restored",
     "VerifyReport",
-    "BlobProblem",
-    "PruneReport",
 ]

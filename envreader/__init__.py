@@ -5,6 +5,24 @@ the settings class turns it into typed values here. Bools are ``1/true/yes/on`` 
 ``0/false/no/off``; anything else, for any type, is an error that names the variable.
 """
 
-from envreader._reader import convert, env_values
+from envreader._reader import (
+    FALSE,
+    TRUE,
+    EnvError,
+    env_fields,
+    env_values,
+    parse,
+    read_settings,
+    read_value,
+)
 
-__all__ = ["convert", "env_values"]
+__all__ = [
+    "FALSE",
+    "TRUE",
+    "EnvError",
+    "env_fields",
+    "env_values",
+    "parse",
+    "read_settings",
+    "read_value",
+]

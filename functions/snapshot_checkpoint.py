@@ -129,7 +129,7 @@ def _ask(ctx: Context, r: Replica) -> _Result:
         return _Result(r, "saved", body=body)
     if resp.status_code == 409:
         return _Result(r, "loading", f"409: {text}")
-    if resp.status_code >= 500 and resp.status_code != 507 or resp.status_code in (408, 429):
+    if (resp.status_code >= 500 and resp.status_code != 507) or resp.status_code in (408, 429):
         return _Result(r, "temporary", f"{resp.status_code}: {text}")
     return _Result(r, "permanent", f"{resp.status_code}: {text}")
 

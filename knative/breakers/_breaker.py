@@ -584,7 +584,7 @@ class _Entry:
     """One breaker in the local view. Replaced whole on every change (readers never see a
     half-updated entry)."""
 
-    __slots__ = ("state", "gen", "since", "until", "opens", "reason", "updated", "probes")
+    __slots__ = ("gen", "opens", "probes", "reason", "since", "state", "until", "updated")
 
     def __init__(self, st: BreakerStatus) -> None:
         self.state = st.state

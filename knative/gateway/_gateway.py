@@ -36,7 +36,7 @@ from urllib.parse import quote
 from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from envreader._reader import env_values
+from envreader import env_values
 from knative.breakers import (
     ACTIONS,
     BreakerError,
@@ -148,7 +148,7 @@ class GatewaySettings:
 
 
 class _Reply:
-    __slots__ = ("status", "headers", "body")
+    __slots__ = ("body", "headers", "status")
 
     def __init__(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:
         self.status = status
@@ -159,7 +159,7 @@ class _Reply:
 class _Failure:
     """A try that did not produce an answer worth passing on."""
 
-    __slots__ = ("status", "kind", "message", "retryable", "retry_after")
+    __slots__ = ("kind", "message", "retry_after", "retryable", "status")
 
     def __init__(
         self, status: int, kind: str, message: str, retryable: bool, retry_after: str | None = None
@@ -172,8 +172,17 @@ class _Failure:
 
 
 class _Request:
-    __slots__ = ("method", "path", "body", "headers", "deadline", "retrying", "ended",
-                 "rev_permit", "rev_t0")
+    __slots__ = (
+        "body",
+        "deadline",
+        "ended",
+        "headers",
+        "method",
+        "path",
+        "retrying",
+        "rev_permit",
+        "rev_t0",
+    )
 
     def __init__(self, method: str, path: str, body: bytes, headers: dict[str, str],
                  deadline: float) -> None:

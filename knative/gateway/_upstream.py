@@ -40,8 +40,16 @@ class PoolExhausted(Exception):
 class Response:
     """The head of a response, and its body read on demand."""
 
-    __slots__ = ("conn", "status", "headers", "length", "chunked", "will_close", "done",
-                 "_chunk_left")
+    __slots__ = (
+        "_chunk_left",
+        "chunked",
+        "conn",
+        "done",
+        "headers",
+        "length",
+        "status",
+        "will_close",
+    )
 
     def __init__(self, conn: Connection, status: int, headers: list[tuple[str, str]],
                  length: int | None, chunked: bool, will_close: bool) -> None:
@@ -132,7 +140,7 @@ class Response:
 class Connection:
     """One HTTP/1.1 connection to a replica."""
 
-    __slots__ = ("host", "port", "sock", "rfile", "_hostport")
+    __slots__ = ("_hostport", "host", "port", "rfile", "sock")
 
     def __init__(self, host: str, port: int) -> None:
         self.host = host
@@ -238,7 +246,7 @@ class Connection:
 
 
 class _HostPool:
-    __slots__ = ("host", "port", "sem", "idle", "lock")
+    __slots__ = ("host", "idle", "lock", "port", "sem")
 
     def __init__(self, host: str, port: int, size: int) -> None:
         self.host = host
@@ -251,7 +259,7 @@ class _HostPool:
 class Lease:
     """A connection taken from the pool; give it back with :meth:`UpstreamPool.release`."""
 
-    __slots__ = ("pool", "conn", "reused")
+    __slots__ = ("conn", "pool", "reused")
 
     def __init__(self, pool: _HostPool, conn: Connection, reused: bool) -> None:
         self.pool = pool

@@ -272,7 +272,7 @@ class LlamaCppBackend:
         self.model_path = resolve_gguf(self.model)
         self._engine.call(lambda: self._load(Llama))
 
-    def _load(self, Llama: Any) -> None:  # noqa: N803 - the class, passed in
+    def _load(self, Llama: Any) -> None:
         assert self.model_path is not None
         try:
             self._llm = Llama(

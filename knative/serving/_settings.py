@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from envreader._reader import env_values
+from envreader import env_values
 from knative.serving._backends import DEFAULT_EMBEDDING_MODEL, DEFAULT_GENERATION_MODEL
 
 

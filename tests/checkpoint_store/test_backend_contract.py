@@ -100,9 +100,8 @@ def test_shared_locks_coexist_exclusive_waits(backend: Backend) -> None:
         with pytest.raises(StoreBusy):
             with backend.lock(exclusive=True, timeout=0):
                 pass
-    with backend.lock(exclusive=True, timeout=0):
-        with pytest.raises(StoreBusy):
-            with backend.lock(exclusive=False, timeout=0):
-                pass
+    with backend.lock(exclusive=True, timeout=0), pytest.raises(StoreBusy):
+        with backend.lock(exclusive=False, timeout=0):
+            pass
     with backend.lock(exclusive=True, timeout=0):
         pass

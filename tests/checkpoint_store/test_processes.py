@@ -80,7 +80,8 @@ def run_kill_trials(root: Path, trials: int, seed: int, size: int = 2 * 1024 * 1
         )
         proc.start()
         writer.close()
-        assert reader.poll(30) and reader.recv() == "ready"
+        assert reader.poll(30)
+        assert reader.recv() == "ready"
         time.sleep(rng.uniform(0.0, 0.12))  # the random moment: the child is mid-snapshot
         os.kill(proc.pid, signal.SIGKILL)
         proc.join(10)

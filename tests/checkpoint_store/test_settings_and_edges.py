@@ -21,7 +21,8 @@ from checkpoint_store import (
 def test_settings_defaults_and_env(tmp_path: Path) -> None:
     s = CheckpointSettings.from_env({"HOME": str(tmp_path)})
     assert s.directory == tmp_path / ".cache" / "surefoot" / "checkpoints"
-    assert s.keep == 3 and s.sha256 is False
+    assert s.keep == 3
+    assert s.sha256 is False
     assert default_directory({"XDG_CACHE_HOME": "/c"}) == Path("/c/surefoot/checkpoints")
     s = CheckpointSettings.from_env(
         {
@@ -32,7 +33,9 @@ def test_settings_defaults_and_env(tmp_path: Path) -> None:
     )
     assert s == CheckpointSettings(tmp_path / "x", 5, True)
     store = open_store(s)
-    assert store.keep == 5 and store.sha256 and (tmp_path / "x").is_dir()
+    assert store.keep == 5
+    assert store.sha256
+    assert (tmp_path / "x").is_dir()
 
 
 def test_settings_report_every_bad_variable() -> None:
@@ -58,10 +61,15 @@ def test_empty_values_roundtrip(backend: Backend, tmp_path: Path) -> None:
     store = CheckpointStore(backend, keep=None)
     m = store.snapshot(model_id="m", revision="r", tensors={}, state={}, blobs={"e": b""})
     r = store.restore(m.id)
-    assert r.tensors == {} and r.state == {} and r.blobs == {"e": b""}
+    assert r.tensors == {}
+    assert r.state == {}
+    assert r.blobs == {"e": b""}
     bare = store.snapshot(model_id="m", revision="r")
     r = store.restore(bare.id)
-    assert r.tensors == {} and r.state is None and r.blobs == {} and r.model_files == {}
+    assert r.tensors == {}
+    assert r.state is None
+    assert r.blobs == {}
+    assert r.model_files == {}
 
 
 def test_big_endian_and_noncontiguous_numpy(backend: Backend) -> None:
@@ -85,7 +93,8 @@ def test_snapshot_while_another_writer_holds_the_lock(backend: Backend) -> None:
         assert store.ids() == [second.id]
         assert torn in backend.children("checkpoints/")
         report = store.prune(timeout=0)
-        assert not report.cleaned and report.torn_removed == ()
+        assert not report.cleaned
+        assert report.torn_removed == ()
     assert first.id not in backend.children("checkpoints/")
     third = store.snapshot(model_id="m", revision="r", state={"n": 3})
     assert store.ids() == [third.id]

@@ -64,8 +64,11 @@ def test_roundtrip_numpy(store: CheckpointStore, tmp_path: Path) -> None:
     model = tmp_path / "model.gguf"
     model.write_bytes(b"GGUF" + bytes(range(256)) * 10)
     m = snap(store, 1, model_files={"model.gguf": model}, producer={"llama_cpp": "0.3"})
-    assert m.model_id == "m" and m.revision == "r1" and m.parent is None
-    assert m.producer["llama_cpp"] == "0.3" and "python" in m.producer
+    assert m.model_id == "m"
+    assert m.revision == "r1"
+    assert m.parent is None
+    assert m.producer["llama_cpp"] == "0.3"
+    assert "python" in m.producer
     kinds = sorted(e.kind for e in m.blobs)
     assert kinds == ["blob", "model_file", "state", "tensors"]
     r = store.restore(m.id, model_dir=tmp_path / "models")
@@ -73,7 +76,8 @@ def test_roundtrip_numpy(store: CheckpointStore, tmp_path: Path) -> None:
     assert r.state == {"step": 1}
     assert r.blobs == {"llama_state": b"\x01" * 100}
     assert r.model_files["model.gguf"].read_bytes() == model.read_bytes()
-    assert r.seconds >= 0 and r.bytes_verified == m.size
+    assert r.seconds >= 0
+    assert r.bytes_verified == m.size
     # restored arrays are writable, and writing them does not touch the stored checkpoint
     r.tensors["w"][0, 0] = 123.0
     assert store.verify(m.id).ok
@@ -99,7 +103,8 @@ def test_roundtrip_torch_including_bfloat16(store: CheckpointStore) -> None:
         store.restore(m.id, framework="numpy")
     numpy_only = store.snapshot(model_id="m", revision="r", tensors={"x": np.ones(3)})
     as_torch = store.restore(numpy_only.id, framework="torch").tensors["x"]
-    assert isinstance(as_torch, torch.Tensor) and as_torch.tolist() == [1.0, 1.0, 1.0]
+    assert isinstance(as_torch, torch.Tensor)
+    assert as_torch.tolist() == [1.0, 1.0, 1.0]
 
 
 def test_tensor_file_is_standard_safetensors(
@@ -130,12 +135,14 @@ def test_model_files_are_stored_once(kit: Kit, store: CheckpointStore, tmp_path:
     store.backend.put = counting_put  # type: ignore[method-assign]
     m2 = snap(store, 2, model_files={"model.bin": model, "same.bin": model})
     assert not any(k.startswith("objects/") for k in puts)
-    assert store.backend.list("objects/") == before and len(before) == 1
+    assert store.backend.list("objects/") == before
+    assert len(before) == 1
     assert key(m1, "model_file") == key(m2, "model_file")
 
 
 def test_latest_is_newest_valid(store: CheckpointStore) -> None:
-    assert store.latest() is None and store.restore_latest() is None
+    assert store.latest() is None
+    assert store.restore_latest() is None
     a = snap(store, 1, model_id="a")
     b = snap(store, 2, model_id="b", revision="r2")
     assert store.latest().id == b.id
@@ -172,12 +179,14 @@ def test_damaged_blob_detected_and_previous_restored(
     assert store.verify(good.id).ok
     with pytest.raises(CorruptCheckpoint) as err:
         store.restore(bad.id, model_dir=tmp_path / "models")
-    assert bad.id in str(err.value) and kind in str(err.value)
+    assert bad.id in str(err.value)
+    assert kind in str(err.value)
     caplog.set_level(logging.WARNING)
     assert store.latest().id == good.id
     assert any("skipping checkpoint " + bad.id in r.message for r in caplog.records)
     r = store.restore_latest(model_dir=tmp_path / "models")
-    assert r is not None and r.id == good.id
+    assert r is not None
+    assert r.id == good.id
     assert_same(r.tensors, tensors(1))
     assert r.model_files["model"].read_bytes() == b"one" * 100
 
@@ -210,11 +219,14 @@ def test_disk_full_clear_error_previous_intact(kit: Kit, backend: Backend) -> No
     full_store = CheckpointStore(kit.make_full(backend, budget=3000), keep=3)
     with pytest.raises(StorageFull) as err:
         snap(full_store, 2)
-    assert err.value.temporary and "full" in str(err.value)
+    assert err.value.temporary
+    assert "full" in str(err.value)
     assert [m.id for m in store.list()] == [good.id]
     assert store.backend.children("checkpoints/") == [good.id]  # the partial one was removed
     r = store.restore_latest()
-    assert r is not None and r.id == good.id and r.state == {"step": 1}
+    assert r is not None
+    assert r.id == good.id
+    assert r.state == {"step": 1}
     assert store.prune().temp_removed == 0
 
 
@@ -240,7 +252,8 @@ def test_manifest_not_json_rejected(kit: Kit, store: CheckpointStore, caplog) ->
     with pytest.raises(InvalidManifest, match="not JSON"):
         store.manifest(bad.id)
     report = store.verify(bad.id)
-    assert not report.ok and "not JSON" in report.manifest_problems[0]
+    assert not report.ok
+    assert "not JSON" in report.manifest_problems[0]
     caplog.set_level(logging.WARNING)
     assert store.latest().id == good.id
     assert store.restore_latest().id == good.id
@@ -292,7 +305,8 @@ def test_manifest_pointing_outside_store_rejected(
     rewrite_manifest(kit, store, bad, body)
     with pytest.raises(InvalidManifest) as err:
         store.manifest(bad.id)
-    assert "blobs[" in str(err.value) and field in str(err.value)
+    assert "blobs[" in str(err.value)
+    assert field in str(err.value)
     with pytest.raises(InvalidManifest):
         store.restore(bad.id)
     assert store.restore_latest().id == good.id
@@ -454,7 +468,9 @@ def test_backup_copies_latest_valid(kit: Kit, tmp_path: Path) -> None:
     assert copied.id == old.id  # the newest is corrupt: the previous one is backed up
     assert dst.verify(old.id).ok
     r = dst.restore_latest(model_dir=tmp_path / "models")
-    assert r is not None and r.id == old.id and r.state == {"step": 1}
+    assert r is not None
+    assert r.id == old.id
+    assert r.state == {"step": 1}
     assert src.backup(dst).id == old.id  # already there: nothing copied twice
     newest = snap(src, 3, model_files={"model": model})
     assert src.backup(dst).id == newest.id

@@ -61,8 +61,10 @@ def test_trigger_from_flat_dict_and_knative_manifest() -> None:
                  "subscriber": {"uri": "http://127.0.0.1:1/"}},
     } | {"spec": {"filter": {"attributes": {"type": "dev.surefoot.pod.ready"}},
                   "subscriber": {"uri": "http://127.0.0.1:1/"}}})
-    assert manifest.name == "pods" and manifest.attributes == {"type": "dev.surefoot.pod.ready"}
-    assert manifest.matches(READY) and not manifest.matches(XID)
+    assert manifest.name == "pods"
+    assert manifest.attributes == {"type": "dev.surefoot.pod.ready"}
+    assert manifest.matches(READY)
+    assert not manifest.matches(XID)
 
 
 def test_trigger_errors_are_reported_at_once() -> None:
@@ -168,7 +170,8 @@ def test_fan_out_over_real_http(subscribers: Callable[..., Subscriber]) -> None:
         assert broker.broker.wait_idle(5)
         listing = httpx.get(broker.url + "/triggers").json()
         health = httpx.get(broker.url + "/healthz").json()
-    assert gpu.events == [XID] and pods.events == [READY]
+    assert gpu.events == [XID]
+    assert pods.events == [READY]
     assert sorted(e.id for e in everything.events) == ["r-1", "x-1"]
     assert [t["name"] for t in listing["triggers"]] == ["gpu", "pods", "all"]
     assert health["stats"]["delivered"] == 4
@@ -194,10 +197,13 @@ def test_failed_delivery_is_retried_then_dead_lettered(
     with ev.Broker(sender=no_sleep_sender()) as broker:
         broker.add_trigger(trig)
         (result,) = broker.deliver_now(XID)
-    assert not result.ok and result.attempts == 3 and result.dead_lettered
+    assert not result.ok
+    assert result.attempts == 3
+    assert result.dead_lettered
     assert len(failing.events) == 3
     (letter,) = ev.read_dead_letters(str(dead))
-    assert letter.id == "x-1" and letter.extensions["knativeerrordest"] == failing.url
+    assert letter.id == "x-1"
+    assert letter.extensions["knativeerrordest"] == failing.url
     assert letter.extensions["knativeerrorcode"] == "503"
 
 
@@ -229,7 +235,8 @@ def test_replies_re_enter_the_broker(subscribers: Callable[..., Subscriber]) -> 
         broker.publish(XID)
         (opened,) = watcher.wait(1)
         assert broker.wait_idle(5)
-    assert opened.id == "b-1" and opened.extensions["knativebrokerttl"] == "254"
+    assert opened.id == "b-1"
+    assert opened.extensions["knativebrokerttl"] == "254"
     assert broker.stats["replies"] == 1
 
 
@@ -260,7 +267,8 @@ def test_backpressure_503_when_too_much_is_pending(subscribers: Callable[..., Su
         slow_gate.set()
         assert broker.broker.wait_idle(5)
     assert first.status_code == 202
-    assert second.status_code == 503 and second.headers["retry-after"] == "1"
+    assert second.status_code == 503
+    assert second.headers["retry-after"] == "1"
 
 
 def test_knative_apiserver_event_is_mapped_at_ingress(
@@ -277,13 +285,15 @@ def test_knative_apiserver_event_is_mapped_at_ingress(
             "content-type": "application/json"})
         assert resp.status_code == 202
         (got,) = sub.wait(1)
-    assert got.type == "dev.surefoot.pod.deleted" and got.subject == "pod/default/p1"
+    assert got.type == "dev.surefoot.pod.deleted"
+    assert got.subject == "pod/default/p1"
 
 
 def test_remove_trigger(subscribers: Callable[..., Subscriber]) -> None:
     sub = subscribers()
     with ev.Broker() as broker:
         broker.add_trigger(ev.Trigger("t", sub.url))
-        assert broker.remove_trigger("t") and not broker.remove_trigger("t")
+        assert broker.remove_trigger("t")
+        assert not broker.remove_trigger("t")
         assert broker.publish(XID) == 0
     assert broker.stats["unmatched"] == 1

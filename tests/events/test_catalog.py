@@ -16,7 +16,10 @@ def test_every_catalog_type_has_a_sample() -> None:
 def test_types_are_reverse_dns_under_dev_surefoot() -> None:
     for t in ev.CATALOG:
         area, what = t.removeprefix(ev.PREFIX).split(".")
-        assert t.startswith("dev.surefoot.") and area and what and t == t.lower()
+        assert t.startswith("dev.surefoot.")
+        assert area
+        assert what
+        assert t == t.lower()
 
 
 @pytest.mark.parametrize("payload", PAYLOADS, ids=lambda p: p.TYPE)
@@ -25,7 +28,8 @@ def test_build_and_decode_payload(payload: ev.EventData) -> None:
     assert event.type == payload.TYPE
     assert event.subject == payload.subject()
     assert ev.parse_subject(event.subject) is not None
-    assert event.time is not None and event.id
+    assert event.time is not None
+    assert event.id
     assert ev.payload_of(event) == payload
     assert ev.check_payload(event) == {}
 
@@ -111,7 +115,8 @@ def test_xid_table(xid: int, action: str, fatal: bool) -> None:
 
 
 def test_xid_48_and_74_are_decoded() -> None:
-    assert ev.rule_for(48).action == DECODE and ev.rule_for(74).action == DECODE
+    assert ev.rule_for(48).action == DECODE
+    assert ev.rule_for(74).action == DECODE
     assert ev.classify(48, ecc_uncontained=False).action == RESTART_APP
     assert ev.classify(48, ecc_uncontained=True).action == RESET_GPU
     assert ev.classify(48).action == RESET_GPU  # unknown containment: assume the worst
@@ -122,7 +127,9 @@ def test_xid_48_and_74_are_decoded() -> None:
 def test_repeated_app_xid_escalates_to_reset() -> None:
     assert ev.classify(13, repeats=2, escalate_after=3).action == RESTART_APP
     verdict = ev.classify(13, repeats=3, escalate_after=3)
-    assert verdict.action == RESET_GPU and verdict.fatal and verdict.escalated
+    assert verdict.action == RESET_GPU
+    assert verdict.fatal
+    assert verdict.escalated
     assert ev.classify(43, repeats=10).action == IGNORE  # ignorable stays ignorable
     assert ev.classify(999).action == "investigate"
 

@@ -45,7 +45,9 @@ def test_structured_envelope() -> None:
     msg = ev.to_structured(event)
     assert msg.headers["content-type"] == "application/cloudevents+json"
     doc = json.loads(msg.body)
-    assert doc["id"] == "id-1" and doc["data"] == {"node": "n1"} and doc["specversion"] == "1.0"
+    assert doc["id"] == "id-1"
+    assert doc["data"] == {"node": "n1"}
+    assert doc["specversion"] == "1.0"
     assert ev.to_dict(event) == doc
     assert ev.from_dict(doc) == event
 

@@ -60,7 +60,9 @@ def test_temporary_statuses_are_retried(status: int) -> None:
     sleeps: list[float] = []
     with sender(transport, sleeps) as s:
         result = s.send(EVENT, URL)
-    assert result.ok and result.attempts == 3 and len(seen) == 3
+    assert result.ok
+    assert result.attempts == 3
+    assert len(seen) == 3
     assert len(sleeps) == 2
 
 
@@ -69,7 +71,9 @@ def test_permanent_statuses_are_not_retried(status: int) -> None:
     transport, seen = scripted(status)
     with sender(transport) as s:
         result = s.send(EVENT, URL)
-    assert not result.ok and result.attempts == 1 and result.status == status
+    assert not result.ok
+    assert result.attempts == 1
+    assert result.status == status
 
 
 @pytest.mark.parametrize("exc", [httpx.ConnectError("refused"), httpx.ReadTimeout("slow"),
@@ -84,11 +88,13 @@ def test_send_once_raises_typed_errors() -> None:
     transport, _ = scripted(httpx.ConnectError("refused"))
     with sender(transport) as s, pytest.raises(ev.TemporaryDeliveryError) as info:
         s.send_once(EVENT, URL)
-    assert info.value.status is None and isinstance(info.value, ev.TemporaryError)
+    assert info.value.status is None
+    assert isinstance(info.value, ev.TemporaryError)
     transport, _ = scripted(404)
     with sender(transport) as s, pytest.raises(ev.PermanentDeliveryError) as info2:
         s.send_once(EVENT, URL)
-    assert info2.value.status == 404 and isinstance(info2.value, ev.PermanentError)
+    assert info2.value.status == 404
+    assert isinstance(info2.value, ev.PermanentError)
 
 
 def test_exponential_backoff_with_jitter_and_cap() -> None:
@@ -104,7 +110,9 @@ def test_sleeps_follow_the_policy_and_max_attempts() -> None:
     sleeps: list[float] = []
     with sender(transport, sleeps, retries=3, backoff_delay_s=0.2, jitter=0.5) as s:
         result = s.send(EVENT, URL)
-    assert not result.ok and result.attempts == 4 and len(seen) == 4
+    assert not result.ok
+    assert result.attempts == 4
+    assert len(seen) == 4
     assert sleeps == pytest.approx([0.15, 0.3, 0.6])  # rand=0.5 -> 75% of 0.2, 0.4, 0.8
 
 
@@ -122,9 +130,11 @@ def test_dead_letter_file_carries_knative_error_extensions(tmp_path: Path) -> No
     settings = ev.SenderSettings(retry=ev.RetryPolicy(retries=2), dead_letter=str(path))
     with ev.Sender(settings, transport=transport, sleep=lambda s: None) as s:
         result = s.send(EVENT, URL)
-    assert result.dead_lettered and result.attempts == 3
+    assert result.dead_lettered
+    assert result.attempts == 3
     (dead,) = ev.read_dead_letters(str(path))
-    assert dead.id == "e-1" and dead.data == {"node": "n1"}
+    assert dead.id == "e-1"
+    assert dead.data == {"node": "n1"}
     assert dead.extensions["knativeerrordest"] == URL
     assert dead.extensions["knativeerrorcode"] == "503"
     assert base64.b64decode(dead.extensions["knativeerrordata"]) == b"nope"
@@ -145,7 +155,8 @@ def test_connection_failure_has_no_error_code(tmp_path: Path) -> None:
     with sender(transport, retries=0, dead_letter=ev.FileDeadLetter(str(path))) as s:
         s.send(EVENT, URL)
     (dead,) = ev.read_dead_letters(str(path))
-    assert "knativeerrorcode" not in dead.extensions and "knativeerrordata" not in dead.extensions
+    assert "knativeerrorcode" not in dead.extensions
+    assert "knativeerrordata" not in dead.extensions
 
 
 def test_dead_letter_url() -> None:
@@ -185,7 +196,8 @@ def test_malformed_reply_is_ignored() -> None:
     transport, _ = scripted(httpx.Response(200, headers={"ce-type": "x"}, content=b"{"))
     with sender(transport) as s:
         result = s.send(EVENT, URL)
-    assert result.ok and result.reply is None
+    assert result.ok
+    assert result.reply is None
 
 
 def test_bad_settings_are_reported_at_once() -> None:
@@ -219,7 +231,9 @@ def test_real_connection_refused_goes_to_dead_letter(tmp_path: Path, free_port: 
     sleeps: list[float] = []
     with ev.Sender(settings, sleep=sleeps.append) as s:
         result = s.send(EVENT, f"http://127.0.0.1:{free_port}/")
-    assert not result.ok and result.attempts == 3 and result.dead_lettered
+    assert not result.ok
+    assert result.attempts == 3
+    assert result.dead_lettered
     assert len(sleeps) == 2
     assert len(ev.read_dead_letters(str(path))) == 1
 
@@ -229,4 +243,6 @@ def test_real_connection_refused_goes_to_dead_letter(tmp_path: Path, free_port: 
 def test_bad_url_is_permanent() -> None:
     with ev.Sender(sleep=lambda s: None) as s:
         result = s.send(EVENT, "ftp://nowhere/")
-    assert not result.ok and result.attempts == 1 and "invalid URL" in (result.error or "")
+    assert not result.ok
+    assert result.attempts == 1
+    assert "invalid URL" in (result.error or "")

@@ -74,7 +74,8 @@ def test_nvml_probe_opens_and_reads() -> None:
     assert (r.remapped_rows_uncorrectable, r.remapped_rows_pending,
             r.remapped_rows_failure) == (2, True, False)
     assert decode_clock_reasons(r.clock_reasons) == ("sw_power_cap", "hw_thermal")
-    assert r.not_supported == () and r.errors == ()
+    assert r.not_supported == ()
+    assert r.errors == ()
     probe.close()
     assert fake.shutdown
 
@@ -85,7 +86,8 @@ def test_not_supported_calls_leave_fields_empty() -> None:
     probe = NvmlProbe(nvml=fake)
     probe.open()
     r = probe.read(0)
-    assert r.retired_pages_dbe is None and r.retired_pages_pending is None
+    assert r.retired_pages_dbe is None
+    assert r.retired_pages_pending is None
     assert r.not_supported == ("nvmlDeviceGetRetiredPages",
                                "nvmlDeviceGetRetiredPagesPendingStatus")
     assert r.temperature_c == 45
@@ -205,7 +207,8 @@ def test_kmsg_record_prefix_is_stripped() -> None:
 
 def test_pci_keys_match_between_nvml_and_kernel() -> None:
     assert pci_key("00000000:3B:00.0") == pci_key("0000:3b:00") == "0000:3b:00"
-    assert pci_key("junk") is None and pci_key(None) is None
+    assert pci_key("junk") is None
+    assert pci_key(None) is None
 
 
 def test_follow_file(tmp_path: Path) -> None:
@@ -216,7 +219,8 @@ def test_follow_file(tmp_path: Path) -> None:
     with path.open("a") as fh:
         fh.write("NVRM: Xid (PCI:0000:3b:00): 79, pid=1, GPU has fallen off the bus.\n")
     first = next(lines)
-    assert parse_xid_line(first) is not None and "old line" not in first
+    assert parse_xid_line(first) is not None
+    assert "old line" not in first
     stop.set()
     assert list(lines) == []
 
@@ -242,10 +246,12 @@ def test_xid_79_is_fatal_reboot() -> None:
     s.xid(79, gpu=s.gpu_by_index(0))
     (e,) = got
     d = data(e)
-    assert e.type == "dev.surefoot.gpu.xid" and e.subject == "node/gpu-node-1"
+    assert e.type == "dev.surefoot.gpu.xid"
+    assert e.subject == "node/gpu-node-1"
     assert e.source == "/surefoot/sources/gpu/gpu-node-1"
     assert (d.xid, d.severity, d.action, d.fatal, d.gpu) == (79, "fatal", "reboot", True, 0)
-    assert d.pci_bus_id == "00000000:3B:00.0" and d.message == "GPU has fallen off the bus"
+    assert d.pci_bus_id == "00000000:3B:00.0"
+    assert d.message == "GPU has fallen off the bus"
 
 
 def test_same_xid_from_both_paths_is_one_event() -> None:
@@ -254,17 +260,21 @@ def test_same_xid_from_both_paths_is_one_event() -> None:
     s.xid(62, gpu=s.gpu_by_index(1))
     clock.advance(0.5)
     assert s.kernel_line("NVRM: Xid (PCI:0000:3c:00): 62, pid=1, name=x, halt") is None
-    assert len(got) == 1 and s.suppressed == 1
+    assert len(got) == 1
+    assert s.suppressed == 1
     # a different GPU is a different key
     s.kernel_line("NVRM: Xid (PCI:0000:3b:00): 62, pid=1, name=x, halt")
-    assert len(got) == 2 and data(got[1]).gpu == 0 and data(got[1]).detector == "kernel-log"
+    assert len(got) == 2
+    assert data(got[1]).gpu == 0
+    assert data(got[1]).detector == "kernel-log"
 
 
 def test_kernel_xid_for_unknown_pci_still_reported() -> None:
     s, got = stream(Clock())
     s.kernel_line("NVRM: Xid (PCI:0000:af:00): 79, pid=1, GPU has fallen off the bus.")
     (e,) = got
-    assert data(e).gpu is None and data(e).pci_bus_id == "0000:af:00"
+    assert data(e).gpu is None
+    assert data(e).pci_bus_id == "0000:af:00"
 
 
 def test_repeated_app_xid_is_rate_limited_then_escalated() -> None:
@@ -291,7 +301,8 @@ def test_rate_limit_expires() -> None:
     s.xid(31, gpu=g)
     clock.advance(61)
     s.xid(31, gpu=g)
-    assert len(got) == 2 and data(got[1]).count == 2
+    assert len(got) == 2
+    assert data(got[1]).count == 2
 
 
 def test_burst_within_dedupe_window_counts_once() -> None:
@@ -301,7 +312,8 @@ def test_burst_within_dedupe_window_counts_once() -> None:
     for _ in range(5):
         s.xid(13, gpu=g)
         clock.advance(0.1)
-    assert len(got) == 1 and data(got[0]).count == 1
+    assert len(got) == 1
+    assert data(got[0]).count == 1
 
 
 def test_benign_xids() -> None:
@@ -359,7 +371,8 @@ def test_thermal_and_temperature() -> None:
                                                                      "sw_power_cap"), 87)
     assert s.reading(reading(clock_reasons=0x40)) == []
     (t,) = s.reading(reading(gpu=1, temperature_c=91))
-    assert data(t).reasons == ("temperature",) and data(t).severity == "warning"
+    assert data(t).reasons == ("temperature",)
+    assert data(t).severity == "warning"
     assert s.reading(reading(gpu=1, temperature_c=88)) == []  # hysteresis: still hot
 
 
@@ -382,14 +395,17 @@ def test_lost_once_then_healthy_when_back() -> None:
     clock = Clock()
     s, got = stream(clock)
     e = s.lost(1, "GPU is lost")
-    assert e is not None and e.type == "dev.surefoot.gpu.lost" and data(e).fatal
+    assert e is not None
+    assert e.type == "dev.surefoot.gpu.lost"
+    assert data(e).fatal
     assert s.lost(1, "GPU is lost") is None
     assert s.tick() == []
     clock.advance(10)
     s.reading(reading(gpu=1))
     clock.advance(121)
     (h,) = s.tick()
-    assert h.type == "dev.surefoot.gpu.healthy" and data(h).gpu == 1
+    assert h.type == "dev.surefoot.gpu.healthy"
+    assert data(h).gpu == 1
 
 
 # --- the source ---------------------------------------------------------------------------
@@ -407,11 +423,14 @@ def test_no_driver_source_is_idle_with_health_up() -> None:
         while src.state != "idle" and time.monotonic() < deadline:
             time.sleep(0.005)
         resp = client.get("/healthz")
-        assert resp.status_code == 200 and resp.get_json()["status"] == "idle"
+        assert resp.status_code == 200
+        assert resp.get_json()["status"] == "idle"
     finally:
         stop.set()
         runner.join(5)
-    assert not runner.is_alive() and got == [] and src.state == "stopped"
+    assert not runner.is_alive()
+    assert got == []
+    assert src.state == "stopped"
 
 
 def test_idle_health_answers_200() -> None:
@@ -438,7 +457,8 @@ def test_poll_once_with_scripted_probe() -> None:
     assert [e.type for e in out] == ["dev.surefoot.gpu.thermal"]
     assert got == [*got[:1], *out]
     status = create_health_app(src).test_client().get("/status").get_json()
-    assert status["state"] == "running" and status["emitted"] == 2
+    assert status["state"] == "running"
+    assert status["emitted"] == 2
     assert status["readings"]["0"]["clock_reasons"] == 0x40
 
 
@@ -453,7 +473,8 @@ def test_poll_survives_hung_and_failing_reads() -> None:
     started = time.monotonic()
     src.poll_once()
     assert time.monotonic() - started < 2
-    assert src.errors == 2 and got == []
+    assert src.errors == 2
+    assert got == []
     gate.set()
 
 
@@ -479,7 +500,8 @@ def test_nvml_events_reach_the_stream() -> None:
     src.wait_events_once(0)
     src.wait_events_once(0)
     assert [e.type for e in got] == ["dev.surefoot.gpu.xid", "dev.surefoot.gpu.ecc"]
-    assert data(got[0]).action == "reset_gpu" and data(got[0]).gpu == 1
+    assert data(got[0]).action == "reset_gpu"
+    assert data(got[0]).gpu == 1
 
 
 def test_run_loop_with_kernel_log_and_events() -> None:
@@ -510,18 +532,21 @@ def test_run_loop_with_kernel_log_and_events() -> None:
     finally:
         stop.set()
         runner.join(5)
-    assert not runner.is_alive() and probe.closed
+    assert not runner.is_alive()
+    assert probe.closed
     assert [(data(e).xid, data(e).detector) for e in got] == [(79, "kernel-log"), (94, "nvml")]
 
 
 def test_check_exit_codes() -> None:
     assert check(FakeProbe(no_driver=True))[0] == CHECK_NO_DRIVER
     code, lines = check(FakeProbe(gpus=2))
-    assert code == CHECK_OK and lines[0] == "2 GPU(s)"
+    assert code == CHECK_OK
+    assert lines[0] == "2 GPU(s)"
     probe = FakeProbe(gpus=1)
     probe.fail_next("read", ev.GpuLostError(0))
     code, lines = check(probe)
-    assert code == CHECK_FAILED and any("LOST" in line for line in lines)
+    assert code == CHECK_FAILED
+    assert any("LOST" in line for line in lines)
     fake = FakeNvml(gpus=1)
     fake.not_supported = {"nvmlDeviceGetRemappedRows"}
     code, lines = check(NvmlProbe(nvml=fake))
@@ -538,7 +563,9 @@ def test_kmsg_reader_yields_records_and_stops() -> None:
     os.write(w, b"3,77,123456,-;NVRM: Xid (PCI:0000:3b:00): 79, pid=5, GPU has fallen off the bus.\n")
     line = next(lines)
     parsed = parse_xid_line(line)
-    assert parsed is not None and parsed.xid == 79 and parsed.pid == 5
+    assert parsed is not None
+    assert parsed.xid == 79
+    assert parsed.pid == 5
     stop.set()
     assert list(lines) == []
     os.close(w)
@@ -547,7 +574,8 @@ def test_kmsg_reader_yields_records_and_stops() -> None:
 def test_kernel_log_source_selection(tmp_path: Path) -> None:
     from events._kmsg import kernel_log_source
 
-    assert kernel_log_source("off") is None and kernel_log_source(None) is None
+    assert kernel_log_source("off") is None
+    assert kernel_log_source(None) is None
     path = tmp_path / "kern.log"
     path.write_text("")
     src = kernel_log_source(str(path))
@@ -576,4 +604,5 @@ def test_publisher_sends_in_background_and_drops_when_full() -> None:
     assert pub.dropped >= 1
     gate.set()
     pub.close()
-    assert pub.sent == len(seen) == 6 - pub.dropped and seen[0] == "e0"
+    assert pub.sent == len(seen) == 6 - pub.dropped
+    assert seen[0] == "e0"

@@ -75,16 +75,20 @@ def test_new_pod_becoming_ready() -> None:
 
 def test_deleted_terminating_then_gone_is_one_event() -> None:
     (first,) = diff(pod(), pod(deleting=True, ready=True))
-    assert isinstance(first, ev.PodDeleted) and first.terminating
+    assert isinstance(first, ev.PodDeleted)
+    assert first.terminating
     assert first.grace_period_seconds == 30
     assert diff(pod(deleting=True), None) == []
 
 
 def test_deleted_without_terminating_phase() -> None:
     (gone,) = diff(pod(), None)
-    assert isinstance(gone, ev.PodDeleted) and not gone.terminating and not gone.missed
+    assert isinstance(gone, ev.PodDeleted)
+    assert not gone.terminating
+    assert not gone.missed
     (missed,) = diff(pod(), None, missed=True)
-    assert isinstance(missed, ev.PodDeleted) and missed.missed
+    assert isinstance(missed, ev.PodDeleted)
+    assert missed.missed
 
 
 def test_evicted_by_kubelet_and_by_eviction_api() -> None:
@@ -138,7 +142,8 @@ def knative_event(verb: str, obj: dict[str, Any], kind: str = "resource",
 
 def test_knative_pod_delete_maps_to_pod_deleted_and_evicted() -> None:
     (out,) = ev.map_knative(knative_event("delete", pod()))
-    assert out.type == "dev.surefoot.pod.deleted" and out.subject == "pod/default/p1"
+    assert out.type == "dev.surefoot.pod.deleted"
+    assert out.subject == "pod/default/p1"
     (out,) = ev.map_knative(knative_event("delete", pod(disruption="EvictionByEvictionAPI",
                                                         deleting=True)))
     assert out.type == "dev.surefoot.pod.evicted"
@@ -148,7 +153,8 @@ def test_knative_mapper_diffs_updates_against_last_state() -> None:
     m = ev.KnativeMapper()
     assert m.map(knative_event("add", pod(ready=False), eid="a")) == []
     (ready,) = m.map(knative_event("update", pod(ready=True), eid="b"))
-    assert ready.type == "dev.surefoot.pod.ready" and ready.id == "b.ready"
+    assert ready.type == "dev.surefoot.pod.ready"
+    assert ready.id == "b.ready"
     assert m.map(knative_event("update", pod(ready=True), eid="c")) == []
     (d,) = m.map(knative_event("update", pod(deleting=True), eid="d"))
     assert d.type == "dev.surefoot.pod.deleted"
@@ -162,7 +168,8 @@ def test_knative_node_update_and_ref_events() -> None:
     m = ev.KnativeMapper()
     m.map(knative_event("add", node()))
     (c,) = m.map(knative_event("update", node(unschedulable=True), eid="n2"))
-    assert c.type == "dev.surefoot.node.cordoned" and c.subject == "node/n1"
+    assert c.type == "dev.surefoot.node.cordoned"
+    assert c.subject == "node/n1"
     ref = {"kind": "Pod", "name": "p9", "namespace": "ns", "apiVersion": "v1", "uid": "u9"}
     (d,) = m.map(knative_event("delete", ref, kind="ref"))
     assert ev.payload_of(d) == ev.PodDeleted(namespace="ns", pod="p9", uid="u9")

@@ -27,7 +27,9 @@ def kinds(events: list[ev.Event]) -> list[str]:
 def test_first_list_is_a_silent_baseline() -> None:
     t = ev.Tracker("pod", SOURCE)
     assert t.apply_list([pod("a", waiting="CrashLoopBackOff"), pod("b")], "10") == []
-    assert len(t) == 2 and t.last_rv == "10" and t.listed
+    assert len(t) == 2
+    assert t.last_rv == "10"
+    assert t.listed
 
 
 def test_watch_events_become_catalog_events() -> None:
@@ -35,13 +37,15 @@ def test_watch_events_become_catalog_events() -> None:
     t.apply_list([pod("a", rv="5")], "5")
     out = t.apply_event("MODIFIED", pod("a", ready=False, rv="6"))
     assert kinds(out) == ["pod.notready"]
-    assert out[0].source == SOURCE and out[0].subject == "pod/default/a"
+    assert out[0].source == SOURCE
+    assert out[0].subject == "pod/default/a"
     out = t.apply_event("MODIFIED", pod("a", ready=False, restarts=1, last="OOMKilled", rv="7"))
     assert kinds(out) == ["pod.oomkilled"]
     assert kinds(t.apply_event("ADDED", pod("b", ready=False, rv="8"))) == []
     assert kinds(t.apply_event("MODIFIED", pod("b", ready=True, rv="9"))) == ["pod.ready"]
     assert kinds(t.apply_event("DELETED", pod("b", rv="10"))) == ["pod.deleted"]
-    assert t.last_rv == "10" and len(t) == 1
+    assert t.last_rv == "10"
+    assert len(t) == 1
 
 
 def test_graceful_delete_is_reported_once() -> None:
@@ -173,7 +177,8 @@ def test_live_watch_reports_pod_and_node_changes(kube: FakeKubeServer) -> None:
         assert ev.payload_of(cl).node == "gpu-2"  # type: ignore[attr-defined]
         kube.delete_pod("llm-a")
         (d,) = got.wait_for("pod.deleted")
-        assert d.subject == "pod/default/llm-a" and not ev.payload_of(d).missed  # type: ignore[attr-defined]
+        assert d.subject == "pod/default/llm-a"
+        assert not ev.payload_of(d).missed
         core = __import__("kubernetes").client.CoreV1Api(kube.api_client())
         core.patch_node("gpu-1", {"spec": {"unschedulable": True}})
         (c,) = got.wait_for("node.cordoned")
@@ -199,12 +204,14 @@ def test_410_gone_relists_and_reports_missed_deletion(kube: FakeKubeServer) -> N
     kube.set_pod_ready("llm-a", False)
     kube.compact()
     assert w.watch_once(threading.Event()) == []  # the watch from old_rv answers 410
-    assert w._need_list and tracker.last_rv == old_rv
+    assert w._need_list
+    assert tracker.last_rv == old_rv
     out = w.relist()
     assert sorted(kinds(out)) == ["pod.deleted", "pod.notready"]
     deleted = next(e for e in out if e.type.endswith("deleted"))
     assert ev.payload_of(deleted).missed  # type: ignore[attr-defined]
-    assert got.events == out and int(tracker.last_rv or 0) > int(old_rv or 0)
+    assert got.events == out
+    assert int(tracker.last_rv or 0) > int(old_rv or 0)
 
 
 def test_run_loop_recovers_from_410_while_running(kube: FakeKubeServer) -> None:

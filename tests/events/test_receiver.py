@@ -33,8 +33,10 @@ def make(handler: Any = None, **settings: Any) -> tuple[Any, list[ev.Event]]:
 def test_binary_accepted_202() -> None:
     client, got = make()
     resp = client.post("/", headers=GOOD, data=b'{"node":"n1"}')
-    assert resp.status_code == 202 and resp.data == b""
-    assert got[0].id == "abc" and ev.payload_of(got[0]) == ev.NodeReady(node="n1")
+    assert resp.status_code == 202
+    assert resp.data == b""
+    assert got[0].id == "abc"
+    assert ev.payload_of(got[0]) == ev.NodeReady(node="n1")
 
 
 def test_structured_accepted() -> None:
@@ -71,7 +73,8 @@ def test_400_for_each_missing_required_attribute(drop: str, field: str) -> None:
 def test_400_unknown_type_and_bad_data_fields() -> None:
     client, _ = make()
     resp = client.post("/", headers=dict(GOOD, **{"ce-type": "com.example.x"}), data=b"{}")
-    assert resp.status_code == 400 and "type" in resp.get_json()["fields"]
+    assert resp.status_code == 400
+    assert "type" in resp.get_json()["fields"]
     resp = client.post("/", headers=dict(GOOD, **{"ce-type": "dev.surefoot.gpu.lost"}),
                        data=b'{"node": 1}')
     assert resp.get_json()["fields"] == {"data.node": "must be a string",
@@ -81,7 +84,8 @@ def test_400_unknown_type_and_bad_data_fields() -> None:
 def test_400_structured_invalid_json() -> None:
     client, _ = make()
     resp = client.post("/", headers={"content-type": "application/cloudevents+json"}, data=b"{")
-    assert resp.status_code == 400 and list(resp.get_json()["fields"]) == ["body"]
+    assert resp.status_code == 400
+    assert list(resp.get_json()["fields"]) == ["body"]
 
 
 def test_413_oversized_body() -> None:
@@ -148,7 +152,8 @@ def test_handler_errors_map_to_status() -> None:
     assert make(temporary)[0].post("/", headers=GOOD, data=b'{"node":"n1"}').status_code == 503
     assert make(permanent)[0].post("/", headers=GOOD, data=b'{"node":"n1"}').status_code == 422
     resp = make(crash)[0].post("/", headers=GOOD, data=b'{"node":"n1"}')
-    assert resp.status_code == 500 and resp.get_json()["error"] == "handler failed: RuntimeError"
+    assert resp.status_code == 500
+    assert resp.get_json()["error"] == "handler failed: RuntimeError"
 
 
 def test_get_is_not_allowed_and_healthz_answers() -> None:

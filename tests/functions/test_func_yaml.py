@@ -18,9 +18,11 @@ TOP_LEVEL = {"specVersion", "name", "runtime", "registry", "image", "namespace",
 @pytest.mark.parametrize("name", list(ROUTES))
 def test_func_yaml_matches_the_routes(name: str) -> None:
     doc = yaml.safe_load((FUNC_DIR / name / "func.yaml").read_text())
-    assert set(doc) <= TOP_LEVEL and {"specVersion", "created"} <= set(doc)
+    assert set(doc) <= TOP_LEVEL
+    assert {"specVersion", "created"} <= set(doc)
     assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", doc["name"])
-    assert doc["invoke"] == "cloudevent" and doc["runtime"] == "python"
+    assert doc["invoke"] == "cloudevent"
+    assert doc["runtime"] == "python"
     envs = {e["name"]: e["value"] for e in doc["run"]["envs"]}
     assert envs["SUREFOOT_ONLY_FUNCTION"] == name
     FunctionSettings(only_function=envs["SUREFOOT_ONLY_FUNCTION"])  # a valid setting

@@ -60,18 +60,21 @@ def test_function_path_replies_with_a_binary_cloudevent(cluster: FakeKubeServer,
     assert resp.headers["Surefoot-Outcome"] == "acted"
     assert resp.headers["Surefoot-Function"] == "trip_breaker"
     reply = reply_of(resp)
-    assert reply.subject == "node/gpu-1" and reply.source == "/surefoot/functions/trip_breaker"
+    assert reply.subject == "node/gpu-1"
+    assert reply.source == "/surefoot/functions/trip_breaker"
     assert ctx.breakers.status(node_key("gpu-1")).state == "open"
 
 
 def test_structured_mode_is_accepted(cluster: FakeKubeServer, ctx: Context) -> None:
     resp = post(client_for(ctx), "/quarantine_node", lost("gpu-1"), structured=True)
-    assert resp.status_code == 200 and resp.headers["ce-type"] == ev.NodeQuarantined.TYPE
+    assert resp.status_code == 200
+    assert resp.headers["ce-type"] == ev.NodeQuarantined.TYPE
 
 
 def test_noop_is_202_with_the_reason(cluster: FakeKubeServer, ctx: Context) -> None:
     resp = post(client_for(ctx), "/quarantine_node", xid("gpu-1", 43))
-    assert resp.status_code == 202 and resp.get_data() == b""
+    assert resp.status_code == 202
+    assert resp.get_data() == b""
     assert resp.headers["Surefoot-Outcome"] == "noop"
     assert "not a fatal fault" in resp.headers["Surefoot-Reason"]
 
@@ -82,7 +85,8 @@ def test_redelivery_over_http_answers_the_same_reply(cluster: FakeKubeServer,
     event = xid("gpu-1", 79)
     first = post(c, "/trip_breaker", event)
     again = post(c, "/trip_breaker", event)
-    assert again.status_code == 200 and again.headers["Surefoot-Outcome"] == "duplicate"
+    assert again.status_code == 200
+    assert again.headers["Surefoot-Outcome"] == "duplicate"
     assert again.headers["ce-id"] == first.headers["ce-id"]
 
 
@@ -102,7 +106,8 @@ def test_unknown_type_and_wrong_path(cluster: FakeKubeServer, ctx: Context) -> N
     unknown = c.post("/trip_breaker", data=b"{}", headers={
         "ce-specversion": "1.0", "ce-type": "com.example.nope", "ce-source": "/t",
         "ce-id": "1", "content-type": "application/json"})
-    assert unknown.status_code == 400 and "type" in unknown.get_json()["fields"]
+    assert unknown.status_code == 400
+    assert "type" in unknown.get_json()["fields"]
     wrong = post(c, "/reroute_traffic", xid("gpu-1", 79))
     assert wrong.status_code == 400
     assert "reroute_traffic does not handle" in wrong.get_json()["fields"]["type"]
@@ -114,17 +119,20 @@ def test_not_a_cloudevent_is_415_and_bad_json_400(cluster: FakeKubeServer, ctx: 
                   ).status_code == 415
     bad = c.post("/trip_breaker", data=b"{not json", headers={
         "content-type": "application/cloudevents+json"})
-    assert bad.status_code == 400 and "body" in bad.get_json()["fields"]
+    assert bad.status_code == 400
+    assert "body" in bad.get_json()["fields"]
 
 
 def test_temporary_failure_is_503_permanent_422(cluster: FakeKubeServer, ctx: Context) -> None:
     c = client_for(ctx)
     cluster.fail_next("/apis/serving.knative.dev/v1/namespaces/default/services/surefoot", 500)
     resp = post(c, "/reroute_traffic", opened())
-    assert resp.status_code == 503 and resp.headers["Retry-After"] == "1"
+    assert resp.status_code == 503
+    assert resp.headers["Retry-After"] == "1"
     cluster.fail_next("/apis/serving.knative.dev/v1/namespaces/default/services/surefoot", 403)
     resp = post(c, "/reroute_traffic", opened())
-    assert resp.status_code == 422 and "RBAC" in resp.get_json()["error"]
+    assert resp.status_code == 422
+    assert "RBAC" in resp.get_json()["error"]
 
 
 def test_dispatch_by_type_runs_every_function_for_it(cluster: FakeKubeServer, ctx: Context,
@@ -140,7 +148,8 @@ def test_dispatch_by_type_runs_every_function_for_it(cluster: FakeKubeServer, ct
 def test_dispatch_of_an_unrouted_type_is_a_noop(cluster: FakeKubeServer, ctx: Context) -> None:
     event = ev.build(ev.PodReady(namespace="default", pod="p"), source="/t")
     resp = post(client_for(ctx), "/", event)
-    assert resp.status_code == 202 and resp.headers["Surefoot-Outcome"] == "noop"
+    assert resp.status_code == 202
+    assert resp.headers["Surefoot-Outcome"] == "noop"
 
 
 def test_dispatch_maps_apiserver_events(cluster: FakeKubeServer, make_ctx: Callable[..., Context]
@@ -199,7 +208,8 @@ def test_dead_letters_are_kept(ctx: Context) -> None:
     assert c.post("/dead-letter", data=b"garbage", headers={"content-type": "text/plain"}
                   ).status_code == 202
     rows = c.get("/dead-letter").get_json()["dead_letters"]
-    assert "unparsed" in rows[0] and rows[1]["event"]["id"] == event.id
+    assert "unparsed" in rows[0]
+    assert rows[1]["event"]["id"] == event.id
     assert rows[1]["error"]["knativeerrorcode"] == "503"
     assert c.get("/dead-letter?limit=x").status_code == 400
 
@@ -209,12 +219,15 @@ def test_admin_release_validates_and_releases(cluster: FakeKubeServer, ctx: Cont
     post(c, "/quarantine_node", lost("gpu-1"))
     assert c.get("/admin/quarantine").get_json()["quarantined"][0]["node"] == "gpu-1"
     bad = c.post("/admin/release", json={"node": "", "reason": 3})
-    assert bad.status_code == 400 and set(bad.get_json()["fields"]) == {"node", "reason"}
+    assert bad.status_code == 400
+    assert set(bad.get_json()["fields"]) == {"node", "reason"}
     assert c.post("/admin/release", data=b"x").status_code == 400
     missing = c.post("/admin/release", json={"node": "nowhere"})
-    assert missing.status_code == 422 and "does not exist" in missing.get_json()["error"]
+    assert missing.status_code == 422
+    assert "does not exist" in missing.get_json()["error"]
     ok = c.post("/admin/release", json={"node": "gpu-1"})
-    assert ok.status_code == 200 and ok.get_json()["status"] == "acted"
+    assert ok.status_code == 200
+    assert ok.get_json()["status"] == "acted"
     assert ok.get_json()["event"]["type"] == ev.NodeReleased.TYPE
 
 
@@ -287,4 +300,5 @@ def test_real_http_server_answers(cluster: FakeKubeServer, ctx: Context, path: s
     with FunctionsServer(ctx.settings, ctx, sweep=False) as server:
         msg = ev.to_binary(xid("gpu-4", 79))
         r = httpx.post(server.url + path, content=msg.body, headers=msg.headers)
-        assert r.status_code == 200 and r.headers["ce-type"] == ev.BreakerOpened.TYPE
+        assert r.status_code == 200
+        assert r.headers["ce-type"] == ev.BreakerOpened.TYPE

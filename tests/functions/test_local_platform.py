@@ -65,9 +65,11 @@ def test_functions_drive_the_local_platform(local: LocalPlatform, redis_url: str
         out = quarantine_node.handle(fault, ctx)
         assert out.status == ACTED, out.reason
         node = next(n for n in local.nodes() if n.name == victim.node)
-        assert node.unschedulable and node.labels["surefoot.dev/gpu-error"] == "true"
+        assert node.unschedulable
+        assert node.labels["surefoot.dev/gpu-error"] == "true"
         p = ev.payload_of(out.reply) if out.reply else None
-        assert isinstance(p, ev.NodeQuarantined) and victim.name in p.evicted_pods
+        assert isinstance(p, ev.NodeQuarantined)
+        assert victim.name in p.evicted_pods
         assert all(r.node != victim.node for r in local.replicas("surefoot")
                    if r.phase != "Terminating")
 
@@ -90,6 +92,7 @@ def test_functions_drive_the_local_platform(local: LocalPlatform, redis_url: str
 
         assert quarantine_node.release(ctx, victim.node).status == ACTED
         node = next(n for n in local.nodes() if n.name == victim.node)
-        assert not node.unschedulable and "surefoot.dev/gpu-error" not in node.labels
+        assert not node.unschedulable
+        assert "surefoot.dev/gpu-error" not in node.labels
     finally:
         ctx.close()

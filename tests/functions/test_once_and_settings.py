@@ -49,8 +49,10 @@ def test_a_loser_waits_for_the_winner_and_answers_its_reply(ctx: Context) -> Non
     release.set()
     t.join(5)
     loser.join(5)
-    assert results["w"].status == ACTED and results["l"].status == DUPLICATE
-    assert results["l"].reply is not None and results["w"].reply is not None
+    assert results["w"].status == ACTED
+    assert results["l"].status == DUPLICATE
+    assert results["l"].reply is not None
+    assert results["w"].reply is not None
     assert results["l"].reply.id == results["w"].reply.id
     assert calls == []
 
@@ -81,7 +83,8 @@ def test_a_loser_takes_over_when_the_winner_fails(ctx: Context) -> None:
     release.set()
     t.join(5)
     loser.join(5)
-    assert len(errors) == 1 and out[0].status == ACTED
+    assert len(errors) == 1
+    assert out[0].status == ACTED
 
 
 def test_a_loser_answers_temporary_while_the_winner_runs_too_long(
@@ -125,7 +128,9 @@ def test_noop_outcomes_are_remembered_too(ctx: Context) -> None:
     event = xid("n", 43)
     assert run_once("t", event, ctx, lambda: Outcome("t", NOOP, "benign")).status == NOOP
     again = run_once("t", event, ctx, lambda: Outcome("t", ACTED, "x"))
-    assert again.status == DUPLICATE and again.reply is None and "benign" in again.reason
+    assert again.status == DUPLICATE
+    assert again.reply is None
+    assert "benign" in again.reason
 
 
 def test_the_record_expires_after_the_dedupe_ttl(make_ctx: Callable[..., Context]) -> None:
@@ -151,7 +156,8 @@ def test_long_handlers_keep_their_claim(make_ctx: Callable[..., Context]) -> Non
 
     assert run_once("t", event, ctx, long).status == ACTED
     held, ttl = seen[0]
-    assert key in held and ttl > 29_000
+    assert key in held
+    assert ttl > 29_000
     assert ctx.leases.held() == {}  # dropped once finished
     ctx.redis.set("other", "x")
     ctx.leases.hold("other", "R:mine")
@@ -168,8 +174,12 @@ def test_settings_from_env() -> None:
         "SUREFOOT_DRY_RUN": "yes", "SUREFOOT_MAX_QUARANTINED_PERCENT": "12.5",
         "SUREFOOT_CRASH_THRESHOLD": "5", "SUREFOOT_REDIS_URL": "redis://r:6379/0",
     }, max_quarantined=4)
-    assert s.service == "llm" and s.restore_steps == (20, 60, 100) and s.dry_run
-    assert s.max_quarantined_percent == 12.5 and s.crash_threshold == 5 and s.max_quarantined == 4
+    assert s.service == "llm"
+    assert s.restore_steps == (20, 60, 100)
+    assert s.dry_run
+    assert s.max_quarantined_percent == 12.5
+    assert s.crash_threshold == 5
+    assert s.max_quarantined == 4
 
 
 def test_settings_report_every_bad_variable() -> None:

@@ -63,7 +63,9 @@ def test_fatal_xid_labels_cordons_and_drains(cluster: FakeKubeServer, ctx: Conte
     assert out.reply is not None
     p = ev.payload_of(out.reply)
     assert isinstance(p, ev.NodeQuarantined)
-    assert p.evicted_pods == ("primary-1",) and p.cause_event_id == event.id and not p.dry_run
+    assert p.evicted_pods == ("primary-1",)
+    assert p.cause_event_id == event.id
+    assert not p.dry_run
     assert quarantined(ctx) == ["gpu-1"]
     assert quarantine_node.status(ctx)[0]["node"] == "gpu-1"
 
@@ -72,8 +74,10 @@ def test_fatal_xid_labels_cordons_and_drains(cluster: FakeKubeServer, ctx: Conte
 def test_benign_xid_quarantines_nothing(cluster: FakeKubeServer, ctx: Context,
                                         number: int) -> None:
     out = quarantine_node.handle(xid("gpu-1", number), ctx)
-    assert out.status == NOOP and out.reply is None
-    assert not is_quarantined(cluster, "gpu-1") and pods_on(cluster, "gpu-1") == ["primary-1"]
+    assert out.status == NOOP
+    assert out.reply is None
+    assert not is_quarantined(cluster, "gpu-1")
+    assert pods_on(cluster, "gpu-1") == ["primary-1"]
     assert not [r for r in cluster.requests if r.method == "PATCH"]
     assert quarantined(ctx) == []
 
@@ -82,7 +86,9 @@ def test_redelivery_drains_once(cluster: FakeKubeServer, ctx: Context) -> None:
     event = xid("gpu-1", 79)
     first = quarantine_node.handle(event, ctx)
     again = quarantine_node.handle(event, ctx)
-    assert again.status == DUPLICATE and again.reply is not None and first.reply is not None
+    assert again.status == DUPLICATE
+    assert again.reply is not None
+    assert first.reply is not None
     assert again.reply.id == first.reply.id
     assert evictions(cluster) == 1
     # a different event about the same node finds it quarantined already
@@ -106,7 +112,8 @@ def test_concurrent_deliveries_quarantine_once(cluster: FakeKubeServer,
     for t in threads:
         t.join(30)
     assert sorted(statuses) == sorted([ACTED] + [DUPLICATE] * 3)
-    assert evictions(cluster) == 1 and is_quarantined(cluster, "gpu-2")
+    assert evictions(cluster) == 1
+    assert is_quarantined(cluster, "gpu-2")
 
 
 def test_drain_is_deferred_below_the_primary_minimum(cluster: FakeKubeServer,
@@ -114,22 +121,26 @@ def test_drain_is_deferred_below_the_primary_minimum(cluster: FakeKubeServer,
                                                      fake_time: FakeTime) -> None:
     ctx = make_ctx(primary_min_ready=3)
     out = quarantine_node.handle(xid("gpu-1", 95), ctx)
-    assert out.status == ACTED and "drain deferred" in out.reason
-    assert is_quarantined(cluster, "gpu-1") and pods_on(cluster, "gpu-1") == ["primary-1"]
+    assert out.status == ACTED
+    assert "drain deferred" in out.reason
+    assert is_quarantined(cluster, "gpu-1")
+    assert pods_on(cluster, "gpu-1") == ["primary-1"]
     assert [m for m, _ in deferred(ctx)] == ["quarantine_node|drain|gpu-1"]
     # a replacement replica becomes ready elsewhere; the deferred drain runs when due
     add_primary_pod(cluster, "primary-4", "gpu-4")
     fake_time.advance(ctx.settings.drain_retry_s + 1)
     swept = quarantine_node.sweep(ctx)
     assert [o.status for o in swept] == [ACTED]
-    assert pods_on(cluster, "gpu-1") == [] and deferred(ctx) == []
+    assert pods_on(cluster, "gpu-1") == []
+    assert deferred(ctx) == []
 
 
 def test_a_lost_gpu_drains_regardless_of_the_minimum(cluster: FakeKubeServer,
                                                      make_ctx: Callable[..., Context]) -> None:
     ctx = make_ctx(primary_min_ready=3)
     out = quarantine_node.handle(lost("gpu-1"), ctx)
-    assert out.status == ACTED and pods_on(cluster, "gpu-1") == []
+    assert out.status == ACTED
+    assert pods_on(cluster, "gpu-1") == []
 
 
 def test_a_notready_node_drains_regardless_of_the_minimum(cluster: FakeKubeServer,
@@ -137,14 +148,16 @@ def test_a_notready_node_drains_regardless_of_the_minimum(cluster: FakeKubeServe
     ctx = make_ctx(primary_min_ready=3)
     cluster.set_node_ready("gpu-1", False)
     out = quarantine_node.handle(xid("gpu-1", 95), ctx)
-    assert out.status == ACTED and pods_on(cluster, "gpu-1") == []
+    assert out.status == ACTED
+    assert pods_on(cluster, "gpu-1") == []
 
 
 def test_pdb_429_is_retried_with_backoff(cluster: FakeKubeServer, ctx: Context,
                                          fake_time: FakeTime) -> None:
     cluster.fail_next("/api/v1/namespaces/default/pods/primary-1/eviction", 429, times=2)
     out = quarantine_node.handle(xid("gpu-1", 79), ctx)
-    assert out.status == ACTED and pods_on(cluster, "gpu-1") == []
+    assert out.status == ACTED
+    assert pods_on(cluster, "gpu-1") == []
     assert len(fake_time.sleeps) == 2  # the platform's backoff, on the injected clock
 
 
@@ -153,7 +166,8 @@ def test_pdb_refusal_past_the_drain_timeout_is_retried_later(cluster: FakeKubeSe
                                                              fake_time: FakeTime) -> None:
     cluster.fail_next("/api/v1/namespaces/default/pods/primary-1/eviction", 429, times=100)
     out = quarantine_node.handle(xid("gpu-1", 79), ctx)
-    assert out.status == ACTED and "refused" in out.reason
+    assert out.status == ACTED
+    assert "refused" in out.reason
     assert [m for m, _ in deferred(ctx)] == ["quarantine_node|drain|gpu-1"]
     cluster._faults.clear()  # the budget allows it now
     fake_time.advance(ctx.settings.drain_retry_s + 1)
@@ -168,7 +182,8 @@ def test_cap_on_nodes_at_once(cluster: FakeKubeServer, make_ctx: Callable[..., C
     assert quarantine_node.handle(lost("gpu-5"), ctx).status == ACTED
     assert quarantine_node.handle(lost("gpu-6"), ctx).status == ACTED
     out = quarantine_node.handle(lost("gpu-7"), ctx)
-    assert out.status == NOOP and "cap reached" in out.reason
+    assert out.status == NOOP
+    assert "cap reached" in out.reason
     assert not is_quarantined(cluster, "gpu-7")
     quarantine_node.release(ctx, "gpu-5")
     assert quarantine_node.handle(lost("gpu-7"), ctx).status == ACTED
@@ -207,7 +222,8 @@ def test_cap_holds_under_a_storm_of_concurrent_faults(cluster: FakeKubeServer,
         t.start()
     for t in threads:
         t.join(30)
-    assert statuses.count(ACTED) == 3 and statuses.count(NOOP) == 5
+    assert statuses.count(ACTED) == 3
+    assert statuses.count(NOOP) == 5
     assert sum(is_quarantined(cluster, f"gpu-{i}") for i in range(5, 13)) == 3
     assert len(quarantined(contexts[0])) == 3
 
@@ -226,9 +242,12 @@ def test_dry_run_changes_nothing(cluster: FakeKubeServer,
     out = quarantine_node.handle(xid("gpu-1", 79), ctx)
     assert out.status == DRY_RUN
     p = ev.payload_of(out.reply) if out.reply else None
-    assert isinstance(p, ev.NodeQuarantined) and p.dry_run and p.evicted_pods == ("primary-1",)
+    assert isinstance(p, ev.NodeQuarantined)
+    assert p.dry_run
+    assert p.evicted_pods == ("primary-1",)
     assert "would label, cordon and drain" in p.reason
-    assert not is_quarantined(cluster, "gpu-1") and pods_on(cluster, "gpu-1") == ["primary-1"]
+    assert not is_quarantined(cluster, "gpu-1")
+    assert pods_on(cluster, "gpu-1") == ["primary-1"]
     assert not [r for r in cluster.requests if r.method in ("PATCH", "POST")]
     assert quarantined(ctx) == []
 
@@ -237,15 +256,18 @@ def test_dry_run_reports_the_scale_guard(cluster: FakeKubeServer,
                                          make_ctx: Callable[..., Context]) -> None:
     ctx = make_ctx(dry_run=True, primary_min_ready=3)
     out = quarantine_node.handle(xid("gpu-1", 95), ctx)
-    assert out.status == DRY_RUN and "defer the drain" in out.reason
+    assert out.status == DRY_RUN
+    assert "defer the drain" in out.reason
 
 
 def test_opted_out_node_is_left_alone(cluster: FakeKubeServer, ctx: Context) -> None:
     cluster.patch_object("nodes", "gpu-1",
                          {"metadata": {"labels": {"surefoot.dev/quarantine": "disabled"}}}, None)
     out = quarantine_node.handle(xid("gpu-1", 79), ctx)
-    assert out.status == NOOP and "opted out" in out.reason
-    assert not is_quarantined(cluster, "gpu-1") and pods_on(cluster, "gpu-1") == ["primary-1"]
+    assert out.status == NOOP
+    assert "opted out" in out.reason
+    assert not is_quarantined(cluster, "gpu-1")
+    assert pods_on(cluster, "gpu-1") == ["primary-1"]
 
 
 def test_unknown_node_is_a_noop(cluster: FakeKubeServer, ctx: Context) -> None:
@@ -259,7 +281,8 @@ def test_node_patch_5xx_is_temporary_then_redelivery_works(cluster: FakeKubeServ
     with pytest.raises(TemporaryFunctionError):
         quarantine_node.handle(event, ctx)
     out = quarantine_node.handle(event, ctx)
-    assert out.status == ACTED and is_quarantined(cluster, "gpu-1")
+    assert out.status == ACTED
+    assert is_quarantined(cluster, "gpu-1")
     assert quarantined(ctx) == ["gpu-1"]
 
 
@@ -285,10 +308,12 @@ def test_healthy_releases_after_the_hold_time(cluster: FakeKubeServer, ctx: Cont
     assert quarantine_node.sweep(ctx) == []
     fake_time.advance(10)
     out = quarantine_node.handle(ping(), ctx)
-    assert out.status == ACTED and out.reply is not None
+    assert out.status == ACTED
+    assert out.reply is not None
     assert out.reply.type == ev.NodeReleased.TYPE
     obj = node_obj(cluster, "gpu-1")
-    assert LABEL not in obj["metadata"]["labels"] and not obj["spec"].get("unschedulable")
+    assert LABEL not in obj["metadata"]["labels"]
+    assert not obj["spec"].get("unschedulable")
     assert quarantined(ctx) == []
 
 
@@ -311,7 +336,8 @@ def test_healthy_for_a_node_not_quarantined_is_a_noop(cluster: FakeKubeServer,
 def test_operator_release(cluster: FakeKubeServer, ctx: Context) -> None:
     quarantine_node.handle(lost("gpu-3"), ctx)
     out = quarantine_node.release(ctx, "gpu-3")
-    assert out.status == ACTED and not is_quarantined(cluster, "gpu-3")
+    assert out.status == ACTED
+    assert not is_quarantined(cluster, "gpu-3")
     assert quarantine_node.release(ctx, "gpu-3").status == NOOP
     with pytest.raises(PermanentFunctionError, match="does not exist"):
         quarantine_node.release(ctx, "nowhere")

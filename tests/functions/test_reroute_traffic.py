@@ -65,7 +65,8 @@ def test_other_breakers_do_nothing(cluster: FakeKubeServer, ctx: Context) -> Non
     assert reroute_traffic.handle(opened("gpu-1", scope="node"), ctx).status == NOOP
     assert reroute_traffic.handle(opened("surefoot-fallback"), ctx).status == NOOP
     assert reroute_traffic.handle(opened("other-revision"), ctx).status == NOOP
-    assert traffic_of(cluster) == NORMAL and patches(cluster) == 0
+    assert traffic_of(cluster) == NORMAL
+    assert patches(cluster) == 0
 
 
 def test_redelivery_patches_once(cluster: FakeKubeServer, ctx: Context) -> None:
@@ -73,7 +74,8 @@ def test_redelivery_patches_once(cluster: FakeKubeServer, ctx: Context) -> None:
     first = reroute_traffic.handle(event, ctx)
     again = reroute_traffic.handle(event, ctx)
     assert again.status == DUPLICATE
-    assert again.reply is not None and first.reply is not None
+    assert again.reply is not None
+    assert first.reply is not None
     assert again.reply.id == first.reply.id
     assert patches(cluster) == 1
 
@@ -81,7 +83,8 @@ def test_redelivery_patches_once(cluster: FakeKubeServer, ctx: Context) -> None:
 def test_a_second_open_event_keeps_the_split(cluster: FakeKubeServer, ctx: Context) -> None:
     reroute_traffic.handle(opened(), ctx)
     out = reroute_traffic.handle(opened(), ctx)
-    assert out.status == NOOP and patches(cluster) == 1
+    assert out.status == NOOP
+    assert patches(cluster) == 1
     assert traffic_of(cluster) == REROUTED
 
 
@@ -102,13 +105,15 @@ def test_concurrent_deliveries_patch_once(cluster: FakeKubeServer,
     for t in threads:
         t.join(20)
     assert sorted(statuses) == sorted([ACTED] + [DUPLICATE] * 3)
-    assert patches(cluster) == 1 and traffic_of(cluster) == REROUTED
+    assert patches(cluster) == 1
+    assert traffic_of(cluster) == REROUTED
 
 
 def test_stale_patch_409_rereads_and_retries(cluster: FakeKubeServer, ctx: Context) -> None:
     cluster.fail_next(KSVC_PATH, 409, method="PATCH")
     out = reroute_traffic.handle(opened(), ctx)
-    assert out.status == ACTED and traffic_of(cluster) == REROUTED
+    assert out.status == ACTED
+    assert traffic_of(cluster) == REROUTED
     reads = cluster.requests_to(KSVC_PATH, "GET")
     assert len(reads) >= 4  # traffic re-read after the conflict
 
@@ -121,7 +126,8 @@ def test_api_5xx_is_temporary_and_redelivery_succeeds(cluster: FakeKubeServer,
         reroute_traffic.handle(event, ctx)
     assert traffic_of(cluster) == NORMAL
     out = reroute_traffic.handle(event, ctx)  # the broker's redelivery
-    assert out.status == ACTED and traffic_of(cluster) == REROUTED
+    assert out.status == ACTED
+    assert traffic_of(cluster) == REROUTED
 
 
 def test_api_429_is_temporary(cluster: FakeKubeServer, ctx: Context) -> None:
@@ -184,7 +190,8 @@ def test_unhealthy_primary_pauses_the_restore(cluster: FakeKubeServer, ctx: Cont
     for i in (1, 2, 3):
         cluster.set_pod_ready(f"primary-{i}", False)
     out = reroute_traffic.handle(closed(), ctx)
-    assert out.status == DEFERRED and traffic_of(cluster) == REROUTED
+    assert out.status == DEFERRED
+    assert traffic_of(cluster) == REROUTED
     assert sum(fake_time.sleeps) >= ctx.settings.restore_health_timeout_s
     assert [m for m, _ in deferred(ctx)] == ["reroute_traffic|restore|surefoot"]
     # the primary comes back; the sweep retries the restore when due
@@ -202,7 +209,8 @@ def test_replicas_on_nodes_with_open_breakers_do_not_count(cluster: FakeKubeServ
     ctx.breakers.open(node_key("gpu-1"), "xid")
     ctx.breakers.open(node_key("gpu-2"), "xid")
     n, detail = reroute_traffic.primary_health(ctx)
-    assert n == 1 and "gpu-1, gpu-2" in detail
+    assert n == 1
+    assert "gpu-1, gpu-2" in detail
     assert reroute_traffic.handle(closed(), ctx).status == DEFERRED
 
 
@@ -231,7 +239,8 @@ def test_a_new_open_supersedes_a_restore_in_progress(cluster: FakeKubeServer, ct
 
     fake_time.on_sleep = during_wait
     out = reroute_traffic.handle(closed(), ctx)
-    assert out.status == NOOP and "superseded" in out.reason
+    assert out.status == NOOP
+    assert "superseded" in out.reason
     assert traffic_of(cluster) == REROUTED
 
 
@@ -239,13 +248,16 @@ def test_restore_stops_if_the_breaker_reopened(cluster: FakeKubeServer, ctx: Con
     reroute_traffic.handle(opened(), ctx)
     ctx.breakers.open(revision_key("surefoot-primary"), "again")
     out = reroute_traffic.handle(closed(), ctx)
-    assert out.status == NOOP and "open again" in out.reason
+    assert out.status == NOOP
+    assert "open again" in out.reason
     assert traffic_of(cluster) == REROUTED
 
 
 def test_restore_never_lowers_the_primary(cluster: FakeKubeServer, ctx: Context) -> None:
     out = reroute_traffic.handle(closed(), ctx)  # nothing was rerouted
-    assert out.status == NOOP and traffic_of(cluster) == NORMAL and patches(cluster) == 0
+    assert out.status == NOOP
+    assert traffic_of(cluster) == NORMAL
+    assert patches(cluster) == 0
 
 
 def test_missing_fallback_target_is_added(kube: FakeKubeServer, ctx: Context) -> None:
@@ -281,7 +293,8 @@ def test_ping_runs_a_due_restore(cluster: FakeKubeServer, ctx: Context,
     cluster.set_pod_ready("primary-1", True)
     fake_time.advance(100)
     out = reroute_traffic.handle(ping(), ctx)
-    assert out.status == ACTED and traffic_of(cluster) == NORMAL
+    assert out.status == ACTED
+    assert traffic_of(cluster) == NORMAL
 
 
 # --- KServe -------------------------------------------------------------------------------
@@ -309,10 +322,12 @@ def test_kserve_is_steered_by_canary_percent(cluster: FakeKubeServer,
     canary = FakeCanary()
     ctx = make_ctx(kserve_isvc="llm", canary=canary)
     out = reroute_traffic.handle(opened(), ctx)
-    assert out.status == ACTED and canary.history == [0]
+    assert out.status == ACTED
+    assert canary.history == [0]
     assert patches(cluster) == 0  # the Knative Service is KServe's: never patched
     done = reroute_traffic.handle(closed(), ctx)
-    assert done.status == ACTED and canary.history == [0, 10, 50, 100]
+    assert done.status == ACTED
+    assert canary.history == [0, 10, 50, 100]
     assert patches(cluster) == 0
 
 
@@ -342,7 +357,9 @@ def test_split_arithmetic_keeps_other_targets(ctx: Context) -> None:
     assert out == [Target("surefoot-primary", 0, "primary"),
                    Target("surefoot-fallback", 80, "fallback"), Target("canary-x", 20, "canary")]
     step = reroute_traffic.restored_split(out, s, 70, 50)
-    assert step[0].percent == 35 and step[1].percent == 45 and step[2].percent == 20
+    assert step[0].percent == 35
+    assert step[1].percent == 45
+    assert step[2].percent == 20
     assert sum(t.percent for t in step) == 100
 
 
@@ -351,8 +368,10 @@ def test_scale_failure_does_not_undo_the_reroute(cluster: FakeKubeServer, ctx: C
     cluster.fail_next("/apis/serving.knative.dev/v1/namespaces/default/revisions/"
                       "surefoot-fallback", 503, method="PATCH")
     out = reroute_traffic.handle(opened(), ctx)
-    assert out.status == ACTED and "retrying" in out.reason
-    assert traffic_of(cluster) == REROUTED and scale_of(cluster, "surefoot-fallback") == (None,
+    assert out.status == ACTED
+    assert "retrying" in out.reason
+    assert traffic_of(cluster) == REROUTED
+    assert scale_of(cluster, "surefoot-fallback") == (None,
                                                                                          None)
     fake_time.advance(6)
     reroute_traffic.sweep(ctx)
@@ -365,7 +384,9 @@ def test_permanent_scale_failure_is_reported_not_retried(cluster: FakeKubeServer
     cluster.fail_next("/apis/serving.knative.dev/v1/namespaces/default/revisions/"
                       "surefoot-fallback", 403, method="GET")
     out = reroute_traffic.handle(opened(), ctx)
-    assert out.status == ACTED and "not set" in out.reason and "retrying" not in out.reason
+    assert out.status == ACTED
+    assert "not set" in out.reason
+    assert "retrying" not in out.reason
     assert deferred(ctx) == []
 
 
@@ -384,7 +405,8 @@ def test_half_open_gives_the_primary_trial_traffic(cluster: FakeKubeServer, ctx:
     assert traffic_of(cluster) == [("surefoot-primary", 10, "primary"),
                                    ("surefoot-fallback", 90, "fallback")]
     p = ev.payload_of(out.reply) if out.reply else None
-    assert isinstance(p, ev.TrafficRestored) and (p.step, p.percent) == (1, 10)
+    assert isinstance(p, ev.TrafficRestored)
+    assert (p.step, p.percent) == (1, 10)
     # the probes fail: the breaker opens again and the share goes back to the fallback
     assert reroute_traffic.handle(opened(), ctx).status == ACTED
     assert traffic_of(cluster) == REROUTED
@@ -401,7 +423,8 @@ def test_half_open_without_a_reroute_or_ready_primary_does_nothing(
     for i in (1, 2, 3):
         cluster.set_pod_ready(f"primary-{i}", False)
     out = reroute_traffic.handle(halfopened(), ctx)
-    assert out.status == NOOP and "no trial traffic" in out.reason
+    assert out.status == NOOP
+    assert "no trial traffic" in out.reason
     assert traffic_of(cluster) == REROUTED
 
 
@@ -427,20 +450,24 @@ def test_node_breakers_below_the_primary_minimum_reroute(cluster: FakeKubeServer
     assert reroute_traffic.handle(node_event(ev.BreakerOpened, "gpu-1"), ctx).status == NOOP
     ctx.breakers.open(node_key("gpu-2"), "xid")
     out = reroute_traffic.handle(node_event(ev.BreakerOpened, "gpu-2"), ctx)
-    assert out.status == ACTED and traffic_of(cluster) == REROUTED
+    assert out.status == ACTED
+    assert traffic_of(cluster) == REROUTED
     p = ev.payload_of(out.reply) if out.reply else None
-    assert isinstance(p, ev.TrafficRerouted) and "below its minimum" in p.reason
+    assert isinstance(p, ev.TrafficRerouted)
+    assert "below its minimum" in p.reason
     # one node comes back: the primary is at its minimum again -> restore
     ctx.breakers.close(node_key("gpu-2"), "probes ok")
     out = reroute_traffic.handle(node_event(ev.BreakerClosed, "gpu-2"), ctx)
-    assert out.status == ACTED and traffic_of(cluster) == NORMAL
+    assert out.status == ACTED
+    assert traffic_of(cluster) == NORMAL
 
 
 def test_capacity_restore_by_the_sweep(cluster: FakeKubeServer, ctx: Context) -> None:
     for n in ("gpu-1", "gpu-2"):
         ctx.breakers.open(node_key(n), "xid")
     reroute_traffic.handle(node_event(ev.BreakerOpened, "gpu-2"), ctx)
-    assert reroute_traffic.sweep(ctx) == [] and traffic_of(cluster) == REROUTED
+    assert reroute_traffic.sweep(ctx) == []
+    assert traffic_of(cluster) == REROUTED
     ctx.breakers.close(node_key("gpu-1"), "replaced")
     assert [o.status for o in reroute_traffic.sweep(ctx)] == [ACTED]
     assert traffic_of(cluster) == NORMAL
@@ -450,5 +477,6 @@ def test_a_breaker_reroute_is_not_undone_by_node_capacity(cluster: FakeKubeServe
                                                           ctx: Context) -> None:
     reroute_traffic.handle(opened(), ctx)
     out = reroute_traffic.handle(node_event(ev.BreakerClosed, "gpu-1"), ctx)
-    assert out.status == NOOP and traffic_of(cluster) == REROUTED
+    assert out.status == NOOP
+    assert traffic_of(cluster) == REROUTED
     assert reroute_traffic.sweep(ctx) == []

@@ -36,7 +36,8 @@ class Replicas:
         self._lock = threading.Lock()
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
-        assert request.method == "POST" and request.url.path == "/admin/snapshot"
+        assert request.method == "POST"
+        assert request.url.path == "/admin/snapshot"
         assert request.url.port == 8012
         pod = self.by_ip[request.url.host]
         with self._lock:
@@ -75,7 +76,8 @@ def test_timer_snapshots_one_replica_per_revision(sctx: Context, replicas: Repli
     assert sorted(saved(out.events)) == [("fallback-1", "ck-fallback-1"),
                                         ("primary-1", "ck-primary-1")]
     first = ev.payload_of(out.events[0])
-    assert isinstance(first, ev.CheckpointSaved) and first.seconds == 0.25
+    assert isinstance(first, ev.CheckpointSaved)
+    assert first.seconds == 0.25
     assert first.reason == "timer"
 
 
@@ -85,18 +87,22 @@ def test_all_scope_asks_every_ready_replica(make_ctx: Callable[..., Context],
     ctx = make_ctx(transport=httpx.MockTransport(replicas), snapshot_replicas="all")
     out = snapshot_checkpoint.handle(requested("surefoot-primary"), ctx)
     assert sorted(replicas.asked) == ["primary-1", "primary-2"]
-    assert len(out.events) == 2 and len(out.extra) == 1
+    assert len(out.events) == 2
+    assert len(out.extra) == 1
 
 
 def test_requested_pod_and_terminating_pod(sctx: Context, replicas: Replicas,
                                            cluster: FakeKubeServer) -> None:
     cluster.set_pod_ready("primary-2", False)  # terminating pods stop being ready
     out = snapshot_checkpoint.handle(deleted("primary-2"), sctx)
-    assert out.status == ACTED and replicas.asked == ["primary-2"]
+    assert out.status == ACTED
+    assert replicas.asked == ["primary-2"]
     p = ev.payload_of(out.reply) if out.reply else None
-    assert isinstance(p, ev.CheckpointSaved) and p.reason == "terminating"
+    assert isinstance(p, ev.CheckpointSaved)
+    assert p.reason == "terminating"
     out2 = snapshot_checkpoint.handle(requested(None, pod="primary-3"), sctx)
-    assert out2.status == ACTED and replicas.asked[-1] == "primary-3"
+    assert out2.status == ACTED
+    assert replicas.asked[-1] == "primary-3"
 
 
 def test_a_pod_already_gone_is_a_noop(sctx: Context, replicas: Replicas) -> None:
@@ -107,7 +113,8 @@ def test_a_pod_already_gone_is_a_noop(sctx: Context, replicas: Replicas) -> None
 
 def test_ping_for_another_service_is_ignored(sctx: Context, replicas: Replicas) -> None:
     out = snapshot_checkpoint.handle(ping({"service": "other"}), sctx)
-    assert out.status == NOOP and replicas.asked == []
+    assert out.status == NOOP
+    assert replicas.asked == []
 
 
 def test_bearer_token_is_sent(make_ctx: Callable[..., Context], replicas: Replicas) -> None:
@@ -119,13 +126,15 @@ def test_bearer_token_is_sent(make_ctx: Callable[..., Context], replicas: Replic
 def test_loading_replica_is_skipped(sctx: Context, replicas: Replicas) -> None:
     replicas.answers["primary-1"] = httpx.Response(409, json={"error": "model not loaded yet"})
     out = snapshot_checkpoint.handle(requested("surefoot-primary"), sctx)
-    assert out.status == NOOP and "loading" in out.reason
+    assert out.status == NOOP
+    assert "loading" in out.reason
 
 
 def test_partial_failure_still_reports_what_was_saved(sctx: Context, replicas: Replicas) -> None:
     replicas.answers["fallback-1"] = httpx.Response(500, json={"error": "disk"})
     out = snapshot_checkpoint.handle(ping(), sctx)
-    assert out.status == ACTED and saved(out.events) == [("primary-1", "ck-primary-1")]
+    assert out.status == ACTED
+    assert saved(out.events) == [("primary-1", "ck-primary-1")]
     assert "1 temporary" in out.reason
 
 
@@ -192,8 +201,11 @@ def test_snapshot_through_a_real_replica_app(make_ctx: Callable[..., Context], g
     attach(app, runtime_of(app), store)
     ctx = make_ctx(transport=httpx.WSGITransport(app=app), admin_token="tok")
     out = snapshot_checkpoint.handle(requested("surefoot-primary"), ctx)
-    assert out.status == ACTED and out.reply is not None
+    assert out.status == ACTED
+    assert out.reply is not None
     p = ev.payload_of(out.reply)
     assert isinstance(p, ev.CheckpointSaved)
     assert store.verify(p.checkpoint_id).ok
-    assert p.revision == "surefoot-primary" and p.seconds is not None and p.seconds > 0
+    assert p.revision == "surefoot-primary"
+    assert p.seconds is not None
+    assert p.seconds > 0

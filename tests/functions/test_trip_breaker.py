@@ -35,11 +35,13 @@ def test_fatal_gpu_fault_opens_the_node_breaker(ctx: Context, event: ev.Event) -
     out = trip_breaker.handle(event, ctx)
     assert out.status == ACTED
     assert state(ctx, node_key("gpu-1")) == "open"
-    assert out.reply is not None and out.reply.type == ev.BreakerOpened.TYPE
+    assert out.reply is not None
+    assert out.reply.type == ev.BreakerOpened.TYPE
     data = ev.payload_of(out.reply)
     assert isinstance(data, ev.BreakerOpened)
     assert (data.scope, data.name, data.cause_event_id) == ("node", "gpu-1", event.id)
-    assert data.hold_seconds and data.hold_seconds > 0
+    assert data.hold_seconds
+    assert data.hold_seconds > 0
     st = ctx.breakers.status(node_key("gpu-1"))
     assert st.since is not None
     assert out.reply.id == f"node:gpu-1/{st.generation}/{int(round(st.since * 1000))}"
@@ -49,7 +51,8 @@ def test_fatal_gpu_fault_opens_the_node_breaker(ctx: Context, event: ev.Event) -
 @pytest.mark.parametrize("number", [43, 45, 63, 92, 13, 31, 121])
 def test_benign_or_application_xids_open_nothing(ctx: Context, number: int) -> None:
     out = trip_breaker.handle(xid("gpu-1", number), ctx)
-    assert out.status == NOOP and out.reply is None
+    assert out.status == NOOP
+    assert out.reply is None
     assert state(ctx, node_key("gpu-1")) == "closed"
 
 
@@ -84,15 +87,18 @@ def test_redelivery_acts_once_and_replies_the_same_event(ctx: Context) -> None:
     gen = ctx.breakers.status(node_key("gpu-1")).generation
     again = trip_breaker.handle(event, ctx)
     assert again.status == DUPLICATE
-    assert again.reply is not None and first.reply is not None
-    assert again.reply.id == first.reply.id and again.reply.data == first.reply.data
+    assert again.reply is not None
+    assert first.reply is not None
+    assert again.reply.id == first.reply.id
+    assert again.reply.data == first.reply.data
     assert ctx.breakers.status(node_key("gpu-1")).generation == gen
 
 
 def test_a_second_fault_while_open_is_a_noop(ctx: Context) -> None:
     trip_breaker.handle(xid("gpu-1", 79), ctx)
     out = trip_breaker.handle(lost("gpu-1"), ctx)
-    assert out.status == NOOP and "already open" in out.reason
+    assert out.status == NOOP
+    assert "already open" in out.reason
 
 
 def test_concurrent_deliveries_act_once(make_ctx: Callable[..., Context]) -> None:
@@ -115,7 +121,8 @@ def test_concurrent_deliveries_act_once(make_ctx: Callable[..., Context]) -> Non
         t.join(10)
     assert sorted(results) == sorted([ACTED] + [DUPLICATE] * 5)
     st = contexts[0].breakers.status(node_key("gpu-2"))
-    assert st.state == "open" and st.generation == 1
+    assert st.state == "open"
+    assert st.generation == 1
 
 
 def test_repeated_crashes_open_the_revision_breaker(ctx: Context, fake_time: FakeTime) -> None:
@@ -126,9 +133,11 @@ def test_repeated_crashes_open_the_revision_breaker(ctx: Context, fake_time: Fak
     assert state(ctx, key) == "closed"
     fake_time.advance(60)
     out = trip_breaker.handle(oom("primary-3"), ctx)
-    assert out.status == ACTED and state(ctx, key) == "open"
+    assert out.status == ACTED
+    assert state(ctx, key) == "open"
     data = ev.payload_of(out.reply) if out.reply else None
-    assert isinstance(data, ev.BreakerOpened) and data.scope == "revision"
+    assert isinstance(data, ev.BreakerOpened)
+    assert data.scope == "revision"
     assert data.name == "surefoot-primary"
 
 
@@ -137,7 +146,8 @@ def test_crashes_outside_the_window_do_not_count(ctx: Context, fake_time: FakeTi
     trip_breaker.handle(oom("primary-1"), ctx)
     fake_time.advance(ctx.settings.crash_window_s + 1)
     out = trip_breaker.handle(oom("primary-1"), ctx)
-    assert out.status == NOOP and out.reason.startswith("1 of 3")
+    assert out.status == NOOP
+    assert out.reason.startswith("1 of 3")
 
 
 def test_a_redelivered_crash_counts_once(ctx: Context) -> None:
@@ -168,7 +178,8 @@ def test_healthy_half_opens_after_the_hold_time(ctx: Context, fake_time: FakeTim
     fake_time.advance(2)
     swept = trip_breaker.sweep(ctx)
     assert [o.status for o in swept] == [ACTED]
-    assert swept[0].reply is not None and swept[0].reply.type == ev.BreakerHalfOpened.TYPE
+    assert swept[0].reply is not None
+    assert swept[0].reply.type == ev.BreakerHalfOpened.TYPE
     assert state(ctx, node_key("gpu-1")) == "half_open"
     assert deferred(ctx) == []
 
@@ -190,7 +201,8 @@ def test_ping_runs_the_due_half_opens(ctx: Context, fake_time: FakeTime) -> None
     trip_breaker.handle(healthy("gpu-3"), ctx)
     fake_time.advance(ctx.settings.node_hold_s + 1)
     out = trip_breaker.handle(ping(), ctx)
-    assert out.status == ACTED and out.reply is not None
+    assert out.status == ACTED
+    assert out.reply is not None
     assert out.reply.type == ev.BreakerHalfOpened.TYPE
 
 
@@ -208,7 +220,8 @@ def test_zero_hold_half_opens_at_once(make_ctx: Callable[..., Context]) -> None:
 def test_forced_closed_breaker_is_left_to_the_operator(ctx: Context) -> None:
     ctx.breakers.force_closed(node_key("gpu-1"), "operator")
     out = trip_breaker.handle(xid("gpu-1", 79), ctx)
-    assert out.status == NOOP and "forced_closed" in out.reason
+    assert out.status == NOOP
+    assert "forced_closed" in out.reason
 
 
 def test_redis_down_is_a_temporary_error(make_ctx: Callable[..., Context],

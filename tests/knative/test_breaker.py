@@ -87,7 +87,8 @@ def test_settings_report_every_bad_field_at_once() -> None:
 def test_registry_settings_reject_bad_url_and_intervals() -> None:
     with pytest.raises(InvalidBreakerSettings) as e:
         BreakerRegistrySettings(redis_url="http://x", refresh_interval=0, prefix="a{b}")
-    assert "redis_url" in str(e.value) and "refresh_interval" in str(e.value)
+    assert "redis_url" in str(e.value)
+    assert "refresh_interval" in str(e.value)
     assert "prefix" in str(e.value)
 
 
@@ -99,7 +100,8 @@ def test_bad_keys_are_refused(reg: BreakerRegistry, key: str) -> None:
 
 def test_keys_of_one_breaker_share_a_hash_tag(reg: BreakerRegistry) -> None:
     k1, k2 = reg.store.keys_of("node:n-1")
-    assert "{node:n-1}" in k1 and "{node:n-1}" in k2
+    assert "{node:n-1}" in k1
+    assert "{node:n-1}" in k2
 
 
 # --- the state machine ------------------------------------------------------------------------
@@ -115,7 +117,8 @@ def test_opens_on_failure_rate_only_after_minimum_calls(reg: BreakerRegistry) ->
     assert (t.old, t.new, t.generation) == ("closed", "open", 1)
     assert "failure rate" in t.reason
     assert reg.state(key) == "open"
-    assert reg.acquire(key) is None and not reg.allows(key)
+    assert reg.acquire(key) is None
+    assert not reg.allows(key)
 
 
 def test_successes_keep_it_closed(reg: BreakerRegistry) -> None:
@@ -144,7 +147,8 @@ def test_slow_call_rate_opens(redis_url: str) -> None:
         fail(reg, key, 2, ok=True, seconds=0.1)
         fail(reg, key, 2, ok=True, seconds=2.5)
         (t,) = reg.flush()
-        assert t.new == "open" and "slow call rate" in t.reason
+        assert t.new == "open"
+        assert "slow call rate" in t.reason
 
 
 def test_time_window_forgets_calls_older_than_the_window(redis_url: str) -> None:
@@ -172,7 +176,9 @@ def test_open_waits_then_half_opens_then_closes(reg: BreakerRegistry) -> None:
     (t,) = reg.tick()
     assert (t.old, t.new) == ("open", "half_open")
     p1, p2, p3 = reg.acquire(key), reg.acquire(key), reg.acquire(key)
-    assert p1 is not None and p2 is not None and p3 is None  # two probes permitted
+    assert p1 is not None
+    assert p2 is not None
+    assert p3 is None
     assert not reg.allows(key)  # known exhausted: no more Redis round trips
     reg.record(p1, True, 0.01)
     assert reg.flush() == []
@@ -186,7 +192,8 @@ def test_failed_probe_reopens_with_backoff_capped(reg: BreakerRegistry) -> None:
     key = "replica:e"
     fail(reg, key, 4)
     (t1,) = reg.flush()
-    assert t1.until is not None and t1.until - t1.at == pytest.approx(1.0, abs=0.01)
+    assert t1.until is not None
+    assert t1.until - t1.at == pytest.approx(1.0, abs=0.01)
     offset = 0
     waits = []
     for _ in range(3):
@@ -209,7 +216,9 @@ def test_open_acquire_moves_to_half_open_when_the_wait_is_over(reg: BreakerRegis
     reg.open(key, "test")
     reg.store.clock_offset_ms = 1_500
     gen, t = reg.store.acquire(key)
-    assert t is not None and t.new == "half_open" and gen == t.generation
+    assert t is not None
+    assert t.new == "half_open"
+    assert gen == t.generation
 
 
 def test_stuck_half_open_reopens(reg: BreakerRegistry) -> None:
@@ -227,7 +236,8 @@ def test_stuck_half_open_reopens(reg: BreakerRegistry) -> None:
 def test_operator_states(reg: BreakerRegistry) -> None:
     key = "revision:primary"
     t = reg.force_open(key, "maintenance")
-    assert t is not None and t.new == "forced_open"
+    assert t is not None
+    assert t.new == "forced_open"
     assert reg.acquire(key) is None
     assert reg.open(key, "event") is None  # the operator's word wins
     reg.store.clock_offset_ms = 10_000_000
@@ -236,36 +246,45 @@ def test_operator_states(reg: BreakerRegistry) -> None:
 
     assert reg.force_closed(key) is not None
     p = reg.acquire(key)
-    assert p is not None and not p.counted
+    assert p is not None
+    assert not p.counted
     for _ in range(20):
         reg.record(p, False, 0.01)
-    assert reg.flush() == [] and reg.state(key) == "forced_closed"
+    assert reg.flush() == []
+    assert reg.state(key) == "forced_closed"
 
     assert reg.disable(key) is not None
     p = reg.acquire(key)
-    assert p is not None and not p.counted
+    assert p is not None
+    assert not p.counted
 
     t = reg.reset(key)
-    assert t is not None and (t.old, t.new) == ("disabled", "closed")
+    assert t is not None
+    assert (t.old, t.new) == ("disabled", "closed")
     assert reg.acquire(key) == (key, t.generation, True)
 
 
 def test_direct_open_half_open_close(reg: BreakerRegistry) -> None:
     key = "node:gpu-1"
     t = reg.open(key, "xid 79")
-    assert t is not None and t.new == "open" and t.reason == "xid 79"
+    assert t is not None
+    assert t.new == "open"
+    assert t.reason == "xid 79"
     assert reg.open(key, "again") is None  # already open
     assert reg.close_breaker("replica:never") is None  # closed already
     t = reg.half_open(key, "gpu healthy")
-    assert t is not None and t.new == "half_open"
+    assert t is not None
+    assert t.new == "half_open"
     t = reg.close_breaker(key, "operator")
-    assert t is not None and t.new == "closed"
+    assert t is not None
+    assert t.new == "closed"
 
 
 def test_expected_generation_makes_open_conditional(reg: BreakerRegistry) -> None:
     key = "revision:r"
     t = reg.store.open(key, "first", expected_generation=0)
-    assert t is not None and t.generation == 1
+    assert t is not None
+    assert t.generation == 1
     reg.store.close(key, "ok")
     assert reg.store.open(key, "stale", expected_generation=1) is None
 
@@ -273,11 +292,13 @@ def test_expected_generation_makes_open_conditional(reg: BreakerRegistry) -> Non
 def test_late_result_from_an_older_generation_is_dropped(reg: BreakerRegistry) -> None:
     key = "replica:late"
     old = reg.acquire(key)
-    assert old is not None and old.generation == 0
+    assert old is not None
+    assert old.generation == 0
     reg.open(key, "event")
     reg.close_breaker(key, "recovered")  # generation 2, closed again
     applied, t = reg.store.record(key, old.generation, "ffff")
-    assert applied is False and t is None
+    assert applied is False
+    assert t is None
     applied, t = reg.store.record(key, 2, "ff")
     assert applied is True
     assert reg.state(key) == "closed"
@@ -336,7 +357,8 @@ def test_statuses_lists_every_breaker(reg: BreakerRegistry) -> None:
 def test_transitions_reach_other_processes_views(redis_url: str) -> None:
     settings = make_settings(redis_url)
     with BreakerRegistry(settings) as a, BreakerRegistry(settings) as b:
-        assert a.wait_ready() and b.wait_ready()
+        assert a.wait_ready()
+        assert b.wait_ready()
         store = BreakerStore.from_url(settings)
         t0 = time.monotonic()
         store.open("replica:x", "event")
@@ -440,7 +462,7 @@ def test_half_open_probe_while_redis_is_away_is_local(redis_url: str) -> None:
 class _Sink(http.server.BaseHTTPRequestHandler):
     received: list[tuple[dict[str, str], bytes]] = []
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers.get("content-length", 0)))
         type(self).received.append(({k.lower(): v for k, v in self.headers.items()}, body))
         self.send_response(202)
@@ -476,11 +498,14 @@ def test_transitions_post_cloudevents_to_the_sink(redis_url: str) -> None:
         h, body = _Sink.received[0]
         assert t1 is not None
         assert h["ce-id"] == f"node:n1/1/{round(t1.at * 1000)}"
-        assert h["ce-specversion"] == "1.0" and h["ce-source"] == "/test"
+        assert h["ce-specversion"] == "1.0"
+        assert h["ce-source"] == "/test"
         data = json.loads(body)
         assert (data["scope"], data["name"]) == ("node", "n1")
         assert data["hold_seconds"] == pytest.approx(FAST.wait_in_open, abs=0.01)
-        assert sink.sent == 4 and sink.failed == 0 and sink.skipped == 1
+        assert sink.sent == 4
+        assert sink.failed == 0
+        assert sink.skipped == 1
     finally:
         srv.shutdown()
         srv.server_close()

@@ -101,7 +101,8 @@ def test_proxies_a_completion(stubs: dict[str, StubUpstream]) -> None:
 def test_models_and_embeddings_paths_are_forwarded(stubs: dict[str, StubUpstream]) -> None:
     _, client, _ = make(table(stubs, "a"))
     r = client.get("/v1/models")
-    assert r.status_code == 200 and r.json["data"][0]["id"] == "a"
+    assert r.status_code == 200
+    assert r.json["data"][0]["id"] == "a"
     stubs["a"].record_bodies = True
     r = post(client, "/v1/embeddings", {"model": "e", "input": "x"})
     assert r.status_code == 200
@@ -124,7 +125,8 @@ def test_spreads_over_ready_replicas_and_skips_unready(stubs: dict[str, StubUpst
     for _ in range(60):
         assert post(client).status_code == 200
     assert stubs["c"].requests == 0
-    assert stubs["a"].requests > 10 and stubs["b"].requests > 10
+    assert stubs["a"].requests > 10
+    assert stubs["b"].requests > 10
 
 
 def test_client_errors_pass_through_and_do_not_count(
@@ -134,7 +136,8 @@ def test_client_errors_pass_through_and_do_not_count(
     _, client, _ = make(table(stubs, "a"), registry)
     for _ in range(10):
         r = post(client)
-        assert r.status_code == 400 and r.json["error"]["code"] == 400
+        assert r.status_code == 400
+        assert r.json["error"]["code"] == 400
     registry.flush()
     assert registry.state("replica:a") == "closed"
     assert registry.state("revision:primary") == "closed"
@@ -152,9 +155,11 @@ def test_500_is_passed_through_not_retried(stubs: dict[str, StubUpstream]) -> No
 def test_bad_requests_to_the_gateway(stubs: dict[str, StubUpstream]) -> None:
     _, client, _ = make(table(stubs), max_body_bytes=100)
     r = client.delete("/v1/completions")
-    assert r.status_code == 405 and "DELETE" in r.json["error"]["message"]
+    assert r.status_code == 405
+    assert "DELETE" in r.json["error"]["message"]
     r = post(client, body={"prompt": "x" * 200})
-    assert r.status_code == 413 and "body" in r.json["error"]["message"]
+    assert r.status_code == 413
+    assert "body" in r.json["error"]["message"]
     assert client.get("/nope").status_code == 404
 
 
@@ -171,7 +176,8 @@ def test_stream_passes_through_event_by_event(stubs: dict[str, StubUpstream]) ->
     _, client, _ = make(table(stubs, "a"))
     t0 = time.monotonic()
     r = post(client, body={**BODY, "stream": True}, buffered=False)
-    assert r.status_code == 200 and r.mimetype == "text/event-stream"
+    assert r.status_code == 200
+    assert r.mimetype == "text/event-stream"
     chunks = []
     first_at = None
     for chunk in r.response:
@@ -181,9 +187,11 @@ def test_stream_passes_through_event_by_event(stubs: dict[str, StubUpstream]) ->
     total = time.monotonic() - t0
     r.close()
     events = sse_events(b"".join(chunks))
-    assert events[-1] == "[DONE]" and len(events) == 4
+    assert events[-1] == "[DONE]"
+    assert len(events) == 4
     assert json.loads(events[0])["choices"][0]["text"] == "t0 "
-    assert first_at is not None and first_at < total - 0.08  # not buffered until the end
+    assert first_at is not None
+    assert first_at < total - 0.08
     assert all(c.endswith(b"\n\n") for c in chunks)  # whole events only
 
 
@@ -200,11 +208,13 @@ def test_upstream_dies_mid_stream_gives_a_clean_error_event(
     assert len(events) == 3
     assert json.loads(events[1])["choices"][0]["text"] == "t1 "
     err = json.loads(events[2])["error"]
-    assert err["code"] == 502 and "closed the stream" in err["message"]
+    assert err["code"] == 502
+    assert "closed the stream" in err["message"]
     assert "[DONE]" not in events
     assert stubs["a"].requests == 1  # never retried after the stream started
     gw = gateway_of(client.application)
-    assert gw.active == 0 and gw.metrics.get("stream_broken") == 1
+    assert gw.active == 0
+    assert gw.metrics.get("stream_broken") == 1
 
 
 def test_stream_dying_before_its_first_event_is_retried(stubs: dict[str, StubUpstream]) -> None:
@@ -214,7 +224,8 @@ def test_stream_dying_before_its_first_event_is_retried(stubs: dict[str, StubUps
                        Route("fallback", 0, (ep(stubs["b"]),)))
     _, client, _ = make(tbl)
     r = post(client, body={**BODY, "stream": True})
-    assert r.status_code == 200 and r.headers["X-Surefoot-Revision"] == "fallback"
+    assert r.status_code == 200
+    assert r.headers["X-Surefoot-Revision"] == "fallback"
     assert sse_events(r.data)[-1] == "[DONE]"
 
 
@@ -240,7 +251,8 @@ def test_upstream_that_hangs_cannot_outlive_the_deadline(stubs: dict[str, StubUp
     t0 = time.monotonic()
     r = post(client)
     took = time.monotonic() - t0
-    assert r.status_code == 504 and r.json["error"]["type"] == "upstream_timeout"
+    assert r.status_code == 504
+    assert r.json["error"]["type"] == "upstream_timeout"
     assert took < 0.6, took
 
 
@@ -272,7 +284,8 @@ def test_replica_deleted_mid_request_is_retried(stubs: dict[str, StubUpstream]) 
     assert r.status_code == 200, r.data
     assert r.headers["X-Surefoot-Replica"] == "b"
     assert 0.1 < time.monotonic() - t0 < 1.5
-    assert stubs["a"].requests == 1 and gw.metrics.get("retries") == 1
+    assert stubs["a"].requests == 1
+    assert gw.metrics.get("retries") == 1
 
 
 def test_connection_refused_is_retried_on_another_replica(stubs: dict[str, StubUpstream]) -> None:
@@ -280,7 +293,8 @@ def test_connection_refused_is_retried_on_another_replica(stubs: dict[str, StubU
     _, client, _ = make(table(stubs, "ab", fallback=False))
     for _ in range(10):
         r = post(client)
-        assert r.status_code == 200 and r.headers["X-Surefoot-Replica"] == "b"
+        assert r.status_code == 200
+        assert r.headers["X-Surefoot-Replica"] == "b"
 
 
 def test_503_everywhere_then_the_fallback_answers(stubs: dict[str, StubUpstream]) -> None:
@@ -290,14 +304,16 @@ def test_503_everywhere_then_the_fallback_answers(stubs: dict[str, StubUpstream]
     assert r.status_code == 200
     assert r.headers["X-Surefoot-Revision"] == "fallback"
     assert r.json["choices"][0]["text"] == "hello from fb"
-    assert stubs["a"].requests == 1 and stubs["b"].requests == 1
+    assert stubs["a"].requests == 1
+    assert stubs["b"].requests == 1
 
 
 def test_tries_spent_without_fallback_gives_the_last_error(stubs: dict[str, StubUpstream]) -> None:
     stubs["a"].mode = stubs["b"].mode = "503"
     _, client, _ = make(table(stubs, "ab", fallback=False), max_tries=2)
     r = post(client)
-    assert r.status_code == 503 and r.headers["Retry-After"] == "1"
+    assert r.status_code == 503
+    assert r.headers["Retry-After"] == "1"
     assert r.json["error"]["type"] == "upstream_unavailable"
 
 
@@ -308,7 +324,8 @@ def test_retry_budget_limits_retries(stubs: dict[str, StubUpstream]) -> None:
     gw = gateway_of(client.application)
     gw._inflight[stubs["b"].url] = 5  # so a is tried first
     r = post(client)
-    assert r.status_code == 502 and r.json["error"]["type"] == "upstream_connection_error"
+    assert r.status_code == 502
+    assert r.json["error"]["type"] == "upstream_connection_error"
     assert stubs["b"].requests == 0
     assert gw.metrics.get("retry_budget_exhausted") == 1
 
@@ -336,7 +353,9 @@ def test_primary_breaker_forced_open_the_client_gets_the_fallback(
     _, client, _ = make(table(stubs), registry)
     r = client.post("/admin/breakers/revision:primary", json={"action": "force_open"},
                     headers={"Authorization": f"Bearer {TOKEN}"})
-    assert r.status_code == 200 and r.json["changed"] and r.json["status"]["state"] == "forced_open"
+    assert r.status_code == 200
+    assert r.json["changed"]
+    assert r.json["status"]["state"] == "forced_open"
     for _ in range(10):
         r = post(client)
         assert r.status_code == 200
@@ -400,7 +419,8 @@ def test_everything_open_and_no_fallback_is_a_clear_503(
     _, client, _ = make(table(stubs, "ab", fallback=False), registry)
     registry.force_open("revision:primary", "test")
     r = post(client)
-    assert r.status_code == 503 and r.headers["Retry-After"] == "1"
+    assert r.status_code == 503
+    assert r.headers["Retry-After"] == "1"
     assert r.json["error"]["type"] == "no_ready_replica"
 
 
@@ -436,7 +456,8 @@ def test_admin_needs_the_token(
 ) -> None:
     _, client, _ = make(table(stubs), registry)
     r = client.get("/admin/breakers", headers=headers)
-    assert r.status_code == status and "Authorization" in r.json["error"]["message"]
+    assert r.status_code == status
+    assert "Authorization" in r.json["error"]["message"]
     r = client.post("/admin/breakers/revision:primary", json={"action": "force_open"},
                     headers=headers)
     assert r.status_code == status
@@ -446,7 +467,8 @@ def test_admin_needs_the_token(
 def test_admin_disabled_without_a_token(stubs: dict[str, StubUpstream]) -> None:
     _, client, _ = make(table(stubs), admin_token=None)
     r = client.get("/admin/breakers", headers={"Authorization": "Bearer anything-at-all"})
-    assert r.status_code == 403 and "disabled" in r.json["error"]["message"]
+    assert r.status_code == 403
+    assert "disabled" in r.json["error"]["message"]
 
 
 @pytest.mark.parametrize(
@@ -478,9 +500,12 @@ def test_admin_lists_breakers(stubs: dict[str, StubUpstream], registry: BreakerR
     registry.open("node:n9", "xid 79")
     r = client.get("/admin/breakers", headers={"Authorization": f"Bearer {TOKEN}"})
     assert r.status_code == 200
-    assert r.json["stale"] is False and r.json["degraded"] is False
+    assert r.json["stale"] is False
+    assert r.json["degraded"] is False
     (row,) = [b for b in r.json["breakers"] if b["key"] == "node:n9"]
-    assert row["state"] == "open" and row["reason"] == "xid 79" and row["until"] > row["since"]
+    assert row["state"] == "open"
+    assert row["reason"] == "xid 79"
+    assert row["until"] > row["since"]
 
 
 def test_admin_without_breakers_is_503(stubs: dict[str, StubUpstream]) -> None:
@@ -527,7 +552,8 @@ def test_gateway_serves_when_redis_is_unreachable(
                                        redis_timeout=0.05, reconnect_interval=0.05)
     reg = BreakerRegistry(settings)
     try:
-        assert not reg.wait_ready(0.1) and reg.degraded
+        assert not reg.wait_ready(0.1)
+        assert reg.degraded
         _, client, _ = make(table(stubs, "ab"), reg)
         worst = 0.0
         for _ in range(20):
@@ -536,9 +562,12 @@ def test_gateway_serves_when_redis_is_unreachable(
             worst = max(worst, time.monotonic() - t0)
         assert worst < 0.05, worst  # no request waits on the missing Redis
         r = client.get("/admin/breakers", headers={"Authorization": f"Bearer {TOKEN}"})
-        assert r.status_code == 200 and r.json["stale"] is True and r.json["degraded"] is True
+        assert r.status_code == 200
+        assert r.json["stale"] is True
+        assert r.json["degraded"] is True
         r = client.post("/admin/breakers/revision:primary", json={"action": "force_open"},
                         headers={"Authorization": f"Bearer {TOKEN}"})
-        assert r.status_code == 503 and r.headers["Retry-After"] == "1"
+        assert r.status_code == 503
+        assert r.headers["Retry-After"] == "1"
     finally:
         reg.close()

@@ -81,7 +81,8 @@ def test_platform_resolver_builds_routes_from_traffic_and_replicas() -> None:
     assert [r.revision for r in t.routes] == ["r2"]  # 0% entries do not take traffic
     assert [(e.replica, e.node, e.ready) for e in t.routes[0].endpoints] == [
         ("r2-a", "n1", True), ("r2-b", "n2", False), ("r2-c", "n3", False)]
-    assert t.fallback is not None and t.fallback.revision == "fb"
+    assert t.fallback is not None
+    assert t.fallback.revision == "fb"
     assert [e.replica for e in t.fallback.ready()] == ["fb-a"]
     assert res.table() is t
 
@@ -92,7 +93,8 @@ def test_platform_resolver_keeps_the_last_table_when_the_platform_fails() -> Non
     p.reps = [Replica("r1-a", "n1", "r1", "http://10.0.0.1:8012", True)]
     res = PlatformResolver(p, "svc", fallback_revision="small", start=False)
     good = res.refresh()
-    assert good.fallback is not None and good.fallback.endpoints == ()
+    assert good.fallback is not None
+    assert good.fallback.endpoints == ()
     p.fail = TemporaryPlatformError("apiserver 503")
     with pytest.raises(TemporaryPlatformError):
         res.refresh()

@@ -238,7 +238,8 @@ def test_replicas_cover_own_and_fallback_revisions(
     a = reps["llm-v1-a"]
     assert (a.node, a.revision, a.url, a.ready, a.phase) == ("n1", "llm-v1", "http://10.1.0.1:8012", True, "Running")
     assert not reps["llm-v1-b"].ready
-    assert reps["llm-v1-c"].phase == "Pending" and reps["llm-v1-c"].url is None
+    assert reps["llm-v1-c"].phase == "Pending"
+    assert reps["llm-v1-c"].url is None
     assert reps["llm-fallback-v1-a"].revision == "llm-fallback-v1"
 
 
@@ -248,7 +249,8 @@ def test_replicas_of_terminating_pod(platform: KnativePlatform, kube: FakeKubeSe
     pod["metadata"]["deletionTimestamp"] = "2025-01-01T00:00:00Z"
     kube.state.put_direct(resource_named("pods"), pod)
     (rep,) = platform.replicas("llm")
-    assert rep.phase == "Terminating" and not rep.ready
+    assert rep.phase == "Terminating"
+    assert not rep.ready
 
 
 def test_replicas_of_missing_service(platform: KnativePlatform) -> None:
@@ -269,7 +271,8 @@ def test_nodes_cordon_uncordon_label(platform: KnativePlatform, kube: FakeKubeSe
     kube.add_node("gpu-1", labels={"nvidia.com/gpu.present": "true"})
     kube.add_node("gpu-2", ready=False)
     nodes = {n.name: n for n in platform.nodes()}
-    assert nodes["gpu-1"].ready and not nodes["gpu-2"].ready
+    assert nodes["gpu-1"].ready
+    assert not nodes["gpu-2"].ready
     assert nodes["gpu-1"].labels["nvidia.com/gpu.present"] == "true"
     platform.cordon("gpu-1")
     assert kube.get("nodes", "gpu-1", None)["spec"]["unschedulable"] is True
@@ -341,8 +344,10 @@ def test_evict_skips_daemonset_and_mirror_pods(platform: KnativePlatform, kube: 
     report = platform.evict("gpu-1")
     assert sorted(report.evicted) == ["batch/job-x", "llm-a"]
     assert sorted(report.skipped) == ["kube-system/kube-proxy-gpu-1", "kube-system/nvidia-dcgm"]
-    assert report.refused == () and report.complete
-    assert kube.find("pods", "llm-a") is None and kube.find("pods", "elsewhere") is not None
+    assert report.refused == ()
+    assert report.complete
+    assert kube.find("pods", "llm-a") is None
+    assert kube.find("pods", "elsewhere") is not None
     assert kube.requests_to("/api/v1/namespaces/default/pods/llm-a/eviction", "POST")[0].status == 201
 
 
@@ -360,7 +365,8 @@ def test_evict_retries_429_with_backoff_until_budget_allows(
 
     fake_time.on_sleep = replacement_ready
     report = platform.evict("gpu-1", timeout=60)
-    assert report.evicted == ("llm-a",) and report.complete
+    assert report.evicted == ("llm-a",)
+    assert report.complete
     assert fake_time.sleeps == [0.5, 1.0, 2.0]
     assert report.seconds == pytest.approx(3.5)
     statuses = [r.status for r in kube.requests_to("/api/v1/namespaces/default/pods/llm-a/eviction")]
@@ -372,7 +378,8 @@ def test_evict_honours_retry_after(platform: KnativePlatform, kube: FakeKubeServ
     kube.add_pod("llm-a", node="gpu-1")
     kube.fail_next("/api/v1/namespaces/default/pods/llm-a/eviction", 429, retry_after=4)
     report = platform.evict("gpu-1")
-    assert report.complete and fake_time.sleeps == [4.0]
+    assert report.complete
+    assert fake_time.sleeps == [4.0]
 
 
 def test_evict_gives_up_at_the_drain_timeout(
@@ -383,7 +390,9 @@ def test_evict_gives_up_at_the_drain_timeout(
     kube.add_pod("free", node="gpu-1")
     _pdb(kube, "llm", maxUnavailable=0)
     report = platform.evict("gpu-1", timeout=10)
-    assert report.evicted == ("free",) and report.refused == ("llm-a",) and not report.complete
+    assert report.evicted == ("free",)
+    assert report.refused == ("llm-a",)
+    assert not report.complete
     assert sum(fake_time.sleeps) == pytest.approx(10.0)
     assert max(fake_time.sleeps) <= 8.0
     assert report.seconds == pytest.approx(10.0)
@@ -441,7 +450,9 @@ def test_api_errors_map_to_platform_errors(
     with pytest.raises(kind) as err:
         platform.traffic("llm")
     text = str(err.value)
-    assert "read Knative Service default/llm" in text and words in text and "the server said no" in text
+    assert "read Knative Service default/llm" in text
+    assert words in text
+    assert "the server said no" in text
     assert err.value.temporary == (status in (409, 429, 500, 503))
     assert type(err.value) is kind or (kind is TemporaryPlatformError and status >= 500)
 

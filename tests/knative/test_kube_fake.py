@@ -67,7 +67,8 @@ def _ksvc(name: str, traffic: list[dict[str, Any]] | None = None, **extra: Any) 
 def test_create_get_list_delete_with_versions(v1: client.CoreV1Api, kube: FakeKubeServer) -> None:
     created = v1.create_namespaced_pod("default", _pod("a", app="llm"))
     assert kube.requests[-1].status == 201
-    assert created.metadata.uid and created.metadata.resource_version
+    assert created.metadata.uid
+    assert created.metadata.resource_version
     assert created.status.phase == "Pending"
     again = v1.read_namespaced_pod("a", "default")
     assert again.metadata.uid == created.metadata.uid
@@ -77,17 +78,20 @@ def test_create_get_list_delete_with_versions(v1: client.CoreV1Api, kube: FakeKu
     assert int(listing.metadata.resource_version) >= int(created.metadata.resource_version)
     with pytest.raises(client.ApiException) as err:
         v1.create_namespaced_pod("default", _pod("a"))
-    assert err.value.status == 409 and "AlreadyExists" in _msg(err)
+    assert err.value.status == 409
+    assert "AlreadyExists" in _msg(err)
     v1.delete_namespaced_pod("a", "default")
     with pytest.raises(client.ApiException) as err:
         v1.read_namespaced_pod("a", "default")
-    assert err.value.status == 404 and '"a" not found' in _msg(err)
+    assert err.value.status == 404
+    assert '"a" not found' in _msg(err)
 
 
 def test_create_in_missing_namespace_is_404(v1: client.CoreV1Api) -> None:
     with pytest.raises(client.ApiException) as err:
         v1.create_namespaced_pod("nowhere", _pod("a"))
-    assert err.value.status == 404 and "namespaces" in _msg(err)
+    assert err.value.status == 404
+    assert "namespaces" in _msg(err)
 
 
 def test_invalid_name_is_422(v1: client.CoreV1Api) -> None:
@@ -119,7 +123,8 @@ def test_label_and_field_selectors(v1: client.CoreV1Api, kube: FakeKubeServer) -
     assert [n.metadata.name for n in nodes.items] == ["n2"]
     with pytest.raises(client.ApiException) as err:
         names(field_selector="spec.hostname=x")
-    assert err.value.status == 400 and "field label not supported" in _msg(err)
+    assert err.value.status == 400
+    assert "field label not supported" in _msg(err)
 
 
 def test_stale_put_is_409_and_fresh_put_succeeds(v1: client.CoreV1Api, kube: FakeKubeServer) -> None:
@@ -129,11 +134,13 @@ def test_stale_put_is_409_and_fresh_put_succeeds(v1: client.CoreV1Api, kube: Fak
     node.metadata.labels["y"] = "2"
     with pytest.raises(client.ApiException) as err:
         v1.replace_node("n1", node)
-    assert err.value.status == 409 and "the object has been modified" in _msg(err)
+    assert err.value.status == 409
+    assert "the object has been modified" in _msg(err)
     fresh = v1.read_node("n1")
     fresh.metadata.labels["y"] = "2"
     out = v1.replace_node("n1", fresh)
-    assert out.metadata.labels["x"] == "1" and out.metadata.labels["y"] == "2"
+    assert out.metadata.labels["x"] == "1"
+    assert out.metadata.labels["y"] == "2"
     assert int(out.metadata.resource_version) > int(fresh.metadata.resource_version)
 
 
@@ -156,7 +163,8 @@ def test_custom_resource_put_needs_resource_version(co: client.CustomObjectsApi,
     del body["metadata"]["resourceVersion"]
     with pytest.raises(client.ApiException) as err:
         co.replace_namespaced_custom_object(*KSVC, "default", "services", "llm", body)
-    assert err.value.status == 422 and "resourceVersion" in _msg(err)
+    assert err.value.status == 422
+    assert "resourceVersion" in _msg(err)
 
 
 def test_generation_bumps_on_spec_change_only(co: client.CustomObjectsApi, kube: FakeKubeServer) -> None:
@@ -227,7 +235,8 @@ def test_strategic_merge_on_custom_resource_is_415(co: client.CustomObjectsApi) 
             *KSVC, "default", "services", "llm", {"metadata": {"labels": {"a": "b"}}},
             _content_type="application/strategic-merge-patch+json",
         )
-    assert err.value.status == 415 and "merge-patch+json" in _msg(err)
+    assert err.value.status == 415
+    assert "merge-patch+json" in _msg(err)
 
 
 # ---------------------------------------------------------------- CRD schema and webhook
@@ -236,11 +245,13 @@ def test_custom_resource_failing_its_schema_is_422(co: client.CustomObjectsApi) 
     bad["spec"]["template"]["spec"]["containers"][0]["resources"] = {"limits": {"nvidia.com/gpu": "one"}}
     with pytest.raises(client.ApiException) as err:
         co.create_namespaced_custom_object(*KSVC, "default", "services", bad)
-    assert err.value.status == 422 and "nvidia.com/gpu" in _msg(err)
+    assert err.value.status == 422
+    assert "nvidia.com/gpu" in _msg(err)
     bad = _ksvc("llm", [{"revisionName": "llm-v1", "percent": "100"}])
     with pytest.raises(client.ApiException) as err:
         co.create_namespaced_custom_object(*KSVC, "default", "services", bad)
-    assert err.value.status == 422 and "percent" in _msg(err)
+    assert err.value.status == 422
+    assert "percent" in _msg(err)
 
 
 def test_unknown_fields_pruned_with_warning_or_rejected_when_strict(
@@ -252,7 +263,8 @@ def test_unknown_fields_pruned_with_warning_or_rejected_when_strict(
         co.create_namespaced_custom_object(
             *KSVC, "default", "services", odd, field_validation="Strict"
         )
-    assert err.value.status == 400 and "lifecycle" in _msg(err)
+    assert err.value.status == 400
+    assert "lifecycle" in _msg(err)
     co.create_namespaced_custom_object(*KSVC, "default", "services", odd)
     stored = kube.get("services.serving.knative.dev", "llm")
     assert "lifecycle" not in stored["spec"]["template"]["spec"]["containers"][0]
@@ -264,7 +276,8 @@ def test_knative_webhook_rejects_traffic_not_summing_to_100(co: client.CustomObj
             *KSVC, "default", "services",
             _ksvc("llm", [{"revisionName": "a", "percent": 60}, {"revisionName": "b", "percent": 30}]),
         )
-    assert err.value.status == 400 and "sum to 90" in _msg(err)
+    assert err.value.status == 400
+    assert "sum to 90" in _msg(err)
 
 
 def test_service_status_traffic_follows_spec_for_existing_revisions(
@@ -277,7 +290,8 @@ def test_service_status_traffic_follows_spec_for_existing_revisions(
     status = kube.get("services.serving.knative.dev", "llm")["status"]
     assert "traffic" not in status
     routes = next(c for c in status["conditions"] if c["type"] == "RoutesReady")
-    assert routes["status"] == "False" and routes["reason"] == "RevisionMissing"
+    assert routes["status"] == "False"
+    assert routes["reason"] == "RevisionMissing"
     kube.add_revision("llm-fb", configuration="llm-fallback")
     status = kube.get("services.serving.knative.dev", "llm")["status"]
     assert [(t["revisionName"], t["percent"], t["tag"]) for t in status["traffic"]] == [
@@ -332,7 +346,8 @@ def test_server_side_apply_creates_updates_and_drops_fields(kube: FakeKubeServer
     assert kube.get("configmaps", "cfg")["data"]["x"] == "2"
     with pytest.raises(client.ApiException) as err:
         apply(cm)
-    assert err.value.status == 400 and "fieldManager" in _msg(err)
+    assert err.value.status == 400
+    assert "fieldManager" in _msg(err)
 
 
 # ---------------------------------------------------------------- watch
@@ -341,7 +356,7 @@ def _collect(stream: Any, out: list[tuple[str, str]], errors: list[Exception]) -
         try:
             for e in stream:
                 out.append((e["type"], e["object"].metadata.name))
-        except Exception as exc:  # noqa: BLE001 - surfaced by the test
+        except Exception as exc:
             errors.append(exc)
 
     t = threading.Thread(target=run, daemon=True)
@@ -389,7 +404,8 @@ def test_watch_resumes_from_resource_version(v1: client.CoreV1Api, kube: FakeKub
     _wait_for(lambda: len(events) == 2)
     kube.end_watches()
     t.join(5)
-    assert events == [("ADDED", "b"), ("DELETED", "a")] and not errors
+    assert events == [("ADDED", "b"), ("DELETED", "a")]
+    assert not errors
 
 
 def test_watch_timeout_seconds_ends_the_stream() -> None:
@@ -441,7 +457,8 @@ def test_watch_with_raw_http_sees_error_event(kube: FakeKubeServer) -> None:
     kube.add_pod("a")
     r = httpx.get(f"{kube.url}/api/v1/namespaces/default/pods", params={"watch": "true", "resourceVersion": "1"})
     assert r.status_code == 200
-    assert '"type": "ERROR"' in r.text and '"code": 410' in r.text
+    assert '"type": "ERROR"' in r.text
+    assert '"code": 410' in r.text
 
 
 # ---------------------------------------------------------------- eviction
@@ -459,10 +476,12 @@ def test_eviction_honours_disruption_budget(v1: client.CoreV1Api, kube: FakeKube
         kube.add_pod(name, labels={"app": "llm"})
     policy.create_namespaced_pod_disruption_budget("default", _pdb("llm", minAvailable=2))
     _evict(v1, "a")
-    assert kube.requests[-1].status == 201 and kube.find("pods", "a") is None
+    assert kube.requests[-1].status == 201
+    assert kube.find("pods", "a") is None
     with pytest.raises(client.ApiException) as err:
         _evict(v1, "b")
-    assert err.value.status == 429 and "disruption budget llm needs 2" in _msg(err)
+    assert err.value.status == 429
+    assert "disruption budget llm needs 2" in _msg(err)
     kube.add_pod("d", labels={"app": "llm"})  # replacement ready: budget allows one again
     _evict(v1, "b")
 
@@ -483,7 +502,8 @@ def test_eviction_with_two_budgets_is_500(v1: client.CoreV1Api, kube: FakeKubeSe
     policy.create_namespaced_pod_disruption_budget("default", _pdb("two", maxUnavailable="50%"))
     with pytest.raises(client.ApiException) as err:
         _evict(v1, "a")
-    assert err.value.status == 500 and "more than one PodDisruptionBudget" in _msg(err)
+    assert err.value.status == 500
+    assert "more than one PodDisruptionBudget" in _msg(err)
 
 
 def test_eviction_of_missing_pod_is_404(v1: client.CoreV1Api) -> None:
@@ -499,7 +519,8 @@ def test_fail_next_answers_injected_status_then_recovers(v1: client.CoreV1Api, k
     for _ in range(2):
         with pytest.raises(client.ApiException) as err:
             v1.read_node("n1")
-        assert err.value.status == 429 and err.value.headers["Retry-After"] == "1"
+        assert err.value.status == 429
+        assert err.value.headers["Retry-After"] == "1"
     assert v1.read_node("n1").metadata.name == "n1"
     kube.fail_next("/api/v1/nodes", 401, method="PATCH")
     assert v1.read_node("n1")  # GET is not affected

@@ -146,8 +146,10 @@ def test_anti_affinity_pending_and_cordon(tmp_path: Path, stopped: list[LocalPla
     # Uncordoning node-3 places the pending replica there at once.
     p.uncordon("node-3")
     now = {r.name: r for r in p.replicas("svc")}
-    assert now[pending[0].name].node == "node-3" and now[pending[0].name].pid
-    assert len(ev.of("node.cordoned")) == 1 and len(ev.of("node.uncordoned")) == 1
+    assert now[pending[0].name].node == "node-3"
+    assert now[pending[0].name].pid
+    assert len(ev.of("node.cordoned")) == 1
+    assert len(ev.of("node.uncordoned")) == 1
 
     # Cordon keeps running replicas (no eviction) but steers new ones away.
     p.cordon("node-1")
@@ -159,7 +161,8 @@ def test_anti_affinity_pending_and_cordon(tmp_path: Path, stopped: list[LocalPla
     p.set_scale("svc", "a", 4, 5)
     p.uncordon("node-1")
     a_pending = [r for r in p.replicas("svc") if r.revision == "a" and r.phase == "Pending"]
-    assert len(a_pending) == 1 and a_pending[0].node is None
+    assert len(a_pending) == 1
+    assert a_pending[0].node is None
     assert p.status()["replicas"][0]["log"].startswith(str(tmp_path / "logs"))
 
 
@@ -172,7 +175,8 @@ def test_crash_at_start_backs_off_and_reports_crashloop(tmp_path: Path,
     stopped.append(p)
     p.start()
     (first,) = p.replicas("svc")
-    assert first.pid and first.node
+    assert first.pid
+    assert first.node
 
     def state() -> dict[str, Any]:
         (r,) = p.status()["replicas"]
@@ -192,7 +196,8 @@ def test_crash_at_start_backs_off_and_reports_crashloop(tmp_path: Path,
         time.sleep(0.3)
         clock.now += backoff - 0.01
         time.sleep(0.3)
-        assert state()["pid"] is None and state()["restarts"] == n
+        assert state()["pid"] is None
+        assert state()["restarts"] == n
         clock.now += 0.02
         pid = wait_for(lambda: state()["pid"], 5, "the restart after the backoff")
         assert pid not in pids
@@ -203,7 +208,8 @@ def test_crash_at_start_backs_off_and_reports_crashloop(tmp_path: Path,
     loops = ev.of("pod.crashloop", first.name)
     assert [e.data["restart_count"] for e in loops] == [2]  # reported from crashloop_after on
     assert "exit code 2" in loops[0].data["message"]
-    assert not ev.of("pod.ready") and not ev.of("pod.oomkilled")
+    assert not ev.of("pod.ready")
+    assert not ev.of("pod.oomkilled")
     wait_for(crashed(3), 30, "crash 3")
     assert "CrashLoopBackOff" in format_status(collect_status(p, "svc", None, None))
     assert "does not exist" in (tmp_path / "logs" / f"{first.name}.log").read_text()
@@ -219,17 +225,22 @@ def test_delete_evict_budget_and_crash_of_a_ready_replica(
         client = LocalPlatformClient(server.url)
         assert p.wait_ready(90), p.status()
         r1, r2 = sorted(p.replicas("svc"), key=lambda r: r.node or "")
-        assert {r1.node, r2.node} == {"node-1", "node-2"} and r1.ready and r2.ready
-        assert r1.pid and r2.pid
+        assert {r1.node, r2.node} == {"node-1", "node-2"}
+        assert r1.ready
+        assert r2.ready
+        assert r1.pid
+        assert r2.pid
         assert {e.data["pod"] for e in ev.of("pod.ready")} == {r1.name, r2.name}
 
         # Delete (through the control API): event, a replacement, the old process gone.
         client.delete_replica(r1.name)
         (deleted,) = ev.of("pod.deleted", r1.name)
-        assert deleted.data["terminating"] and deleted.data["node"] == r1.node
+        assert deleted.data["terminating"]
+        assert deleted.data["node"] == r1.node
         assert ev.of("pod.notready", r1.name)[0].data["reason"] == "Terminating"
         by_name = {r.name: r for r in p.replicas("svc")}
-        assert by_name[r1.name].phase == "Terminating" and not by_name[r1.name].ready
+        assert by_name[r1.name].phase == "Terminating"
+        assert not by_name[r1.name].ready
         (r3,) = [r for r in by_name.values() if r.name not in (r1.name, r2.name)]
         assert r3.node == "node-3"  # node-1 is still held while r1 terminates
 
@@ -237,19 +248,23 @@ def test_delete_evict_budget_and_crash_of_a_ready_replica(
         with pytest.raises(TooManyRequests):
             p.evict_replica(r2.name)
         report = client.evict(r2.node or "", timeout=0.3)
-        assert report.refused == (r2.name,) and report.evicted == () and not report.complete
+        assert report.refused == (r2.name,)
+        assert report.evicted == ()
+        assert not report.complete
         assert not ev.of("pod.evicted")
 
         wait_for(lambda: not group_alive(r1.pid or 0), 15, "the deleted replica's exit")
         wait_for(lambda: r1.name not in {r.name for r in p.replicas("svc")}, 5,
                  "the deleted replica to be forgotten")
         gone = [h for h in p.status()["history"] if h["name"] == r1.name]
-        assert gone and gone[0]["reason"] == "deleted"
+        assert gone
+        assert gone[0]["reason"] == "deleted"
         assert p.wait_ready(90), p.status()
 
         # Evict r2's node: allowed now, replacement lands on the node r1 left.
         report = p.evict(r2.node or "", timeout=30)
-        assert report.evicted == (r2.name,) and report.complete
+        assert report.evicted == (r2.name,)
+        assert report.complete
         (evicted,) = ev.of("pod.evicted", r2.name)
         assert evicted.data["node"] == r2.node
         (r4,) = [r for r in p.replicas("svc") if r.name not in (r2.name, r3.name)]
@@ -267,7 +282,9 @@ def test_delete_evict_budget_and_crash_of_a_ready_replica(
         wait_for(lambda: not group_alive(victim.pid or 0), 5, "the dead master's worker")
         assert p.wait_ready(90), p.status()
         (again,) = [r for r in p.replicas("svc") if r.name == r3.name]
-        assert again.pid != victim.pid and again.url == victim.url and again.node == r3.node
+        assert again.pid != victim.pid
+        assert again.url == victim.url
+        assert again.node == r3.node
         assert p.status()["replicas"][0]["restarts"] + p.status()["replicas"][1]["restarts"] == 1
 
 
@@ -281,7 +298,8 @@ def test_control_api_round_trips_and_errors(tmp_path: Path,
     with HttpServer(create_control_app(p)) as server:
         c = LocalPlatformClient(server.url)
         assert isinstance(c, Platform)
-        assert c.nodes() == p.nodes() and [n.name for n in c.nodes()] == ["node-1", "node-2"]
+        assert c.nodes() == p.nodes()
+        assert [n.name for n in c.nodes()] == ["node-1", "node-2"]
         assert c.traffic("svc") == TRAFFIC["svc"]
         assert c.replicas("svc") == []
 
@@ -301,7 +319,8 @@ def test_control_api_round_trips_and_errors(tmp_path: Path,
 
         c.set_scale("svc", "a", 1, 2)
         (ra,) = c.replicas("svc")
-        assert (ra.revision, ra.node, ra.phase) == ("a", "node-1", "Running") and ra.pid
+        assert (ra.revision, ra.node, ra.phase) == ("a", "node-1", "Running")
+        assert ra.pid
         assert [(x.name, x.node, x.url) for x in p.replicas("svc")] == [(ra.name, ra.node, ra.url)]
         with pytest.raises(PermanentPlatformError, match="min"):
             c.set_scale("svc", "a", 3, 1)
@@ -330,7 +349,9 @@ def test_control_api_round_trips_and_errors(tmp_path: Path,
 
         # A replica that is not ready yet may always be evicted.
         report = c.evict("node-1", timeout=5)
-        assert report.evicted == (ra.name,) and report.complete and report.node == "node-1"
+        assert report.evicted == (ra.name,)
+        assert report.complete
+        assert report.node == "node-1"
         assert ev.of("pod.evicted", ra.name)
         (rb,) = [r for r in c.replicas("svc") if r.phase != "Terminating"]
         assert rb.node == "node-2"
@@ -396,7 +417,8 @@ def test_nothing_starts_after_stop(tmp_path: Path) -> None:
     p.start()
     (r,) = p.replicas("svc")
     p.stop(timeout=3)
-    assert r.pid and not group_alive(r.pid)
+    assert r.pid
+    assert not group_alive(r.pid)
     p.set_scale("svc", "a", 2, 3)
     p.delete_replica(r.name)
     p.uncordon("node-1")

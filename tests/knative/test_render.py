@@ -139,7 +139,8 @@ def test_inference_service_shape() -> None:
     assert ann["autoscaling.knative.dev/target"] == "4"
     spec = tmpl["spec"]
     assert spec["containerConcurrency"] == 8
-    assert spec["timeoutSeconds"] == 300 and spec["responseStartTimeoutSeconds"] == 120
+    assert spec["timeoutSeconds"] == 300
+    assert spec["responseStartTimeoutSeconds"] == 120
     (term,) = spec["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
     assert term["topologyKey"] == "kubernetes.io/hostname"
     assert term["labelSelector"]["matchLabels"] == {"serving.knative.dev/revision": "surefoot-llm-v1"}
@@ -150,7 +151,8 @@ def test_inference_service_shape() -> None:
     assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert c["resources"]["limits"]["nvidia.com/gpu"] == "1"
     env = {e["name"]: e.get("value", e.get("valueFrom")) for e in c["env"]}
-    assert env["SUREFOOT_MODEL"] == "gemma-3-270m" and env["SUREFOOT_REVISION"] == "surefoot-llm-v1"
+    assert env["SUREFOOT_MODEL"] == "gemma-3-270m"
+    assert env["SUREFOOT_REVISION"] == "surefoot-llm-v1"
     assert env["SUREFOOT_NODE"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
     assert env["SUREFOOT_N_GPU_LAYERS"] == "-1"
     fallback = _find(objects, "Configuration", "surefoot-llm-fallback")
@@ -189,7 +191,8 @@ def test_eventing_delivery_and_routes() -> None:
     objects = _objects()
     broker = _find(objects, "Broker", "surefoot")
     delivery = broker["spec"]["delivery"]
-    assert delivery["retry"] == 5 and delivery["backoffPolicy"] == "exponential"
+    assert delivery["retry"] == 5
+    assert delivery["backoffPolicy"] == "exponential"
     assert delivery["backoffDelay"] == "PT0.5S"
     assert delivery["deadLetterSink"] == {
         "ref": {"apiVersion": "serving.knative.dev/v1", "kind": "Service", "name": "surefoot-functions"},
@@ -243,7 +246,8 @@ def test_rbac_is_least_privilege_per_component() -> None:
     bindings = {o["metadata"]["name"]: o for o in objects if o["kind"].endswith("Binding")}
     for b in bindings.values():
         (subject,) = b["subjects"]
-        assert subject["kind"] == "ServiceAccount" and subject["namespace"] == "surefoot"
+        assert subject["kind"] == "ServiceAccount"
+        assert subject["namespace"] == "surefoot"
     replica_sa = _find(objects, "ServiceAccount", "surefoot-replica")
     assert replica_sa["automountServiceAccountToken"] is False
 
@@ -276,7 +280,8 @@ def test_kubernetes_shape() -> None:
     assert term["topologyKey"] == "kubernetes.io/hostname"
     assert term["labelSelector"]["matchLabels"].items() <= dep["spec"]["template"]["metadata"]["labels"].items()
     cron = _find(objects, "CronJob", "surefoot-checkpoint")
-    assert cron["spec"]["schedule"] == "*/5 * * * *" and cron["spec"]["concurrencyPolicy"] == "Forbid"
+    assert cron["spec"]["schedule"] == "*/5 * * * *"
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid"
     pdb = _find(objects, "PodDisruptionBudget", "surefoot-llm")
     assert pdb["spec"]["selector"]["matchLabels"].items() <= dep["spec"]["template"]["metadata"]["labels"].items()
     assert _find(objects, "Deployment", "surefoot-llm-fallback")["spec"]["replicas"] == 1

@@ -42,13 +42,15 @@ def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 # ---------------------------------------------------------------- render
 def test_render_writes_the_default_set(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = _run(capsys, "render", "--out", str(tmp_path / "out"))
-    assert code == 0 and err == ""
+    assert code == 0
+    assert err == ""
     files = sorted(p.name for p in (tmp_path / "out").iterdir())
     kust = yaml.safe_load((tmp_path / "out/kustomization.yaml").read_text())
     assert sorted(kust["resources"] + ["kustomization.yaml"]) == files
     docs = [d for name in kust["resources"] for d in yaml.safe_load_all((tmp_path / "out" / name).read_text())]
     kinds = {(d["apiVersion"], d["kind"]) for d in docs}
-    assert ("serving.knative.dev/v1", "Service") in kinds and ("policy/v1", "PodDisruptionBudget") in kinds
+    assert ("serving.knative.dev/v1", "Service") in kinds
+    assert ("policy/v1", "PodDisruptionBudget") in kinds
     assert "wrote" in out
 
 
@@ -72,7 +74,9 @@ def test_render_reads_the_config_file(tmp_path: Path, capsys: pytest.CaptureFixt
     c = ksvc["spec"]["template"]["spec"]["containers"][0]
     assert c["resources"]["limits"]["nvidia.com/gpu"] == "2"
     code, out, _ = _run(capsys, "render", "-f", "surefoot.yaml", "--shape", "kubernetes")
-    assert code == 0 and "kind: CronJob" in out and "serving.knative.dev" not in out
+    assert code == 0
+    assert "kind: CronJob" in out
+    assert "serving.knative.dev" not in out
 
 
 @pytest.mark.parametrize(
@@ -95,20 +99,26 @@ def test_bad_config_exits_2_with_one_line_and_writes_nothing(
     out_dir = tmp_path / "out"
     code, out, err = _run(capsys, "render", "-f", str(cfg), "--out", str(out_dir))
     assert code == 2
-    assert out == "" and len(err.strip().splitlines()) == 1
-    assert err.startswith("surefoot render: ") and field in err and str(cfg) in err
+    assert out == ""
+    assert len(err.strip().splitlines()) == 1
+    assert err.startswith("surefoot render: ")
+    assert field in err
+    assert str(cfg) in err
     assert "Traceback" not in err
     assert not out_dir.exists()
     code, out, err = _run(capsys, "render", "-f", str(cfg))
-    assert code == 2 and out == ""
+    assert code == 2
+    assert out == ""
 
 
 def test_missing_config_file_and_bad_out(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = _run(capsys, "render", "-f", str(tmp_path / "nope.yaml"))
-    assert code == 2 and "cannot read config file" in err
+    assert code == 2
+    assert "cannot read config file" in err
     (tmp_path / "afile").write_text("x")
     code, _, err = _run(capsys, "render", "--out", str(tmp_path / "afile"))
-    assert code == 2 and "not a directory" in err
+    assert code == 2
+    assert "not a directory" in err
 
 
 # ---------------------------------------------------------------- deploy
@@ -139,12 +149,15 @@ def test_deploy_applies_every_object(kube: FakeKubeServer, kubeconfig: str, caps
     ksvc = kube.get("services.serving.knative.dev", "surefoot-llm", "surefoot")
     assert ksvc["spec"]["traffic"][0]["revisionName"] == "surefoot-llm-v1"
     flags = kube.get("configmaps", "config-features", "knative-serving")["data"]
-    assert flags["_example"] == "keep me" and flags["kubernetes.podspec-affinity"] == "enabled"
+    assert flags["_example"] == "keep me"
+    assert flags["kubernetes.podspec-affinity"] == "enabled"
     assert kube.get("poddisruptionbudgets.policy", "surefoot-llm", "surefoot")
     # applying again changes nothing
     before = {k: o["metadata"]["resourceVersion"] for k, o in kube.state.objects.items()}
     code, out, _ = _run(capsys, "deploy", "--kubeconfig", kubeconfig)
-    assert code == 0 and "configured" in out and "created" not in out
+    assert code == 0
+    assert "configured" in out
+    assert "created" not in out
     after = {k: o["metadata"]["resourceVersion"] for k, o in kube.state.objects.items()}
     assert after == before
 
@@ -152,11 +165,13 @@ def test_deploy_applies_every_object(kube: FakeKubeServer, kubeconfig: str, caps
 def test_deploy_dry_run_stores_nothing(kube: FakeKubeServer, kubeconfig: str, capsys: pytest.CaptureFixture[str]) -> None:
     # as on a real server, a dry run cannot create the namespace its other objects need
     code, _, err = _run(capsys, "deploy", "--kubeconfig", kubeconfig, "--dry-run")
-    assert code == 1 and 'namespaces "surefoot" not found' in err
+    assert code == 1
+    assert 'namespaces "surefoot" not found' in err
     kube.ensure_namespace("surefoot")
     before = dict(kube.state.objects)
     code, out, _ = _run(capsys, "deploy", "--kubeconfig", kubeconfig, "--dry-run", "--shape", "kubernetes")
-    assert code == 0 and "dry run" in out
+    assert code == 0
+    assert "dry run" in out
     assert kube.state.objects == before
     assert all(r.query.get("dryRun") == "All" for r in kube.requests if r.method == "PATCH")
 
@@ -166,16 +181,21 @@ def test_deploy_failure_exits_1_with_the_api_message(
 ) -> None:
     kube.fail_next("/apis/rbac.authorization.k8s.io", 403, message='clusterroles is forbidden: User "dev"')
     code, out, err = _run(capsys, "deploy", "--kubeconfig", kubeconfig)
-    assert code == 1 and len(err.strip().splitlines()) == 1
-    assert "forbidden" in err and "RBAC" in err and "apply " in err
+    assert code == 1
+    assert len(err.strip().splitlines()) == 1
+    assert "forbidden" in err
+    assert "RBAC" in err
+    assert "apply " in err
 
 
 def test_deploy_with_bad_config_or_kubeconfig_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "bad.yaml").write_text("model: m\nmax_scale: -4\n")
     code, _, err = _run(capsys, "deploy", "-f", str(tmp_path / "bad.yaml"))
-    assert code == 2 and "max_scale" in err
+    assert code == 2
+    assert "max_scale" in err
     code, _, err = _run(capsys, "deploy", "--kubeconfig", str(tmp_path / "none"))
-    assert code == 2 and "cannot load Kubernetes credentials" in err
+    assert code == 2
+    assert "cannot load Kubernetes credentials" in err
 
 
 def test_apply_objects_rejects_unknown_kinds(kube: FakeKubeServer) -> None:
@@ -207,7 +227,8 @@ def test_traffic_show_and_set(deployed: FakeKubeServer, kubeconfig: str, capsys:
     args = ["--kubeconfig", kubeconfig, "--namespace", "surefoot", "--service", "surefoot-llm"]
     code, out, _ = _run(capsys, "traffic", *args)
     assert code == 0
-    assert "primary" in out and "surefoot-llm-fallback-v1" in out
+    assert "primary" in out
+    assert "surefoot-llm-fallback-v1" in out
     code, out, _ = _run(capsys, "traffic", "set", "primary=0", "fallback=100", *args, "--json")
     assert code == 0
     shown = json.loads(out)
@@ -237,7 +258,9 @@ def test_traffic_bad_input_exits_2(
 ) -> None:
     before = deployed.get("services.serving.knative.dev", "surefoot-llm", "surefoot")["metadata"]["resourceVersion"]
     code, out, err = _run(capsys, "traffic", *words, "--kubeconfig", kubeconfig, "--namespace", "surefoot")
-    assert code == 2 and fragment in err and len(err.strip().splitlines()) == 1
+    assert code == 2
+    assert fragment in err
+    assert len(err.strip().splitlines()) == 1
     after = deployed.get("services.serving.knative.dev", "surefoot-llm", "surefoot")["metadata"]["resourceVersion"]
     assert after == before
 
@@ -250,12 +273,15 @@ def test_traffic_defaults_to_the_configs_namespace_and_service(
     assert "service surefoot/surefoot-llm" in out
     (tmp_path / "surefoot.yaml").write_text("model: m\nnamespace: elsewhere\n")
     code, _, err = _run(capsys, "traffic", "--kubeconfig", kubeconfig)
-    assert code == 1 and "elsewhere/surefoot-llm" in err
+    assert code == 1
+    assert "elsewhere/surefoot-llm" in err
 
 
 def test_traffic_on_missing_service_exits_1(kube: FakeKubeServer, kubeconfig: str, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = _run(capsys, "traffic", "--kubeconfig", kubeconfig, "--service", "ghost")
-    assert code == 1 and "ghost" in err and "404" in err
+    assert code == 1
+    assert "ghost" in err
+    assert "404" in err
 
 
 def test_knative_status(deployed: FakeKubeServer, kubeconfig: str) -> None:
@@ -264,16 +290,19 @@ def test_knative_status(deployed: FakeKubeServer, kubeconfig: str) -> None:
     deployed.add_pod("surefoot-llm-v1-a", namespace="surefoot", node="gpu-1", labels=labels)
     settings = KubeSettings(kubeconfig=kubeconfig, namespace="surefoot", service="surefoot-llm")
     status = knative_status(settings)
-    assert status["ready"] is True and status["url"]
+    assert status["ready"] is True
+    assert status["url"]
     assert [t["tag"] for t in status["traffic"]] == ["primary", "fallback"]
     assert [r["name"] for r in status["replicas"]] == ["surefoot-llm-v1-a"]
     assert [n["name"] for n in status["nodes"]] == ["gpu-1"]
     json.dumps(status)  # serialisable for --json
     deployed.fail_next("/api/v1/nodes", 403)
     status = knative_status(settings)
-    assert status["nodes"] == [] and "RBAC" in status["errors"][0]
+    assert status["nodes"] == []
+    assert "RBAC" in status["errors"][0]
     text = format_knative_status(status)
-    assert "surefoot-llm-v1-a" in text and "warning:" in text
+    assert "surefoot-llm-v1-a" in text
+    assert "warning:" in text
     with pytest.raises(NotFound):
         knative_status(KubeSettings(kubeconfig=kubeconfig, namespace="surefoot", service="ghost"))
 

@@ -74,7 +74,9 @@ def test_replica_image_installs_with_make_for_both_variants() -> None:
 
 def test_app_image_and_ignore_files() -> None:
     text = (DOCKER / "app.Dockerfile").read_text()
-    assert "app-requirements.txt" in text and "--no-deps ." in text
+    assert "app-requirements.txt" in text
+    assert "--no-deps ." in text
     for name in ("replica.Dockerfile", "app.Dockerfile"):
         ignored = (DOCKER / f"{name}.dockerignore").read_text().split()
-        assert ".venv" in ignored and ".git" in ignored
+        assert ".venv" in ignored
+        assert ".git" in ignored

@@ -72,7 +72,8 @@ def test_completion_stream_is_openai_sse(client):
     assert text.strip()
     finishes = [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]]
     assert finishes[-1] in ("length", "stop")
-    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] > 0
+    assert chunks[-1]["choices"] == []
+    assert chunks[-1]["usage"]["completion_tokens"] > 0
 
 
 def test_chat_stream_starts_with_role_and_ends_done(client):
@@ -214,20 +215,23 @@ def test_readiness_follows_loading_draining_and_quarantine(settings, gemma):
     assert c.get("/readyz").status_code == 200
     rt.quarantine_check = lambda: "node breaker open"
     r = c.get("/readyz")
-    assert r.status_code == 503 and "quarantined" in r.json["reason"]
+    assert r.status_code == 503
+    assert "quarantined" in r.json["reason"]
     rt.quarantine_check = None
     rt.begin_drain()
     assert c.get("/readyz").status_code == 503
     assert c.get("/healthz").status_code == 200
     r = c.post("/v1/completions", json={"prompt": "x", "max_tokens": 1})
-    assert r.status_code == 503 and r.json["error"]["code"] == "draining"
+    assert r.status_code == 503
+    assert r.json["error"]["code"] == "draining"
 
 
 def test_not_ready_while_model_loads(settings):
     app = create_app(settings)  # backends built from settings, not loaded
     c = app.test_client()
     r = c.get("/readyz")
-    assert r.status_code == 503 and r.json["reason"] == "loading model"
+    assert r.status_code == 503
+    assert r.json["reason"] == "loading model"
     assert c.post("/v1/completions", json={"prompt": "x"}).status_code == 503
 
 

@@ -19,7 +19,8 @@ def test_readiness_fails_while_the_node_breaker_is_open(redis_url, gemma):
     store.open("node:node-7", "xid 79")
     watch.poll()
     r = client.get("/readyz")
-    assert r.status_code == 503 and "node:node-7 is open" in r.json["reason"]
+    assert r.status_code == 503
+    assert "node:node-7 is open" in r.json["reason"]
     store.reset("node:node-7", "released")
     watch.poll()
     assert client.get("/readyz").status_code == 200

@@ -78,30 +78,40 @@ def test_full_cycle(capsys, tmp_path: Path, inputs: dict[str, Path]) -> None:
     assert code == 0
     rows = json.loads(out)
     assert [r["id"] for r in rows] == [second, first]
-    assert rows[0]["revision"] == "r2" and rows[0]["blobs"] == 4
+    assert rows[0]["revision"] == "r2"
+    assert rows[0]["blobs"] == 4
     code, out, _ = run(capsys, "checkpoint", "list", "--dir", str(d))
-    assert code == 0 and first in out and "gemma" in out
+    assert code == 0
+    assert first in out
+    assert "gemma" in out
 
     code, out, _ = run(capsys, "checkpoint", "show", first, "--dir", str(d), "--json")
     body = json.loads(out)
-    assert body["id"] == first and {b["kind"] for b in body["blobs"]} == {
+    assert body["id"] == first
+    assert {b["kind"] for b in body["blobs"]} == {
         "tensors",
         "state",
         "blob",
         "model_file",
     }
     code, out, _ = run(capsys, "checkpoint", "show", "latest", "--dir", str(d))
-    assert code == 0 and second in out and "xxh3_128=" in out
+    assert code == 0
+    assert second in out
+    assert "xxh3_128=" in out
 
     code, out, _ = run(capsys, "checkpoint", "verify", "--dir", str(d), "--json")
-    assert code == 0 and all(r["ok"] for r in json.loads(out))
+    assert code == 0
+    assert all(r["ok"] for r in json.loads(out))
 
     code, out, _ = run(capsys, "checkpoint", "restore", first, "--dir", str(d), "--json")
     body = json.loads(out)
-    assert code == 0 and body["tensors"] == {"w": {"dtype": "torch.float32", "shape": [2, 3]}}
-    assert body["state_keys"] == ["tokens"] and body["blobs"] == {"llama": 7}
+    assert code == 0
+    assert body["tensors"] == {"w": {"dtype": "torch.float32", "shape": [2, 3]}}
+    assert body["state_keys"] == ["tokens"]
+    assert body["blobs"] == {"llama": 7}
     code, out, _ = run(capsys, "checkpoint", "restore", "latest", "--dir", str(d))
-    assert code == 0 and "would restore" in out
+    assert code == 0
+    assert "would restore" in out
 
     to = tmp_path / "restored"
     code, out, _ = run(capsys, "checkpoint", "restore", first, "--dir", str(d), "--to", str(to))
@@ -115,11 +125,13 @@ def test_full_cycle(capsys, tmp_path: Path, inputs: dict[str, Path]) -> None:
 
     dest = tmp_path / "backup"
     code, out, _ = run(capsys, "checkpoint", "backup", str(dest), "--dir", str(d), "--json")
-    assert code == 0 and json.loads(out)["id"] == second
+    assert code == 0
+    assert json.loads(out)["id"] == second
     assert CheckpointStore(FilesystemBackend(dest)).verify(second).ok
 
     code, out, _ = run(capsys, "checkpoint", "prune", "--keep", "1", "--dir", str(d), "--json")
-    assert code == 0 and json.loads(out)["removed"] == [first]
+    assert code == 0
+    assert json.loads(out)["removed"] == [first]
     code, out, _ = run(capsys, "checkpoint", "list", "--dir", str(d), "--json")
     assert [r["id"] for r in json.loads(out)] == [second]
 
@@ -128,7 +140,8 @@ def test_default_dir_from_env(capsys, tmp_path: Path, inputs, monkeypatch) -> No
     monkeypatch.setenv("SUREFOOT_CHECKPOINT_DIR", str(tmp_path / "fromenv"))
     cid = snapshot(capsys, tmp_path / "fromenv", inputs)
     code, out, _ = run(capsys, "checkpoint", "list", "--json")
-    assert code == 0 and [r["id"] for r in json.loads(out)] == [cid]
+    assert code == 0
+    assert [r["id"] for r in json.loads(out)] == [cid]
     monkeypatch.delenv("SUREFOOT_CHECKPOINT_DIR")
     code, out, _ = run(capsys, "checkpoint", "snapshot", "--model-id", "m", "--revision", "r")
     assert code == 0
@@ -142,9 +155,14 @@ def test_verify_reports_corruption_exit_1(capsys, tmp_path: Path, inputs) -> Non
     assert target.read_bytes() == b'{"tokens":42}'
     target.write_bytes(b'{"tokens":43}')  # same length, one byte changed
     code, out, _ = run(capsys, "checkpoint", "verify", cid, "--dir", str(d))
-    assert code == 1 and "BAD" in out and "state state.json: xxh3-128 mismatch" in out
+    assert code == 1
+    assert "BAD" in out
+    assert "state state.json: xxh3-128 mismatch" in out
     code, out, err = run(capsys, "checkpoint", "restore", cid, "--dir", str(d))
-    assert code == 1 and out == "" and len(err.strip().splitlines()) == 1 and "corrupt" in err
+    assert code == 1
+    assert out == ""
+    assert len(err.strip().splitlines()) == 1
+    assert "corrupt" in err
 
 
 @pytest.mark.parametrize(
@@ -213,7 +231,8 @@ def test_bad_input_exit_2_one_line(capsys, tmp_path: Path, argv: list[str], need
     code, _, err = run(capsys, *argv)
     assert code == 2
     last = err.strip().splitlines()[-1]
-    assert last.startswith("surefoot checkpoint:") and needle in last
+    assert last.startswith("surefoot checkpoint:")
+    assert needle in last
     assert "Traceback" not in err
 
 
@@ -226,26 +245,32 @@ def test_bad_dir_exit_2(capsys, tmp_path: Path) -> None:
         ["backup", str(tmp_path / "b")],
     ):
         code, _, err = run(capsys, "checkpoint", *cmd, "--dir", str(tmp_path / "missing"))
-        assert code == 2 and "does not exist" in err and len(err.strip().splitlines()) == 1
+        assert code == 2
+        assert "does not exist" in err
+        assert len(err.strip().splitlines()) == 1
     f = tmp_path / "file"
     f.write_text("x")
     code, _, err = run(capsys, "checkpoint", "list", "--dir", str(f))
-    assert code == 2 and "not a directory" in err
+    assert code == 2
+    assert "not a directory" in err
 
 
 def test_bad_files_exit_2(capsys, tmp_path: Path) -> None:
     d = ["--dir", str(tmp_path / "ckpt"), "--model-id", "m", "--revision", "r"]
     (tmp_path / "s.json").write_text("[1, 2")
     code, _, err = run(capsys, "checkpoint", "snapshot", *d, "--state", str(tmp_path / "s.json"))
-    assert code == 2 and "not JSON" in err
+    assert code == 2
+    assert "not JSON" in err
     (tmp_path / "l.json").write_text("[1, 2]")
     code, _, err = run(capsys, "checkpoint", "snapshot", *d, "--state", str(tmp_path / "l.json"))
-    assert code == 2 and "JSON object" in err
+    assert code == 2
+    assert "JSON object" in err
     (tmp_path / "bad.safetensors").write_bytes(b"garbage!" * 4)
     code, _, err = run(
         capsys, "checkpoint", "snapshot", *d, "--tensors", str(tmp_path / "bad.safetensors")
     )
-    assert code == 2 and "not a safetensors file" in err
+    assert code == 2
+    assert "not a safetensors file" in err
 
 
 class _Evil:
@@ -260,17 +285,21 @@ def test_legacy_pt_via_cli(capsys, tmp_path: Path, monkeypatch) -> None:
     code, out, err = run(capsys, "checkpoint", "snapshot", *d, "--tensors", str(good), "--json")
     assert code == 0, err
     restored = CheckpointStore(FilesystemBackend(tmp_path / "ckpt")).restore_latest()
-    assert restored is not None and restored.state["values"] == {"epoch": 3}
+    assert restored is not None
+    assert restored.state["values"] == {"epoch": 3}
     evil = tmp_path / "evil.pt"
     torch.save({"w": torch.ones(2), "x": _Evil()}, evil)
     code, out, err = run(capsys, "checkpoint", "snapshot", *d, "--tensors", str(evil))
-    assert code == 2 and "weights_only" in err and "pwned" not in out
+    assert code == 2
+    assert "weights_only" in err
+    assert "pwned" not in out
 
 
 def test_bad_env_exit_2(capsys, tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("SUREFOOT_CHECKPOINT_KEEP", "zero")
     code, _, err = run(capsys, "checkpoint", "list", "--dir", str(tmp_path))
-    assert code == 2 and "SUREFOOT_CHECKPOINT_KEEP" in err
+    assert code == 2
+    assert "SUREFOOT_CHECKPOINT_KEEP" in err
 
 
 class _Replica(BaseHTTPRequestHandler):
@@ -278,7 +307,7 @@ class _Replica(BaseHTTPRequestHandler):
     body = b'{"id": "20260101T000000.000000Z-abcdefabcdef", "seconds": 0.25}'
     calls: list[str] = []
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         type(self).calls.append(self.path)
         self.send_response(self.status)
         self.send_header("Content-Type", "application/json")
@@ -311,7 +340,8 @@ def test_snapshot_via_replica(capsys, replica) -> None:
     assert json.loads(out) == {"id": "20260101T000000.000000Z-abcdefabcdef", "seconds": 0.25}
     assert handler.calls == ["/admin/snapshot"]
     code, out, _ = run(capsys, "checkpoint", "snapshot", "--replica", url)
-    assert code == 0 and "in 0.250 s" in out
+    assert code == 0
+    assert "in 0.250 s" in out
 
 
 def test_snapshot_via_replica_failures(capsys, replica, free_port: int) -> None:
@@ -319,11 +349,14 @@ def test_snapshot_via_replica_failures(capsys, replica, free_port: int) -> None:
     handler.status = 503
     handler.body = b'{"error": "snapshot already running"}'
     code, _, err = run(capsys, "checkpoint", "snapshot", "--replica", url)
-    assert code == 1 and "503" in err and "already running" in err
+    assert code == 1
+    assert "503" in err
+    assert "already running" in err
     handler.status = 200
     handler.body = b"<html>"
     code, _, err = run(capsys, "checkpoint", "snapshot", "--replica", url)
-    assert code == 1 and "without a checkpoint id" in err
+    assert code == 1
+    assert "without a checkpoint id" in err
     code, _, err = run(
         capsys,
         "checkpoint",
@@ -333,4 +366,6 @@ def test_snapshot_via_replica_failures(capsys, replica, free_port: int) -> None:
         "--timeout",
         "5",
     )
-    assert code == 1 and "cannot reach" in err and len(err.strip().splitlines()) == 1
+    assert code == 1
+    assert "cannot reach" in err
+    assert len(err.strip().splitlines()) == 1

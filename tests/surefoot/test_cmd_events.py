@@ -87,7 +87,8 @@ def test_inject_finds_the_broker_of_a_running_up(sink: Sink, tmp_path: Path) -> 
 def test_inject_bad_values_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("surefoot inject: ")
+    assert len(err) == 1
+    assert err[0].startswith("surefoot inject: ")
 
 
 def test_inject_missing_required_flag_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
@@ -122,10 +123,12 @@ def test_injected_faults_arrive_as_cloudevents(sink: Sink, argv: list[str], etyp
     assert main(["inject", fault, "--node", "gpu-node-2", "--gpu", "1", *rest,
                  "--sink", sink.url]) == 0
     (event,) = sink.wait(1)
-    assert event.type == etype and event.subject == "node/gpu-node-2"
+    assert event.type == etype
+    assert event.subject == "node/gpu-node-2"
     assert event.source == "/surefoot/sources/gpu/gpu-node-2"
     payload = ev.payload_of(event)
-    assert payload.gpu == 1 and payload.detector == "inject"  # type: ignore[attr-defined]
+    assert payload.gpu == 1
+    assert payload.detector == "inject"
     for k, v in check.items():
         assert getattr(payload, k) == v
 
@@ -180,7 +183,8 @@ def test_broker_bad_config_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture
     assert main(["broker", "--config", str(cfg)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1
-    assert "triggers[0].name" in err[0] and "triggers[0].subscriber" in err[0]
+    assert "triggers[0].name" in err[0]
+    assert "triggers[0].subscriber" in err[0]
     assert "triggers[0].filters[0].cesql" in err[0]
     assert main(["broker", "--config", str(tmp_path / "missing.yaml")]) == 2
 
@@ -227,7 +231,8 @@ def test_broker_process_fans_out_injected_fault(tmp_path: Path, sink: Sink,
         assert main(["inject", "gpu-xid", "--node", "n7", "--xid", "79",
                      "--sink", f"http://127.0.0.1:{free_port}/"]) == 0
         (event,) = sink.wait(1)
-        assert event.type == "dev.surefoot.gpu.xid" and event.subject == "node/n7"
+        assert event.type == "dev.surefoot.gpu.xid"
+        assert event.subject == "node/n7"
     finally:
         assert _stop(proc) == 0
 
@@ -243,7 +248,8 @@ def test_gpu_source_process_without_driver_stays_idle_and_healthy(free_port: int
                    "--health-port", str(free_port)])
     try:
         line = _first_line(proc)
-        assert "idle" in line and "no NVIDIA driver" in line
+        assert "idle" in line
+        assert "no NVIDIA driver" in line
         deadline = time.monotonic() + 10
         while True:
             try:
@@ -252,7 +258,8 @@ def test_gpu_source_process_without_driver_stays_idle_and_healthy(free_port: int
             except httpx.TransportError:
                 assert time.monotonic() < deadline
                 time.sleep(0.05)
-        assert resp.status_code == 200 and resp.json()["status"] == "idle"
+        assert resp.status_code == 200
+        assert resp.json()["status"] == "idle"
     finally:
         assert _stop(proc) == 0
     assert proc.stderr is not None
@@ -267,7 +274,8 @@ def test_source_pods_bad_kubeconfig_exits_2(tmp_path: Path,
     assert main(["source", "pods", "--sink", "http://127.0.0.1:9/",
                  "--kubeconfig", str(bad)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "kubeconfig" in err[0]
+    assert len(err) == 1
+    assert "kubeconfig" in err[0]
     assert main(["source", "pods", "--sink", "http://127.0.0.1:9/",
                  "--sweep-interval", "-1"]) == 2
 

@@ -109,7 +109,8 @@ def test_release_through_a_running_host(running_host: tuple[str, KnativePlatform
     assert main(["release", "gpu-1"]) == 0
     assert "gpu-1: acted" in capsys.readouterr().out
     node = kube.get("nodes", "gpu-1", None)
-    assert LABEL not in node["metadata"]["labels"] and not node["spec"].get("unschedulable")
+    assert LABEL not in node["metadata"]["labels"]
+    assert not node["spec"].get("unschedulable")
 
 
 def test_release_directly_on_the_cluster(kube: FakeKubeServer, redis_url: str, tmp_path: Path,
@@ -158,7 +159,8 @@ def test_functions_process_serves_and_stops_on_sigterm(kube: FakeKubeServer, red
         msg = ev.to_binary(lost("gpu-3"))
         r = httpx.post(f"{url}/quarantine_node", content=msg.body, headers=msg.headers,
                        timeout=30)
-        assert r.status_code == 200 and r.headers["ce-type"] == ev.NodeQuarantined.TYPE
+        assert r.status_code == 200
+        assert r.headers["ce-type"] == ev.NodeQuarantined.TYPE
         assert kube.get("nodes", "gpu-3", None)["spec"].get("unschedulable") is True
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -105,11 +105,13 @@ def test_gateway_process_routes_and_falls_back(
             assert time.monotonic() < deadline, "gateway did not become ready"
             time.sleep(0.1)
         status, headers, body = _call(base + "/v1/completions", {"prompt": "hi"})
-        assert status == 200 and headers["X-Surefoot-Revision"] == "primary"
+        assert status == 200
+        assert headers["X-Surefoot-Revision"] == "primary"
         auth = {"Authorization": "Bearer token-for-tests"}
         status, _, body = _call(base + "/admin/breakers/revision:primary",
                                 {"action": "force_open"}, auth)
-        assert status == 200 and body["status"]["state"] == "forced_open"
+        assert status == 200
+        assert body["status"]["state"] == "forced_open"
         # Both worker processes learn it by push; every client request gets the fallback.
         time.sleep(0.2)
         for _ in range(20):

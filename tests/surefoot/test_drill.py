@@ -29,9 +29,12 @@ def test_short_drill_keeps_continuity_and_writes_its_report(tmp_path, isolated_e
                                     "pass": True}
     assert report["requests"]["total"] >= 40
     delete = report["phases"]["pod_delete"]
-    assert delete["failed"] == 0 and delete["replacement"] and delete["recovery_s"] > 0
+    assert delete["failed"] == 0
+    assert delete["replacement"]
+    assert delete["recovery_s"] > 0
     evict = report["phases"]["node_evict"]
-    assert evict["replacement"] and evict["replacement_node"] != evict["node"]
+    assert evict["replacement"]
+    assert evict["replacement_node"] != evict["node"]
     phases = evict["phases_s"]
     assert 0 <= phases["scheduled"] <= phases["process_started"] <= phases["ready"]
     assert phases["checkpoint_restored"] is not None  # came back from a checkpoint
@@ -51,7 +54,8 @@ def test_drill_rejects_bad_flags_with_one_line(isolated_env):
         proc = subprocess.run([sys.executable, "-m", "surefoot", "drill", *flags],
                               env=isolated_env, capture_output=True, text=True, timeout=60)
         assert proc.returncode == 2, proc.stderr
-        assert words in proc.stderr and "Traceback" not in proc.stderr
+        assert words in proc.stderr
+        assert "Traceback" not in proc.stderr
 
 
 def test_drill_attaching_to_a_missing_system_says_so(tmp_path, isolated_env):

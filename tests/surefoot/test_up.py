@@ -198,7 +198,8 @@ def test_kill_and_evict_of_unknown_names(running: tuple[LocalPlatform, Path],
 
     assert main(["evict", "node-7", "--state-dir", str(state_dir)]) == 2
     line = one_line(capsys.readouterr().err)
-    assert line.startswith("surefoot evict: ") and "'node-7'" in line
+    assert line.startswith("surefoot evict: ")
+    assert "'node-7'" in line
     assert "node-1, node-2" in line
     for bad in ("-1", "nan", "inf"):
         assert main(["evict", "node-1", "--timeout", bad, "--state-dir", str(state_dir)]) == 2
@@ -226,17 +227,21 @@ def test_status_text_and_json(running: tuple[LocalPlatform, Path],
     assert len(pending) == 1
     assert f"pending (no node satisfies anti-affinity): {pending[0]}" in text
     assert "traffic: sf-primary=100% (primary), sf-fallback=0% (fallback)" in text
-    assert "breakers: none open" in text and "latest checkpoint: none" in text
+    assert "breakers: none open" in text
+    assert "latest checkpoint: none" in text
 
     assert main(["status", "--json", "--state-dir", str(state_dir)]) == 0
     st = json.loads(capsys.readouterr().out)
     assert set(st) == {"service", "replicas", "traffic", "nodes", "breakers",
                        "latest_checkpoint"}
-    assert st["service"] == "sf" and st["breakers"] == [] and st["latest_checkpoint"] is None
+    assert st["service"] == "sf"
+    assert st["breakers"] == []
+    assert st["latest_checkpoint"] is None
     assert len(st["replicas"]) == 3
     for r in st["replicas"]:
         assert set(r) == {"name", "node", "revision", "url", "ready", "phase", "pid"}
-        assert r["revision"] == "sf-primary" and isinstance(r["ready"], bool)
+        assert r["revision"] == "sf-primary"
+        assert isinstance(r["ready"], bool)
     by_phase = sorted((r["phase"], r["node"]) for r in st["replicas"])
     assert by_phase == [("Pending", None), ("Running", "node-1"), ("Running", "node-2")]
     assert st["traffic"] == [{"revision": "sf-primary", "percent": 100, "tag": "primary"},
@@ -250,7 +255,8 @@ def test_commands_without_a_running_up(tmp_path: Path, capsys: pytest.CaptureFix
     for argv in (["status"], ["status", "--json"], ["kill", "x"], ["evict", "node-1"]):
         assert main([*argv, "--state-dir", str(empty)]) == 2
         line = one_line(capsys.readouterr().err)
-        assert "no running `surefoot up` found" in line and str(empty) in line
+        assert "no running `surefoot up` found" in line
+        assert str(empty) in line
 
     stale = tmp_path / "stale"
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -343,14 +349,17 @@ def test_up_answers_through_the_gateway_and_stops_cleanly(
     assert f"gateway (OpenAI API)  http://127.0.0.1:{port}/v1" in out
     assert "not every replica is ready" not in out
     kinds = [p.cmdline for p in up.seen]
-    assert sum(" serve " in c for c in kinds) >= 4 and any(" gateway " in c for c in kinds)
+    assert sum(" serve " in c for c in kinds) >= 4
+    assert any(" gateway " in c for c in kinds)
 
     client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", timeout=60,
                     max_retries=0)
     (model,) = [m.id for m in client.models.list().data]
     done = client.completions.create(model=model, prompt="The capital of France is",
                                      max_tokens=4)
-    assert done.choices[0].text and done.usage and done.usage.completion_tokens >= 1
+    assert done.choices[0].text
+    assert done.usage
+    assert done.usage.completion_tokens >= 1
 
     assert main(["status", "--json", "--state-dir", str(up.state_dir)]) == 0
     st = json.loads(capsys.readouterr().out)
@@ -364,6 +373,7 @@ def test_up_answers_through_the_gateway_and_stops_cleanly(
     up.proc.wait(30)
     err = up.err.read_text()
     assert up.proc.returncode == 0, err
-    assert "stopped." in err and "Traceback" not in err
+    assert "stopped." in err
+    assert "Traceback" not in err
     assert up.leftovers() == []
     assert not (up.state_dir / "state.json").exists()
