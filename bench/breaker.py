@@ -20,10 +20,12 @@ Targets (issue "Shared circuit breakers in Redis, and the inference gateway"):
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -39,9 +41,45 @@ from knative.breakers import (
 from tests.knative.stub_upstream import StubUpstream
 
 
-def pct(xs: list[float], q: float) -> float:
+def pct(xs: Sequence[float], q: float) -> float:
     s = sorted(xs)
     return s[min(len(s) - 1, int(q * len(s)))]
+
+
+def _time_request_path(reg: BreakerRegistry, keys: list[str], n: int) -> dict[str, list[int]]:
+    perf = time.perf_counter_ns
+    acq: list[int] = []
+    both: list[int] = []
+    three: list[int] = []
+    rtt: list[int] = []
+    for _ in range(2000):
+        p = reg.acquire(keys[2])
+        if p is not None:
+            reg.record(p, True, 0.001)
+    for _ in range(n):
+        t0 = perf()
+        p = reg.acquire(keys[2])
+        t1 = perf()
+        if p is not None:
+            reg.record(p, True, 0.001)
+        t2 = perf()
+        acq.append(t1 - t0)
+        both.append(t2 - t0)
+    for _ in range(n):
+        t0 = perf()
+        ps = [reg.acquire(k) for k in keys]
+        for p in ps:
+            if p is not None:
+                reg.record(p, True, 0.001)
+        three.append(perf() - t0)
+    hkey = reg.store.keys_of(keys[2])[0]
+    client = reg.store.client
+    for _ in range(min(n, 5000)):
+        t0 = perf()
+        client.hmget(hkey, ["state", "gen"])
+        rtt.append(perf() - t0)
+    return {"acquire": acq, "acquire + record": both, "3 keys: acquire + record each": three,
+            "baseline: one Redis round trip": rtt}
 
 
 def request_path(url: str, n: int) -> None:
@@ -51,43 +89,80 @@ def request_path(url: str, n: int) -> None:
         keys = ["revision:primary", "node:node-1", "replica:primary-0"]
         for k in keys:  # the keys exist in Redis and in the view, closed
             reg.reset(k)
-        perf = time.perf_counter_ns
-        acq, both, three, rtt = [], [], [], []
-        for _ in range(2000):
-            p = reg.acquire(keys[2])
-            if p is not None:
-                reg.record(p, True, 0.001)
-        for _ in range(n):
-            t0 = perf()
-            p = reg.acquire(keys[2])
-            t1 = perf()
-            if p is not None:
-                reg.record(p, True, 0.001)
-            t2 = perf()
-            acq.append(t1 - t0)
-            both.append(t2 - t0)
-        for _ in range(n):
-            t0 = perf()
-            ps = [reg.acquire(k) for k in keys]
-            for p in ps:
-                if p is not None:
-                    reg.record(p, True, 0.001)
-            three.append(perf() - t0)
-        hkey = reg.store.keys_of(keys[2])[0]
-        client = reg.store.client
-        for _ in range(min(n, 5000)):
-            t0 = perf()
-            client.hmget(hkey, ["state", "gen"])
-            rtt.append(perf() - t0)
+        timed = _time_request_path(reg, keys, n)
         time.sleep(0.1)
         print("request path (closed breaker, Redis up), per call:")
-        for name, xs in (("acquire", acq), ("acquire + record", both),
-                         ("3 keys: acquire + record each", three),
-                         ("baseline: one Redis round trip", rtt)):
-            print(f"  {name:32s} p50 {pct(xs, 0.5) / 1e3:8.2f} us   p99 {pct(xs, 0.99) / 1e3:8.2f} us")
+        for name, xs in timed.items():
+            print(f"  {name:32s} p50 {pct(xs, 0.5) / 1e3:8.2f} us"
+                  f"   p99 {pct(xs, 0.99) / 1e3:8.2f} us")
+        three, rtt = timed["3 keys: acquire + record each"], timed["baseline: one Redis round trip"]
         p50 = pct(three, 0.5) / 1e3
-        print(f"  3-key check p50 {p50:.2f} us (target <= 50 us: {'PASS' if p50 <= 50 else 'FAIL'});"
+        print(f"  3-key check p50 {p50:.2f} us (target <= 50 us: "
+              f"{'PASS' if p50 <= 50 else 'FAIL'});"
               f" {pct(rtt, 0.5) / pct(three, 0.5):.0f}x below one Redis round trip")
+
+
+class _Trials:
+    """The figures of the propagation trials."""
+
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+        self.by_arrival: list[float] = []
+        self.gaps: list[float] = []
+        self.seen_all = 0
+
+    def report(self, trials: int) -> None:
+        print(f"\npropagation: breaker opened -> 3 gateway processes stop routing there "
+              f"({trials} trials, {len(self.delays)} gateway-trials; "
+              f"all 3 sending in {self.seen_all}):")
+        ms = [d * 1e3 for d in self.delays]
+        print(f"  delay p50 {pct(ms, 0.5):6.2f} ms   p99 {pct(ms, 0.99):6.2f} ms   "
+              f"max {max(ms):6.2f} ms   mean {statistics.fmean(ms):6.2f} ms")
+        am = [d * 1e3 for d in self.by_arrival]
+        print(f"  by arrival at A (adds requests in flight): p50 {pct(am, 0.5):6.2f} ms   "
+              f"p99 {pct(am, 0.99):6.2f} ms   max {max(am):6.2f} ms")
+        if self.gaps:
+            print(f"  resolution: a gateway's requests reach A every "
+                  f"{statistics.median(self.gaps) * 1e3:.2f} ms (median gap)")
+        p99 = pct(ms, 0.99)
+        print(f"  p99 {p99:.2f} ms (target <= 50 ms: {'PASS' if p99 <= 50 else 'FAIL'})")
+
+
+def _trial(a: StubUpstream, store: BreakerStore, key: str, settle: float, out: _Trials) -> None:
+    # Traffic reaches A from every gateway before the trial starts.
+    a.arrivals.clear()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and len({g for _, g, _ in a.arrivals}) < 3:
+        time.sleep(0.01)
+    before = list(a.arrivals)
+    senders = {g for _, g, _ in before}
+    if len(senders) == 3:
+        out.seen_all += 1
+    for g in senders:
+        ts = sorted(s for _, gg, s in before if gg == g)
+        out.gaps += [y - x for x, y in itertools.pairwise(ts)]
+    t0 = time.time()
+    store.open(key, "bench: event opened it")
+    time.sleep(settle)
+    after = list(a.arrivals)
+    for g in senders:
+        chosen = [s for _, gg, s in after if gg == g and s >= t0]
+        out.delays.append(max(chosen) - t0 if chosen else 0.0)
+        arrived = [t for t, gg, _ in after if gg == g and t >= t0]
+        out.by_arrival.append(max(arrived) - t0 if arrived else 0.0)
+    store.reset(key, "bench: next trial")
+
+
+def _client(port: int, stop_flag: threading.Event) -> None:
+    c = Conn("127.0.0.1", port, request_bytes("127.0.0.1", port))
+    while not stop_flag.is_set():
+        try:
+            c.call()
+        except OSError:
+            c.close()
+            c = Conn("127.0.0.1", port, request_bytes("127.0.0.1", port))
+        time.sleep(0.0005)
+    c.close()
 
 
 def propagation(url: str, trials: int, settle: float) -> None:
@@ -105,71 +180,22 @@ def propagation(url: str, trials: int, settle: float) -> None:
         key = f"replica:127.0.0.1:{a.port}"
         store = BreakerStore.from_url(BreakerRegistrySettings(redis_url=url))
         store.reset(key, "bench start")
-
-        def client(port: int) -> None:
-            c = Conn("127.0.0.1", port, request_bytes("127.0.0.1", port))
-            while not stop_flag.is_set():
-                try:
-                    c.call()
-                except OSError:
-                    c.close()
-                    c = Conn("127.0.0.1", port, request_bytes("127.0.0.1", port))
-                time.sleep(0.0005)
-            c.close()
-
         for port in ports:
             for _ in range(2):
-                t = threading.Thread(target=client, args=(port,), daemon=True)
+                t = threading.Thread(target=_client, args=(port, stop_flag), daemon=True)
                 t.start()
                 threads.append(t)
-
-        delays: list[float] = []
-        by_arrival: list[float] = []
-        gaps: list[float] = []
-        seen_all = 0
+        out = _Trials()
         for _ in range(trials):
-            # Traffic reaches A from every gateway before the trial starts.
-            a.arrivals.clear()
-            deadline = time.monotonic() + 5
-            while time.monotonic() < deadline and len({g for _, g, _ in a.arrivals}) < 3:
-                time.sleep(0.01)
-            before = list(a.arrivals)
-            senders = {g for _, g, _ in before}
-            if len(senders) == 3:
-                seen_all += 1
-            for g in senders:
-                ts = sorted(s for _, gg, s in before if gg == g)
-                gaps += [y - x for x, y in zip(ts, ts[1:], strict=False)]
-            t0 = time.time()
-            store.open(key, "bench: event opened it")
-            time.sleep(settle)
-            after = list(a.arrivals)
-            for g in senders:
-                chosen = [s for _, gg, s in after if gg == g and s >= t0]
-                delays.append(max(chosen) - t0 if chosen else 0.0)
-                arrived = [t for t, gg, _ in after if gg == g and t >= t0]
-                by_arrival.append(max(arrived) - t0 if arrived else 0.0)
-            store.reset(key, "bench: next trial")
-        print(f"\npropagation: breaker opened -> 3 gateway processes stop routing there "
-              f"({trials} trials, {len(delays)} gateway-trials; all 3 sending in {seen_all}):")
-        ms = [d * 1e3 for d in delays]
-        print(f"  delay p50 {pct(ms, 0.5):6.2f} ms   p99 {pct(ms, 0.99):6.2f} ms   "
-              f"max {max(ms):6.2f} ms   mean {statistics.fmean(ms):6.2f} ms")
-        am = [d * 1e3 for d in by_arrival]
-        print(f"  by arrival at A (adds requests in flight): p50 {pct(am, 0.5):6.2f} ms   "
-              f"p99 {pct(am, 0.99):6.2f} ms   max {max(am):6.2f} ms")
-        if gaps:
-            print(f"  resolution: a gateway's requests reach A every {statistics.median(gaps) * 1e3:.2f}"
-                  f" ms (median gap)")
-        p99 = pct(ms, 0.99)
-        print(f"  p99 {p99:.2f} ms (target <= 50 ms: {'PASS' if p99 <= 50 else 'FAIL'})")
+            _trial(a, store, key, settle, out)
+        out.report(trials)
         store.client.close()
     finally:
         stop_flag.set()
         for t in threads:
             t.join(5)
-        for g in gws:
-            stop(g)
+        for gw in gws:
+            stop(gw)
         a.stop()
         b.stop()
 

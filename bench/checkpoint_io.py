@@ -205,8 +205,8 @@ def one_round(
         os.sync()  # every writer starts with no dirty pages of the others
         record(name, timed(fn))
     new = snapshots[0]
-    for old in previous:
-        store._delete_checkpoint(old.id)
+    if previous:
+        store.prune(keep=1)  # only the new snapshot stays
     previous[:] = [new]
     tfile = work / "store" / new.key_of(new.entries("tensors")[0])
 
@@ -265,7 +265,8 @@ def run(work: Path, args: argparse.Namespace) -> int:
     tensors = {f"layers.{i}.weight": torch.randn(per // 4 // 1024, 1024) for i in range(count)}
     nbytes = sum(t.numel() * t.element_size() for t in tensors.values())
     print(
-        f"checkpoint_io: {count} float32 tensors, {nbytes / 2**20:.0f} MiB, {args.rounds} rounds, in {work}"
+        f"checkpoint_io: {count} float32 tensors, {nbytes / 2**20:.0f} MiB, "
+        f"{args.rounds} rounds, in {work}"
     )
 
     store = CheckpointStore(FilesystemBackend(work / "store"), keep=None)

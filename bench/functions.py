@@ -139,6 +139,191 @@ class Arrivals:
         self.client.close()
 
 
+class Bench:
+    """The host on a real port over the fake cluster, its baselines, and every sample taken."""
+
+    def __init__(self, rs: EmbeddedRedis, kube: FakeKubeServer) -> None:
+        make_cluster(kube)
+        self.kube = kube
+        # the fake cluster runs no fallback pods: move the traffic without waiting for them
+        self.settings = FunctionSettings(redis_url=rs.url, sweep_interval_s=0,
+                                         fallback_ready_timeout_s=0)
+        self.platform = KnativePlatform(kube.api_client(), "default")
+        bsettings = BreakerRegistrySettings(redis_url=rs.url)
+        self.ctx = build_context(self.settings, self.platform, breaker_settings=bsettings)
+        self.direct = BreakerStore.from_url(bsettings)
+        self.bare = HttpServer(ev.create_app(ev.ReceiverSettings(), lambda e: None)).start()
+        self.arrivals = Arrivals(rs.url, self.direct.channel)
+        # In-process marks: when the host's WSGI app got the request (the event is received:
+        # the HTTP request is read and parsed by the server), when BreakerStore.open returned
+        # (the script committed the transition in Redis) and when the fake API applied a PATCH
+        # of the service.
+        self.received: list[float] = []
+        self.opened_at: list[float] = []
+        self.patched: list[float] = []
+        self.traffic_inproc: list[float] = []
+        self._mark_patches()
+        self._mark_opens()
+
+    def _mark_patches(self) -> None:
+        original_log = self.kube._log
+
+        def log(record: Any) -> None:
+            if record.method == "PATCH" and record.path == KSVC_PATH:
+                self.patched.append(time.perf_counter())
+            original_log(record)
+
+        self.kube._log = log  # type: ignore[method-assign]
+
+    def _mark_opens(self) -> None:
+        store_open = self.ctx.breakers.open
+
+        def timed_open(*a: Any, **kw: Any) -> Any:
+            t = store_open(*a, **kw)
+            self.opened_at.append(time.perf_counter())
+            return t
+
+        self.ctx.breakers.open = timed_open  # type: ignore[method-assign]
+
+    def serve(self, server: FunctionsServer) -> None:
+        """Mark the arrival of every request at ``server``'s app; connect the posters."""
+        inner = server.app.wsgi_app
+
+        def marked(environ: Any, start_response: Any) -> Any:
+            self.received.append(time.perf_counter())
+            return inner(environ, start_response)
+
+        server.app.wsgi_app = marked  # type: ignore[method-assign]
+        self.fn = Poster(server.url)
+        self.floor = Poster(self.bare.url)
+
+    def reset_traffic(self) -> None:
+        self.kube.patch_object("services.serving.knative.dev", "surefoot",
+                               {"spec": {"traffic": NORMAL}})
+        self.ctx.redis.delete(self.ctx.key("traffic", "surefoot", "saved"))
+
+    def breaker_round(self, n: int) -> tuple[list[float], list[float], list[float]]:
+        rt, ps, inproc = [], [], []
+        for _ in range(n):
+            node = f"b-{uuid.uuid4().hex[:10]}"
+            self.received.clear()
+            self.opened_at.clear()
+            t0, t1, status = self.fn.post("/trip_breaker", fatal_xid(node))
+            assert status == 200, status
+            at = self.arrivals.wait(node_key(node))
+            rt.append((t1 - t0) * 1000)
+            inproc.append((self.opened_at[0] - self.received[0]) * 1000)
+            if at is not None:
+                ps.append((at - t0) * 1000)
+        return rt, ps, inproc
+
+    def bare_round(self, n: int) -> list[float]:
+        out = []
+        for _ in range(n):
+            t0, t1, status = self.floor.post("/", fatal_xid("x"))
+            assert status == 202, status
+            out.append((t1 - t0) * 1000)
+        return out
+
+    def direct_round(self, n: int) -> list[float]:
+        out = []
+        for _ in range(n):
+            key = node_key(f"d-{uuid.uuid4().hex[:10]}")
+            t0 = time.perf_counter()
+            self.direct.open(key, "bench")
+            out.append((time.perf_counter() - t0) * 1000)
+        return out
+
+    def traffic_round(self, n: int) -> list[float]:
+        out = []
+        for _ in range(n):
+            self.reset_traffic()
+            self.patched.clear()
+            self.received.clear()
+            t0, _, status = self.fn.post("/reroute_traffic", primary_opened())
+            assert status == 200, (status, self.patched)
+            assert self.patched, (status, self.patched)
+            out.append((self.patched[0] - t0) * 1000)
+            self.traffic_inproc.append((self.patched[0] - self.received[0]) * 1000)
+        return out
+
+    def set_traffic_round(self, n: int) -> list[float]:
+        out = []
+        for _ in range(n):
+            self.reset_traffic()
+            t0 = time.perf_counter()
+            self.platform.set_traffic("surefoot", [Target("surefoot-primary", 0, "primary"),
+                                                   Target("surefoot-fallback", 100, "fallback")])
+            out.append((time.perf_counter() - t0) * 1000)
+        return out
+
+    def warm_up(self) -> None:
+        """Connections, scripts, imports."""
+        self.breaker_round(20)
+        self.bare_round(20)
+        self.direct_round(20)
+        self.traffic_round(5)
+        self.set_traffic_round(5)
+
+    def run(self, rounds: int, breaker_events: int, traffic_events: int
+            ) -> dict[str, list[list[float]]]:
+        results: dict[str, list[list[float]]] = {
+            k: [] for k in ("rt", "pubsub", "inproc", "bare", "direct", "traffic",
+                            "traffic_inproc", "set_traffic")}
+        for _ in range(rounds):
+            rt, ps, inproc = self.breaker_round(breaker_events)
+            results["rt"].append(rt)
+            results["pubsub"].append(ps)
+            results["inproc"].append(inproc)
+            results["bare"].append(self.bare_round(breaker_events))
+            results["direct"].append(self.direct_round(breaker_events))
+            self.traffic_inproc = []
+            results["traffic"].append(self.traffic_round(traffic_events))
+            results["traffic_inproc"].append(self.traffic_inproc)
+            results["set_traffic"].append(self.set_traffic_round(traffic_events))
+        return results
+
+    def close(self) -> None:
+        self.fn.close()
+        self.floor.close()
+        self.arrivals.close()
+        self.bare.stop()
+        self.ctx.close()
+        self.direct.client.close()
+
+
+def row(results: dict[str, list[list[float]]], label: str, key: str,
+        target: float | None = None) -> tuple[float, float]:
+    pooled = [x for rnd in results[key] for x in rnd]
+    p50s = [statistics.median(rnd) for rnd in results[key] if rnd]
+    p50, p90, p99 = pct(pooled, 50), pct(pooled, 90), pct(pooled, 99)
+    tail = ""
+    if target is not None:
+        verdict = "ok" if p99 <= target else "OVER"
+        tail = f"  p99/target {p99 / target:5.2f} ({verdict}, target {target:g} ms)"
+    print(f"  {label:<44} n={len(pooled):4d}  p50 {p50:7.3f}  p90 {p90:7.3f}  "
+          f"p99 {p99:7.3f}  max {max(pooled):7.3f}  median-of-round-p50 "
+          f"{statistics.median(p50s):7.3f}{tail}")
+    return p50, p99
+
+
+def report(results: dict[str, list[list[float]]], rounds: int, elapsed: float) -> None:
+    print(f"functions reaction time ({rounds} rounds, {elapsed:.1f} s; milliseconds)")
+    print("event received -> breaker open in Redis")
+    row(results, "received by the host -> open committed", "inproc", BREAKER_TARGET_MS)
+    row(results, "client send -> transition heard on pub/sub", "pubsub", BREAKER_TARGET_MS)
+    rt50, _ = row(results, "client POST round trip (upper bound)", "rt", BREAKER_TARGET_MS)
+    bare50, _ = row(results, "baseline: POST to a bare receiver", "bare")
+    row(results, "baseline: BreakerStore.open in-process", "direct")
+    print(f"  ratio p50 host / bare receiver: {rt50 / bare50:.2f}x; "
+          f"added over the receiver: {rt50 - bare50:.3f} ms")
+    print("event received -> traffic patch sent (applied at the fake API)")
+    row(results, "received by the host -> PATCH applied", "traffic_inproc", TRAFFIC_TARGET_MS)
+    tr50, _ = row(results, "client send -> PATCH applied", "traffic", TRAFFIC_TARGET_MS)
+    st50, _ = row(results, "baseline: platform.set_traffic direct", "set_traffic")
+    print(f"  ratio p50 function / direct set_traffic: {tr50 / st50:.2f}x")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -148,165 +333,15 @@ def main() -> int:
     args = ap.parse_args()
 
     with EmbeddedRedis() as rs, FakeKubeServer() as kube:
-        make_cluster(kube)
-        settings = FunctionSettings(redis_url=rs.url, sweep_interval_s=0)
-        platform = KnativePlatform(kube.api_client(), "default")
-        bsettings = BreakerRegistrySettings(redis_url=rs.url)
-        ctx = build_context(settings, platform, breaker_settings=bsettings)
-        direct = BreakerStore.from_url(bsettings)
-        bare = HttpServer(ev.create_app(ev.ReceiverSettings(), lambda e: None)).start()
-        patched: list[float] = []
-        original_log = kube._log
-
-        def log(record: Any) -> None:
-            if record.method == "PATCH" and record.path == KSVC_PATH:
-                patched.append(time.perf_counter())
-            original_log(record)
-
-        kube._log = log  # type: ignore[method-assign]
-        arrivals = Arrivals(rs.url, direct.channel)
-        # In-process marks: when the host's WSGI app got the request (the event is received:
-        # the HTTP request is read and parsed by the server) and when BreakerStore.open
-        # returned (the script committed the transition in Redis).
-        received: list[float] = []
-        opened_at: list[float] = []
-        store_open = ctx.breakers.open
-
-        def timed_open(*a: Any, **kw: Any) -> Any:
-            t = store_open(*a, **kw)
-            opened_at.append(time.perf_counter())
-            return t
-
-        ctx.breakers.open = timed_open  # type: ignore[method-assign]
-        with FunctionsServer(settings, ctx, sweep=False) as server:
-            inner = server.app.wsgi_app
-
-            def marked(environ: Any, start_response: Any) -> Any:
-                received.append(time.perf_counter())
-                return inner(environ, start_response)
-
-            server.app.wsgi_app = marked  # type: ignore[method-assign]
-            fn = Poster(server.url)
-            floor = Poster(bare.url)
-            r = ctx.redis
-            results: dict[str, list[list[float]]] = {
-                k: [] for k in ("rt", "pubsub", "inproc", "bare", "direct", "traffic",
-                                "traffic_inproc", "set_traffic")}
-
-            def reset_traffic() -> None:
-                kube.patch_object("services.serving.knative.dev", "surefoot",
-                                  {"spec": {"traffic": NORMAL}})
-                r.delete(ctx.key("traffic", "surefoot", "saved"))
-
-            def breaker_round(n: int) -> tuple[list[float], list[float]]:
-                rt, ps, inproc = [], [], []
-                for _ in range(n):
-                    node = f"b-{uuid.uuid4().hex[:10]}"
-                    received.clear()
-                    opened_at.clear()
-                    t0, t1, status = fn.post("/trip_breaker", fatal_xid(node))
-                    assert status == 200, status
-                    at = arrivals.wait(node_key(node))
-                    rt.append((t1 - t0) * 1000)
-                    inproc.append((opened_at[0] - received[0]) * 1000)
-                    if at is not None:
-                        ps.append((at - t0) * 1000)
-                return rt, ps, inproc
-
-            def bare_round(n: int) -> list[float]:
-                out = []
-                for _ in range(n):
-                    t0, t1, status = floor.post("/", fatal_xid("x"))
-                    assert status == 202, status
-                    out.append((t1 - t0) * 1000)
-                return out
-
-            def direct_round(n: int) -> list[float]:
-                out = []
-                for _ in range(n):
-                    key = node_key(f"d-{uuid.uuid4().hex[:10]}")
-                    t0 = time.perf_counter()
-                    direct.open(key, "bench")
-                    out.append((time.perf_counter() - t0) * 1000)
-                return out
-
-            def traffic_round(n: int) -> list[float]:
-                out = []
-                for _ in range(n):
-                    reset_traffic()
-                    patched.clear()
-                    received.clear()
-                    t0, _, status = fn.post("/reroute_traffic", primary_opened())
-                    assert status == 200 and patched, (status, patched)
-                    out.append((patched[0] - t0) * 1000)
-                    results_inproc.append((patched[0] - received[0]) * 1000)
-                return out
-
-            def set_traffic_round(n: int) -> list[float]:
-                out = []
-                for _ in range(n):
-                    reset_traffic()
-                    t0 = time.perf_counter()
-                    platform.set_traffic("surefoot", [Target("surefoot-primary", 0, "primary"),
-                                                      Target("surefoot-fallback", 100,
-                                                             "fallback")])
-                    out.append((time.perf_counter() - t0) * 1000)
-                return out
-
-            results_inproc: list[float] = []
-            # warm-up: connections, scripts, imports
-            breaker_round(20)
-            bare_round(20)
-            direct_round(20)
-            traffic_round(5)
-            set_traffic_round(5)
+        bench = Bench(rs, kube)
+        with FunctionsServer(bench.settings, bench.ctx, sweep=False) as server:
+            bench.serve(server)
+            bench.warm_up()
             started = time.monotonic()
-            for _ in range(args.rounds):
-                rt, ps, inproc = breaker_round(args.breaker_events)
-                results["rt"].append(rt)
-                results["pubsub"].append(ps)
-                results["inproc"].append(inproc)
-                results["bare"].append(bare_round(args.breaker_events))
-                results["direct"].append(direct_round(args.breaker_events))
-                results_inproc = []
-                results["traffic"].append(traffic_round(args.traffic_events))
-                results["traffic_inproc"].append(results_inproc)
-                results["set_traffic"].append(set_traffic_round(args.traffic_events))
+            results = bench.run(args.rounds, args.breaker_events, args.traffic_events)
             elapsed = time.monotonic() - started
-            fn.close()
-            floor.close()
-        arrivals.close()
-        bare.stop()
-        ctx.close()
-        direct.client.close()
-
-    def row(label: str, key: str, target: float | None = None) -> tuple[float, float]:
-        pooled = [x for rnd in results[key] for x in rnd]
-        p50s = [statistics.median(rnd) for rnd in results[key] if rnd]
-        p50, p90, p99 = pct(pooled, 50), pct(pooled, 90), pct(pooled, 99)
-        tail = ""
-        if target is not None:
-            verdict = "ok" if p99 <= target else "OVER"
-            tail = f"  p99/target {p99 / target:5.2f} ({verdict}, target {target:g} ms)"
-        print(f"  {label:<44} n={len(pooled):4d}  p50 {p50:7.3f}  p90 {p90:7.3f}  "
-              f"p99 {p99:7.3f}  max {max(pooled):7.3f}  median-of-round-p50 "
-              f"{statistics.median(p50s):7.3f}{tail}")
-        return p50, p99
-
-    print(f"functions reaction time ({args.rounds} rounds, {elapsed:.1f} s; milliseconds)")
-    print("event received -> breaker open in Redis")
-    row("received by the host -> open committed", "inproc", BREAKER_TARGET_MS)
-    row("client send -> transition heard on pub/sub", "pubsub", BREAKER_TARGET_MS)
-    rt50, _ = row("client POST round trip (upper bound)", "rt", BREAKER_TARGET_MS)
-    bare50, _ = row("baseline: POST to a bare receiver", "bare")
-    direct50, _ = row("baseline: BreakerStore.open in-process", "direct")
-    print(f"  ratio p50 host / bare receiver: {rt50 / bare50:.2f}x; "
-          f"added over the receiver: {rt50 - bare50:.3f} ms")
-    print("event received -> traffic patch sent (applied at the fake API)")
-    row("received by the host -> PATCH applied", "traffic_inproc", TRAFFIC_TARGET_MS)
-    tr50, _ = row("client send -> PATCH applied", "traffic", TRAFFIC_TARGET_MS)
-    st50, _ = row("baseline: platform.set_traffic direct", "set_traffic")
-    print(f"  ratio p50 function / direct set_traffic: {tr50 / st50:.2f}x")
+        bench.close()
+    report(results, args.rounds, elapsed)
     return 0
 
 

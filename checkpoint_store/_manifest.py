@@ -10,6 +10,7 @@ never taken from the file).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import secrets
@@ -175,6 +176,29 @@ def from_json(data: bytes, *, expect_id: str | None = None) -> Manifest:
         raise InvalidManifest([f"not JSON ({exc})"], where) from None
     if not isinstance(body, dict):
         raise InvalidManifest(["not a JSON object"], where)
+    problems = _header_problems(body, expect_id)
+    created = _parse_created(body.get("created"), problems)
+    problems.extend(_label_problems(body))
+    producer = _parse_producer(body.get("producer", {}), problems)
+    blobs = _parse_blobs(body.get("blobs"), problems)
+    if problems:
+        raise InvalidManifest(problems, where)
+    cid, parent = body.get("id"), body.get("parent")
+    assert isinstance(cid, str)
+    assert created is not None
+    return Manifest(
+        id=cid,
+        created=created,
+        model_id=str(body["model_id"]),
+        revision=str(body["revision"]),
+        parent=parent if isinstance(parent, str) else None,
+        producer=producer,
+        blobs=tuple(blobs),
+    )
+
+
+def _header_problems(body: dict[str, Any], expect_id: str | None) -> list[str]:
+    """Format, self-checksum (removed from ``body``) and id."""
     problems: list[str] = []
     if body.get("format") != FORMAT:
         problems.append(f"format: expected {FORMAT!r}, got {body.get('format')!r}")
@@ -183,25 +207,26 @@ def from_json(data: bytes, *, expect_id: str | None = None) -> Manifest:
         problems.append("checksum: missing")
     elif checksum != xxhash.xxh3_128_hexdigest(_canonical(body)):
         problems.append("checksum: does not match the manifest's content (edited or corrupted)")
-
     cid = body.get("id")
     if not valid_id(cid):
         problems.append(f"id: {cid!r} is not a checkpoint id")
     elif expect_id is not None and cid != expect_id:
         problems.append(f"id: {cid!r} does not match its location {expect_id!r}")
+    return problems
 
+
+def _parse_created(raw: object, problems: list[str]) -> datetime | None:
     created: datetime | None = None
-    raw_created = body.get("created")
-    if isinstance(raw_created, str):
-        try:
-            created = datetime.strptime(raw_created, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
-        except ValueError:
-            pass
+    if isinstance(raw, str):
+        with contextlib.suppress(ValueError):
+            created = datetime.strptime(raw, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
     if created is None:
-        problems.append(
-            f"created: {raw_created!r} is not a UTC time like 2025-01-31T12:00:00.000000Z"
-        )
+        problems.append(f"created: {raw!r} is not a UTC time like 2025-01-31T12:00:00.000000Z")
+    return created
 
+
+def _label_problems(body: Mapping[str, Any]) -> list[str]:
+    problems: list[str] = []
     for name, optional in (("model_id", False), ("revision", False), ("parent", True)):
         problem = label_problem(name, body.get(name), optional=optional)
         if problem:
@@ -209,19 +234,23 @@ def from_json(data: bytes, *, expect_id: str | None = None) -> Manifest:
     parent = body.get("parent")
     if isinstance(parent, str) and not valid_id(parent):
         problems.append(f"parent: {parent!r} is not a checkpoint id")
+    return problems
 
-    producer = body.get("producer", {})
-    if not isinstance(producer, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in producer.items()
+
+def _parse_producer(raw: object, problems: list[str]) -> dict[str, str]:
+    if not isinstance(raw, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in raw.items()
     ):
         problems.append("producer: must be an object of strings")
-        producer = {}
+        return {}
+    return dict(raw)
 
-    blobs: list[BlobEntry] = []
-    raw_blobs = body.get("blobs")
+
+def _parse_blobs(raw_blobs: object, problems: list[str]) -> list[BlobEntry]:
     if not isinstance(raw_blobs, list):
         problems.append("blobs: must be a list")
-        raw_blobs = []
+        return []
+    blobs: list[BlobEntry] = []
     seen: set[tuple[str, str]] = set()
     for i, raw in enumerate(raw_blobs):
         entry, entry_problems = _parse_entry(i, raw)
@@ -231,18 +260,7 @@ def from_json(data: bytes, *, expect_id: str | None = None) -> Manifest:
                 problems.append(f"blobs[{i}]: duplicate {entry.kind} {entry.name!r}")
             seen.add((entry.kind, entry.name))
             blobs.append(entry)
-    if problems:
-        raise InvalidManifest(problems, where)
-    assert isinstance(cid, str) and created is not None
-    return Manifest(
-        id=cid,
-        created=created,
-        model_id=str(body["model_id"]),
-        revision=str(body["revision"]),
-        parent=parent if isinstance(parent, str) else None,
-        producer=dict(producer),
-        blobs=tuple(blobs),
-    )
+    return blobs
 
 
 def _parse_entry(i: int, raw: object) -> tuple[BlobEntry | None, list[str]]:
@@ -274,6 +292,8 @@ def _parse_entry(i: int, raw: object) -> tuple[BlobEntry | None, list[str]]:
         problems.append(f"{at}.sha256: {sha!r} is not 64 lowercase hex digits")
     if problems:
         return None, problems
-    assert isinstance(kind, str) and isinstance(name, str) and isinstance(size, int)
+    assert isinstance(kind, str)
+    assert isinstance(name, str)
+    assert isinstance(size, int)
     assert isinstance(xxh, str)
     return BlobEntry(kind=kind, name=name, size=size, xxh3_128=xxh, sha256=sha), []

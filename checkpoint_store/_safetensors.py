@@ -149,9 +149,8 @@ def plan(tensors: Mapping[str, Any], metadata: Mapping[str, str] | None = None) 
             elif isinstance(value, np.ndarray | np.generic):
                 items.append(_from_numpy(name, value))
             else:
-                problems.append(
-                    f"tensors[{name!r}]: {type(value).__name__} is not a numpy array or torch tensor"
-                )
+                what = type(value).__name__
+                problems.append(f"tensors[{name!r}]: {what} is not a numpy array or torch tensor")
         except TensorFormatError as exc:
             problems.append(str(exc))
     if problems:

@@ -3,20 +3,25 @@
 ``SUREFOOT_CHECKPOINT_DIR``: where checkpoints live (default: the user's cache directory,
 ``$XDG_CACHE_HOME/surefoot/checkpoints`` or ``~/.cache/surefoot/checkpoints``).
 ``SUREFOOT_CHECKPOINT_KEEP``: checkpoints kept per model (default 3).
-``SUREFOOT_CHECKPOINT_SHA256``: also record sha256 of every blob (``1``/``true``; default off).
+``SUREFOOT_CHECKPOINT_SHA256``: also record sha256 of every blob (a bool: ``1/true/yes/on`` or
+``0/false/no/off``; default off).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from checkpoint_store._filesystem import FilesystemBackend
 from checkpoint_store._store import CheckpointStore
+from envreader import EnvError, env_fields, parse
 
 DEFAULT_KEEP = 3
+PREFIX = "SUREFOOT_CHECKPOINT_"
+ENV_DIR = PREFIX + "DIR"
 
 
 def default_directory(environ: Mapping[str, str]) -> Path:
@@ -34,26 +39,21 @@ class CheckpointSettings:
     sha256: bool = False
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str]) -> CheckpointSettings:
-        """Build settings from environment variables; ``ValueError`` names every bad one."""
-        problems: list[str] = []
-        raw_dir = environ.get("SUREFOOT_CHECKPOINT_DIR", "").strip()
-        directory = Path(raw_dir).expanduser() if raw_dir else default_directory(environ)
-        keep = DEFAULT_KEEP
-        raw_keep = environ.get("SUREFOOT_CHECKPOINT_KEEP", "").strip()
-        if raw_keep:
-            try:
-                keep = int(raw_keep)
-                if keep < 1:
-                    raise ValueError
-            except ValueError:
-                problems.append(f"SUREFOOT_CHECKPOINT_KEEP={raw_keep!r}: must be an integer >= 1")
-        raw_sha = environ.get("SUREFOOT_CHECKPOINT_SHA256", "").strip().lower()
-        if raw_sha not in ("", "0", "1", "true", "false", "yes", "no"):
-            problems.append(f"SUREFOOT_CHECKPOINT_SHA256={raw_sha!r}: must be 1/0 or true/false")
-        if problems:
-            raise ValueError("; ".join(problems))
-        return cls(directory=directory, keep=keep, sha256=raw_sha in ("1", "true", "yes"))
+    def from_env(cls, env: Mapping[str, str], **overrides: Any) -> CheckpointSettings:
+        """Settings from ``SUREFOOT_CHECKPOINT_*`` variables, then ``overrides`` that are not
+        None; ``EnvError`` (a ``ValueError``) names every bad variable."""
+        values, errors = env_fields(cls, PREFIX, env, skip=("directory",))
+        raw_dir = env.get(ENV_DIR, "")
+        directory = parse(Path, raw_dir) if raw_dir.strip() else default_directory(env)
+        keep = values.get("keep", DEFAULT_KEEP)
+        if PREFIX + "KEEP" not in errors and keep < 1:
+            errors[PREFIX + "KEEP"] = f"{env[PREFIX + 'KEEP']!r} must be an integer >= 1"
+        if errors:
+            raise EnvError(errors)
+        given = {k: v for k, v in overrides.items() if v is not None}
+        if "directory" in given:
+            given["directory"] = Path(given["directory"]).expanduser()
+        return replace(cls(directory=directory, **values), **given)
 
 
 def open_store(settings: CheckpointSettings, *, create: bool = True) -> CheckpointStore:

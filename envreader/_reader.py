@@ -39,41 +39,56 @@ UNSET = _Unset()
 def parse(hint: Any, raw: str) -> Any:
     """``raw`` as a value of the type ``hint``; ``ValueError`` saying what was expected."""
     text = raw.strip()
-    args = typing.get_args(hint)
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        inner = [a for a in args if a is not type(None)]
-        if not text and len(inner) < len(args):
-            return None
-        if len(inner) == 1:
-            return parse(inner[0], raw)
-        return raw
-    if hint is bool:
-        low = text.lower()
-        if low in TRUE:
-            return True
-        if low in FALSE:
-            return False
-        if not text:
-            return UNSET
-        raise ValueError(f"{raw!r} is not a boolean (1/true/yes/on or 0/false/no/off)")
-    if hint is int or hint is float:
-        if not text:
-            return UNSET
-        try:
-            return hint(text)
-        except ValueError:
-            noun = "an integer" if hint is int else "a number"
-            raise ValueError(f"{raw!r} is not {noun}") from None
+        return _parse_optional(hint, raw, text)
     if typing.get_origin(hint) is tuple:
-        item = args[0] if args else str
-        parts = [p.strip() for p in text.split(",") if p.strip()]
-        try:
-            return tuple(parse(item, p) for p in parts)
-        except ValueError:
-            raise ValueError(f"{raw!r} is not a comma-separated list of {item.__name__}") from None
+        return _parse_tuple(hint, text)
+    if hint is bool:
+        return _parse_bool(raw, text)
+    if hint is int or hint is float:
+        return _parse_number(hint, raw, text)
     if hint is Path:
         return Path(text).expanduser() if text else UNSET
     return raw
+
+
+def _parse_optional(hint: Any, raw: str, text: str) -> Any:
+    args = typing.get_args(hint)
+    inner = [a for a in args if a is not type(None)]
+    if not text and len(inner) < len(args):
+        return None
+    return parse(inner[0], raw) if len(inner) == 1 else raw
+
+
+def _parse_tuple(hint: Any, text: str) -> tuple[Any, ...]:
+    args = typing.get_args(hint)
+    item = args[0] if args else str
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    try:
+        return tuple(parse(item, p) for p in parts)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a comma-separated list of {item.__name__}") from None
+
+
+def _parse_bool(raw: str, text: str) -> Any:
+    low = text.lower()
+    if low in TRUE:
+        return True
+    if low in FALSE:
+        return False
+    if not text:
+        return UNSET
+    raise ValueError(f"{raw!r} is not a boolean (1/true/yes/on or 0/false/no/off)")
+
+
+def _parse_number(hint: type[Any], raw: str, text: str) -> Any:
+    if not text:
+        return UNSET
+    try:
+        return hint(text)
+    except ValueError:
+        noun = "an integer" if hint is int else "a number"
+        raise ValueError(f"{raw!r} is not {noun}") from None
 
 
 def env_fields(

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
-from flask import Flask, Response, jsonify
+from flask import Blueprint, Flask, Response, jsonify
 
 from events._catalog import Event, is_accepted_type
 from events._delivery import (
@@ -61,14 +61,7 @@ def _check_expr(expr: Any, path: str) -> dict[str, str]:
         return {path: "must be an object with exactly one of exact, prefix, suffix, all, any, not"}
     (op, arg), = expr.items()
     if op in _DIALECT_LEAVES:
-        if not isinstance(arg, Mapping) or not arg:
-            return {f"{path}.{op}": "must map attribute names to strings"}
-        bad = [k for k, v in arg.items() if not isinstance(k, str) or not isinstance(v, str)]
-        if bad:
-            return {f"{path}.{op}": f"values must be strings (bad: {', '.join(map(str, bad))})"}
-        if op != "exact" and any(v == "" for v in arg.values()):
-            return {f"{path}.{op}": "must not be empty"}
-        return {}
+        return _check_leaf(op, arg, f"{path}.{op}")
     if op in ("all", "any"):
         return check_filters(arg, f"{path}.{op}")
     if op == "not":
@@ -76,6 +69,18 @@ def _check_expr(expr: Any, path: str) -> dict[str, str]:
     if op == "cesql":
         return {f"{path}.cesql": "CloudEvents SQL filters are not supported by the local broker"}
     return {path: f"unknown filter {op!r}"}
+
+
+def _check_leaf(op: str, arg: Any, path: str) -> dict[str, str]:
+    """An ``exact`` / ``prefix`` / ``suffix`` filter: attribute names to strings."""
+    if not isinstance(arg, Mapping) or not arg:
+        return {path: "must map attribute names to strings"}
+    bad = [k for k, v in arg.items() if not isinstance(k, str) or not isinstance(v, str)]
+    if bad:
+        return {path: f"values must be strings (bad: {', '.join(map(str, bad))})"}
+    if op != "exact" and any(v == "" for v in arg.values()):
+        return {path: "must not be empty"}
+    return {}
 
 
 def _match_expr(event: Event, expr: Mapping[str, Any]) -> bool:
@@ -169,12 +174,7 @@ def trigger_from_dict(spec: Any, where: str = "trigger") -> Trigger:
     errors: dict[str, str] = {}
     if not isinstance(spec, Mapping):
         raise ConfigError({where: "must be an object"}, message="invalid trigger")
-    if "spec" in spec or spec.get("kind") == "Trigger":
-        name = (spec.get("metadata") or {}).get("name")
-        body = dict(spec.get("spec") or {})
-        body["name"] = name
-    else:
-        body = dict(spec)
+    body = _trigger_body(spec)
     for key in body:
         if key not in _TRIGGER_KEYS:
             errors[f"{where}.{key}"] = "unknown field"
@@ -182,40 +182,62 @@ def trigger_from_dict(spec: Any, where: str = "trigger") -> Trigger:
     if not isinstance(name, str) or not name:
         errors[f"{where}.name"] = "missing"
     subscriber = _uri(body.get("subscriber"), f"{where}.subscriber", errors)
-    attributes: dict[str, str] = {}
-    flt = body.get("filter")
-    if flt is not None:
-        attrs = flt.get("attributes") if isinstance(flt, Mapping) else None
-        if not isinstance(attrs, Mapping) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in attrs.items()
-        ):
-            errors[f"{where}.filter.attributes"] = "must map attribute names to strings"
-        else:
-            attributes = dict(attrs)
+    attributes = _attributes_from(body.get("filter"), f"{where}.filter.attributes", errors)
     filters = body.get("filters") or []
     errors.update(check_filters(filters, f"{where}.filters"))
-    retry: RetryPolicy | None = None
-    dead_letter: str | None = None
-    delivery = body.get("delivery")
-    if delivery is not None:
-        if not isinstance(delivery, Mapping):
-            errors[f"{where}.delivery"] = "must be an object"
-        else:
-            for key in delivery:
-                if key not in _DELIVERY_KEYS:
-                    errors[f"{where}.delivery.{key}"] = "unknown field"
-            retry = _retry_from(delivery, f"{where}.delivery", errors)
-            if "deadLetterSink" in delivery:
-                dead_letter = _uri(delivery["deadLetterSink"], f"{where}.delivery.deadLetterSink",
-                                   errors, allow_file=True)
+    retry, dead_letter = _delivery_from(body.get("delivery"), f"{where}.delivery", errors)
     if errors:
         raise ConfigError(errors, message="invalid trigger")
-    assert isinstance(name, str) and subscriber is not None
+    assert isinstance(name, str)
+    assert subscriber is not None
     return Trigger(name=name, subscriber=subscriber, attributes=attributes,
                    filters=tuple(filters), retry=retry, dead_letter=dead_letter)
 
 
-def _retry_from(delivery: Mapping[str, Any], path: str, errors: dict[str, str]) -> RetryPolicy | None:
+def _trigger_body(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """The flat form of a trigger: a Knative manifest's spec with its metadata's name."""
+    if "spec" in spec or spec.get("kind") == "Trigger":
+        body = dict(spec.get("spec") or {})
+        body["name"] = (spec.get("metadata") or {}).get("name")
+        return body
+    return dict(spec)
+
+
+def _attributes_from(flt: Any, path: str, errors: dict[str, str]) -> dict[str, str]:
+    if flt is None:
+        return {}
+    attrs = flt.get("attributes") if isinstance(flt, Mapping) else None
+    if not isinstance(attrs, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in attrs.items()
+    ):
+        errors[path] = "must map attribute names to strings"
+        return {}
+    return dict(attrs)
+
+
+def _delivery_from(
+    delivery: Any, path: str, errors: dict[str, str]
+) -> tuple[RetryPolicy | None, str | None]:
+    """A trigger's own retry policy and dead letter (None: the broker's)."""
+    if delivery is None:
+        return None, None
+    if not isinstance(delivery, Mapping):
+        errors[path] = "must be an object"
+        return None, None
+    for key in delivery:
+        if key not in _DELIVERY_KEYS:
+            errors[f"{path}.{key}"] = "unknown field"
+    retry = _retry_from(delivery, path, errors)
+    dead_letter = None
+    if "deadLetterSink" in delivery:
+        dead_letter = _uri(delivery["deadLetterSink"], f"{path}.deadLetterSink", errors,
+                           allow_file=True)
+    return retry, dead_letter
+
+
+def _retry_from(
+    delivery: Mapping[str, Any], path: str, errors: dict[str, str]
+) -> RetryPolicy | None:
     if not any(k in delivery for k in ("retry", "backoffDelay", "backoffPolicy")):
         return None
     base = RetryPolicy()
@@ -444,6 +466,21 @@ class Broker:
 _BROKER_DLQ: Any = object()
 
 
+def broker_blueprint(broker: Broker) -> Blueprint:
+    """GET /triggers and GET /healthz of a broker."""
+    bp = Blueprint("broker", __name__)
+
+    @bp.get("/triggers")
+    def list_triggers() -> Response:
+        return jsonify({"triggers": [t.to_dict() for t in broker.triggers()]})
+
+    @bp.get("/healthz")
+    def healthz() -> Response:
+        return jsonify({"status": "ok", "stats": dict(broker.stats)})
+
+    return bp
+
+
 def create_broker_app(broker: Broker) -> Flask:
     """The broker's HTTP face: POST / (ingress), GET /triggers, GET /healthz."""
     app = Flask(__name__)
@@ -455,16 +492,8 @@ def create_broker_app(broker: Broker) -> Flask:
         return None
 
     app.register_blueprint(receiver_blueprint("ingress", ingress, settings))
+    app.register_blueprint(broker_blueprint(broker))
     install_error_handlers(app)
-
-    @app.get("/triggers")
-    def list_triggers() -> Response:
-        return jsonify({"triggers": [t.to_dict() for t in broker.triggers()]})
-
-    @app.get("/healthz")
-    def healthz() -> Response:
-        return jsonify({"status": "ok", "stats": dict(broker.stats)})
-
     return app
 
 

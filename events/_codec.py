@@ -159,6 +159,25 @@ def is_cloudevent_message(headers: Mapping[str, str]) -> bool:
 
 
 def _check_attrs(attrs: Mapping[str, Any], accept: TypePolicy | None) -> dict[str, str]:
+    errors = _core_problems(attrs)
+    if "time" in attrs:
+        problem = _time_problem(attrs["time"])
+        if problem:
+            errors["time"] = problem
+    errors.update(_extension_problems(attrs))
+    event_type = attrs.get("type")
+    if (
+        accept is not None
+        and isinstance(event_type, str)
+        and event_type.strip()
+        and not accept(event_type)
+    ):
+        errors["type"] = f"unknown event type {event_type!r}"
+    return errors
+
+
+def _core_problems(attrs: Mapping[str, Any]) -> dict[str, str]:
+    """specversion, the required id / source / type, and the optional string attributes."""
     errors: dict[str, str] = {}
     spec = attrs.get("specversion")
     if spec is None or spec == "":
@@ -174,22 +193,18 @@ def _check_attrs(attrs: Mapping[str, Any], accept: TypePolicy | None) -> dict[st
     for name in ("subject", "datacontenttype", "dataschema"):
         if name in attrs and (not isinstance(attrs[name], str) or not attrs[name]):
             errors[name] = "must be a non-empty string when present"
-    if "time" in attrs:
-        time_value = attrs["time"]
-        problem = _time_problem(time_value)
-        if problem:
-            errors["time"] = problem
+    return errors
+
+
+def _extension_problems(attrs: Mapping[str, Any]) -> dict[str, str]:
+    errors: dict[str, str] = {}
     for name, value in attrs.items():
         if name in _CORE or name in ("data", "data_base64", "schemaurl", "datacontentencoding"):
             continue
         if not _EXT_NAME.match(name):
             errors[name] = "extension names are 1-20 lowercase letters or digits"
-        elif isinstance(value, (dict, list)) or value is None:
+        elif isinstance(value, dict | list) or value is None:
             errors[name] = "extension values are strings, numbers or booleans"
-    event_type = attrs.get("type")
-    if accept is not None and isinstance(event_type, str) and event_type.strip():
-        if not accept(event_type):
-            errors["type"] = f"unknown event type {event_type!r}"
     return errors
 
 

@@ -98,7 +98,8 @@ class NvmlProbe:
         except ProbeError as exc:
             cause = exc.__cause__
             code = self._code(cause) if cause is not None else None
-            if code in (n.NVML_ERROR_NOT_SUPPORTED, getattr(n, "NVML_ERROR_FUNCTION_NOT_FOUND", -1)):
+            absent = (n.NVML_ERROR_NOT_SUPPORTED, getattr(n, "NVML_ERROR_FUNCTION_NOT_FOUND", -1))
+            if code in absent:
                 self.unsupported.add(what)
                 if missing is not None:
                     missing.append(what)
@@ -153,7 +154,8 @@ class NvmlProbe:
         pending = opt("nvmlDeviceGetRetiredPagesPendingStatus",
                       n.nvmlDeviceGetRetiredPagesPendingStatus, h)
         rows = opt("nvmlDeviceGetRemappedRows", n.nvmlDeviceGetRemappedRows, h)
-        reasons_fn = getattr(n, "nvmlDeviceGetCurrentClocksEventReasons", None) or n.nvmlDeviceGetCurrentClocksThrottleReasons
+        reasons_fn = (getattr(n, "nvmlDeviceGetCurrentClocksEventReasons", None)
+                      or n.nvmlDeviceGetCurrentClocksThrottleReasons)
         reasons = opt("nvmlDeviceGetCurrentClocksEventReasons", reasons_fn, h)
         return GpuReading(
             index=index,

@@ -16,12 +16,12 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import yaml
-from flask import Flask, Response, jsonify
+from flask import Blueprint, Flask, Response, jsonify
 
 from events._catalog import Event, build
 from events._errors import ConfigError, PermanentError, TemporaryError
@@ -130,7 +130,7 @@ class KubernetesApi:
 
         def events() -> Iterator[dict[str, Any]]:
             with _mapped_errors(f"watch {kind}s"):
-                for line in iter_resp_lines(resp):
+                for line in iter_resp_lines(resp):  # type: ignore[no-untyped-call]
                     if not line.strip():
                         continue
                     try:
@@ -157,10 +157,8 @@ class KubernetesApi:
         with self._lock:
             responses = list(self._open)
         for resp in responses:
-            try:
+            with suppress(Exception):  # already closed: nothing to interrupt
                 resp.shutdown()
-            except Exception:  # already closed: nothing to interrupt
-                pass
 
 
 @contextmanager
@@ -186,13 +184,16 @@ def kube_client(kubeconfig: str | None = None, context: str | None = None) -> Ku
 
     try:
         if kubeconfig or context:
-            api = config.new_client_from_config(config_file=kubeconfig, context=context)
+            api = config.new_client_from_config(  # type: ignore[no-untyped-call]
+                config_file=kubeconfig, context=context
+            )
             return KubernetesApi(api)
         try:
-            config.load_incluster_config()
+            config.load_incluster_config()  # type: ignore[no-untyped-call]
             return KubernetesApi(client.ApiClient())
         except config.ConfigException:
-            return KubernetesApi(config.new_client_from_config())
+            api = config.new_client_from_config()  # type: ignore[no-untyped-call]
+            return KubernetesApi(api)
     except (config.ConfigException, OSError, TypeError, ValueError, KeyError,
             yaml.YAMLError) as exc:
         raise ConfigError({"kubeconfig": " ".join(str(exc).split())},
@@ -461,20 +462,27 @@ class PodLifecycleSource:
         }
 
 
-def create_pods_health_app(source: PodLifecycleSource) -> Flask:
-    app = Flask(__name__)
+def pods_health_blueprint(source: PodLifecycleSource) -> Blueprint:
+    """GET /healthz (503 when a watcher is not watching) and GET /status."""
+    bp = Blueprint("pods_health", __name__)
 
-    @app.get("/healthz")
+    @bp.get("/healthz")
     def healthz() -> Response:
         ok = source.healthy()
         resp = jsonify({"status": "ok" if ok else "not watching"})
         resp.status_code = 200 if ok else 503
         return resp
 
-    @app.get("/status")
+    @bp.get("/status")
     def status() -> Response:
         return jsonify(source.status())
 
+    return bp
+
+
+def create_pods_health_app(source: PodLifecycleSource) -> Flask:
+    app = Flask(__name__)
+    app.register_blueprint(pods_health_blueprint(source))
     return app
 
 

@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypedDict, Unpack
 
 import httpx
 import redis
@@ -136,40 +136,49 @@ class Context:
         self.leases.close()
 
 
+class ContextParts(TypedDict, total=False):
+    """The pieces of a :class:`Context` that :func:`build_context` makes when not given."""
+
+    redis_client: redis.Redis | None
+    breakers: BreakerStore | None
+    breaker_settings: BreakerRegistrySettings | None
+    http: httpx.Client | None
+    transport: httpx.BaseTransport | None
+    clock: Callable[[], float]
+    sleep: Callable[[float], None]
+    sink: Sink | None
+    canary: CanaryControl | None
+
+
 def build_context(
-    settings: FunctionSettings,
-    platform: Platform,
-    *,
-    redis_client: redis.Redis | None = None,
-    breakers: BreakerStore | None = None,
-    breaker_settings: BreakerRegistrySettings | None = None,
-    http: httpx.Client | None = None,
-    transport: httpx.BaseTransport | None = None,
-    clock: Callable[[], float] = time.time,
-    sleep: Callable[[float], None] = time.sleep,
-    sink: Sink | None = None,
-    canary: CanaryControl | None = None,
+    settings: FunctionSettings, platform: Platform, **parts: Unpack[ContextParts]
 ) -> Context:
-    """A Context with default clients. ``breaker_settings`` must be the ones the gateways use
-    (``BreakerRegistrySettings.from_env()`` in the entry point): the breaker policy travels
-    with every script call."""
+    """A Context with default clients for the ``parts`` not given (Redis from ``redis_url``,
+    an HTTP client over ``transport``). ``breaker_settings`` must be the ones the gateways use
+    (``BreakerRegistrySettings.from_env(os.environ)`` in the entry point): the breaker policy
+    travels with every script call."""
+    redis_client = parts.get("redis_client")
     if redis_client is None:
         if not settings.redis_url:
             raise PermanentFunctionError("redis_url: set SUREFOOT_REDIS_URL (the shared Redis)")
         redis_client = redis.Redis.from_url(
             settings.redis_url, socket_timeout=2.0, socket_connect_timeout=2.0
         )
+    breakers = parts.get("breakers")
     if breakers is None:
-        bs = breaker_settings or BreakerRegistrySettings(
+        bs = parts.get("breaker_settings") or BreakerRegistrySettings(
             redis_url=settings.redis_url or "redis://127.0.0.1:6379/0"
         )
         breakers = BreakerStore(redis_client, bs)
+    http = parts.get("http")
     if http is None:
         http = httpx.Client(
-            timeout=httpx.Timeout(settings.snapshot_timeout_s, connect=5.0), transport=transport
+            timeout=httpx.Timeout(settings.snapshot_timeout_s, connect=5.0),
+            transport=parts.get("transport"),
         )
-    return Context(settings, platform, redis_client, breakers, http, clock=clock, sleep=sleep,
-                   sink=sink, canary=canary)
+    return Context(settings, platform, redis_client, breakers, http,
+                   clock=parts.get("clock", time.time), sleep=parts.get("sleep", time.sleep),
+                   sink=parts.get("sink"), canary=parts.get("canary"))
 
 
 _RENEW = """

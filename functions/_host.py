@@ -17,6 +17,7 @@ and shows the quarantines and deferred actions, and a sweeper thread runs deferr
 
 from __future__ import annotations
 
+import functools
 import hmac
 import json
 import logging
@@ -28,7 +29,7 @@ from types import ModuleType
 from typing import Any
 
 import redis
-from flask import Flask, Response, g, jsonify, request
+from flask import Blueprint, Flask, Response, g, jsonify, request
 
 from events import (
     Event,
@@ -81,11 +82,16 @@ def triggers(base_url: str, *, prefix: str = "functions", only: str = "") -> lis
 
 
 class Host:
-    """Runs functions against one context; the Flask app and the sweeper both use it."""
+    """Runs functions against one context; the HTTP endpoints and the sweeper both use it."""
 
     def __init__(self, settings: FunctionSettings, context: Context) -> None:
         self.settings = settings
         self.context = context
+
+    def serves(self, name: str) -> bool:
+        """Whether this host serves the function ``name`` (all, or ``only_function``)."""
+        only = self.settings.only_function
+        return not only or name == only
 
     def run(self, name: str, event: Event) -> Outcome:
         """One function on one event; errors are the function's (temporary / permanent)."""
@@ -112,9 +118,7 @@ class Host:
             except PermanentError as exc:
                 failure = failure or exc
         if failure is not None:
-            for o in outcomes:
-                for e in o.events:
-                    self.context.emit(e)
+            self.emit(outcomes)
             raise failure
         return outcomes
 
@@ -130,11 +134,15 @@ class Host:
             except Exception:  # Redis away: the next sweep tries again
                 log.exception("sweep of %s failed", name)
                 continue
-            for o in outcomes:
-                for e in o.events:
-                    self.context.emit(e)
+            self.emit(outcomes)
             out.extend(outcomes)
         return out
+
+    def emit(self, outcomes: list[Outcome]) -> None:
+        """Every event of ``outcomes`` to the sink."""
+        for o in outcomes:
+            for e in o.events:
+                self.context.emit(e)
 
 
 def host_of(app: Flask) -> Host:
@@ -154,35 +162,14 @@ def _note(outcomes: list[Outcome]) -> None:
     g.setdefault("surefoot_outcomes", []).extend(outcomes)
 
 
-def _function_handler(host: Host, name: str) -> Callable[[Event], Event | None]:
-    def handler(event: Event) -> Event | None:
-        if event.type not in ROUTES[name]:
-            raise EventValidationError(
-                {"type": f"{name} does not handle {event.type!r}; it handles "
-                         f"{', '.join(ROUTES[name])}"},
-                message=f"event type not handled by {name}")
-        outcome = host.run(name, event)
-        _note([outcome])
-        for e in outcome.extra:
-            host.context.emit(e)
-        return outcome.reply
-
-    return handler
-
-
-def _dispatch_handler(host: Host) -> Callable[[Event], Event | None]:
-    def handler(event: Event) -> Event | None:
-        if not functions_for(event.type, host.settings.only_function):
-            _note([Outcome("-", NOOP, f"no function handles {event.type}")])
-            return None
-        outcomes = host.dispatch(event)
-        _note(outcomes)
-        events = [e for o in outcomes for e in o.events]
-        for e in events[1:]:
-            host.context.emit(e)
-        return events[0] if events else None
-
-    return handler
+def _outcome_headers(resp: Response) -> Response:
+    """``Surefoot-Function``, ``-Outcome`` and ``-Reason``: what the request's functions did."""
+    outcomes: list[Outcome] = g.get("surefoot_outcomes", [])
+    if outcomes:
+        resp.headers["Surefoot-Function"] = ",".join(o.function for o in outcomes)
+        resp.headers["Surefoot-Outcome"] = ",".join(o.status for o in outcomes)
+        resp.headers["Surefoot-Reason"] = _header(" | ".join(o.reason for o in outcomes))
+    return resp
 
 
 def _json_error(status: int, message: str, fields: dict[str, str] | None = None) -> Response:
@@ -194,80 +181,88 @@ def _json_error(status: int, message: str, fields: dict[str, str] | None = None)
     return resp
 
 
-def _install_error_handlers(app: Flask) -> None:
-    """JSON answers for the admin and dead-letter routes (the receiver blueprints have their
-    own): 400 for bad input, 503 temporary, 422 permanent."""
+class EventEndpoints:
+    """The CloudEvent receivers: each function at its own path, and ``POST /`` dispatching by
+    event type (Knative ApiServerSource events mapped onto the Surefoot catalog first)."""
 
-    @app.errorhandler(EventValidationError)
-    def _invalid(exc: EventValidationError) -> Response:
-        return _json_error(400, exc.message, exc.errors)
+    def __init__(self, host: Host) -> None:
+        self.host = host
 
-    @app.errorhandler(TemporaryError)
-    def _temporary(exc: TemporaryError) -> Response:
-        resp = _json_error(503, f"temporary failure: {exc}")
-        resp.headers["Retry-After"] = "1"
-        return resp
+    def handle(self, name: str, event: Event) -> Event | None:
+        """``event`` at the path of the function ``name``: its reply (extra events to the sink)."""
+        if event.type not in ROUTES[name]:
+            raise EventValidationError(
+                {"type": f"{name} does not handle {event.type!r}; it handles "
+                         f"{', '.join(ROUTES[name])}"},
+                message=f"event type not handled by {name}")
+        outcome = self.host.run(name, event)
+        _note([outcome])
+        for e in outcome.extra:
+            self.host.context.emit(e)
+        return outcome.reply
 
-    @app.errorhandler(PermanentError)
-    def _permanent(exc: PermanentError) -> Response:
-        return _json_error(422, f"rejected: {exc}")
+    def dispatch(self, event: Event) -> Event | None:
+        """``event`` at ``/``: every function that handles its type; the first event is the
+        reply, the others go to the sink."""
+        if not functions_for(event.type, self.host.settings.only_function):
+            _note([Outcome("-", NOOP, f"no function handles {event.type}")])
+            return None
+        outcomes = self.host.dispatch(event)
+        _note(outcomes)
+        events = [e for o in outcomes for e in o.events]
+        for e in events[1:]:
+            self.host.context.emit(e)
+        return events[0] if events else None
 
-    @app.errorhandler(redis.RedisError)
-    def _redis(exc: redis.RedisError) -> Response:
-        resp = _json_error(503, f"Redis failed: {type(exc).__name__}")
-        resp.headers["Retry-After"] = "1"
-        return resp
+    def handler(self, name: str) -> Callable[[Event], Event | None]:
+        """The receiver's handler for the function ``name``."""
+        return functools.partial(self.handle, name)
+
+    def blueprints(self) -> list[Blueprint]:
+        strict = ReceiverSettings(strict_types=True)
+        out = [receiver_blueprint(f"fn_{name}", self.handler(name), strict, rule=f"/{name}")
+               for name in FUNCTIONS if self.host.serves(name)]
+        out.append(receiver_blueprint("fn_dispatch", self.dispatch,
+                                      ReceiverSettings(strict_types=True, map_knative=True)))
+        return out
 
 
-def create_app(settings: FunctionSettings, context: Context) -> Flask:
-    """The functions host as a Flask app (no threads started; see :class:`FunctionsServer`)."""
-    host = Host(settings, context)
-    app = Flask(__name__)
-    app.extensions[EXTENSION] = host
-    strict = ReceiverSettings(strict_types=True)
-    for name in FUNCTIONS:
-        if settings.only_function and name != settings.only_function:
-            continue
-        app.register_blueprint(
-            receiver_blueprint(f"fn_{name}", _function_handler(host, name), strict,
-                               rule=f"/{name}"))
-    app.register_blueprint(receiver_blueprint(
-        "fn_dispatch", _dispatch_handler(host), ReceiverSettings(strict_types=True,
-                                                                 map_knative=True)))
-    app.config["MAX_CONTENT_LENGTH"] = strict.max_body_bytes
-    _install_error_handlers(app)
+class HostInfo:
+    """``GET /healthz`` (liveness, and whether Redis answers) and ``GET /functions``."""
 
-    @app.after_request
-    def outcome_headers(resp: Response) -> Response:
-        outcomes: list[Outcome] = g.get("surefoot_outcomes", [])
-        if outcomes:
-            resp.headers["Surefoot-Function"] = ",".join(o.function for o in outcomes)
-            resp.headers["Surefoot-Outcome"] = ",".join(o.status for o in outcomes)
-            resp.headers["Surefoot-Reason"] = _header(" | ".join(o.reason for o in outcomes))
-        return resp
+    def __init__(self, host: Host) -> None:
+        self.host = host
 
-    @app.get("/healthz")
-    def healthz() -> Response:
+    def healthz(self) -> Response:
         try:
-            context.redis.ping()
+            self.host.context.redis.ping()
             redis_state = "ok"
         except Exception as exc:  # report, do not fail liveness on a Redis blip
             redis_state = f"unreachable: {type(exc).__name__}"
         return jsonify({"status": "ok", "redis": redis_state, "functions": list(FUNCTIONS)})
 
-    @app.get("/functions")
-    def routes() -> Response:
+    def functions(self) -> Response:
         return jsonify({"functions": {n: {"path": f"/{n}", "types": list(t)}
-                                      for n, t in ROUTES.items()
-                                      if not settings.only_function
-                                      or n == settings.only_function},
+                                      for n, t in ROUTES.items() if self.host.serves(n)},
                         "dispatch": "/", "dead_letter": DEAD_LETTER_PATH})
 
-    # --- dead letters ----------------------------------------------------------------------
-    dl_key = context.key("dead-letters")
+    def blueprint(self) -> Blueprint:
+        bp = Blueprint("fn_info", __name__)
+        bp.add_url_rule("/healthz", view_func=self.healthz, methods=["GET"])
+        bp.add_url_rule("/functions", view_func=self.functions, methods=["GET"])
+        return bp
 
-    @app.post(DEAD_LETTER_PATH)
-    def dead_letter() -> Response:
+
+class DeadLetters:
+    """What the broker gave up on: ``POST /dead-letter`` keeps it in a bounded Redis list,
+    ``GET /dead-letter`` reads it back (newest first)."""
+
+    def __init__(self, context: Context, keep: int) -> None:
+        self.context = context
+        self.keep = keep
+        self.key = context.key("dead-letters")
+
+    def receive(self) -> Response:
         body = request.get_data(cache=False)
         headers = dict(request.headers.items())
         record: dict[str, Any] = {"received": time.time()}
@@ -286,24 +281,54 @@ def create_app(settings: FunctionSettings, context: Context) -> Flask:
                                   "body": body[:4096].decode("utf-8", "replace"),
                                   "problem": str(exc)}
             log.error("dead letter that is not a valid CloudEvent: %s", exc)
-        pipe = context.redis.pipeline()
-        pipe.lpush(dl_key, json.dumps(record, separators=(",", ":"), default=str))
-        pipe.ltrim(dl_key, 0, settings.dead_letter_keep - 1)
+        pipe = self.context.redis.pipeline()
+        pipe.lpush(self.key, json.dumps(record, separators=(",", ":"), default=str))
+        pipe.ltrim(self.key, 0, self.keep - 1)
         pipe.execute()
         return Response(status=202)
 
-    @app.get(DEAD_LETTER_PATH)
-    def dead_letters() -> Response:
+    def read(self) -> Response:
         limit = request.args.get("limit", "100")
         if not limit.isdigit():
             return _json_error(400, "limit must be a non-negative integer",
                                {"limit": f"{limit!r} is not an integer"})
-        rows = context.redis.lrange(dl_key, 0, int(limit) - 1) if int(limit) else []
+        rows = self.context.redis.lrange(self.key, 0, int(limit) - 1) if int(limit) else []
         return jsonify({"dead_letters": [json.loads(r) for r in rows]})
 
-    # --- admin -----------------------------------------------------------------------------
-    def unauthorized() -> Response | None:
-        token = settings.admin_token
+    def blueprint(self) -> Blueprint:
+        bp = Blueprint("fn_dead_letters", __name__)
+        bp.add_url_rule(DEAD_LETTER_PATH, view_func=self.receive, methods=["POST"])
+        bp.add_url_rule(DEAD_LETTER_PATH, view_func=self.read, methods=["GET"])
+        return bp
+
+
+def _release_request(doc: Any) -> tuple[str, str] | Response:
+    """The node and reason of a release request, or the 400 that says what is wrong."""
+    if not isinstance(doc, dict):
+        return _json_error(400, "send a JSON object {\"node\": NAME}",
+                           {"body": "must be a JSON object"})
+    errors: dict[str, str] = {}
+    node = doc.get("node")
+    if not isinstance(node, str) or not node.strip():
+        errors["node"] = "missing" if node is None else "must be a non-empty string"
+    reason = doc.get("reason", "released by an operator")
+    if not isinstance(reason, str):
+        errors["reason"] = "must be a string"
+    if errors or not isinstance(node, str):
+        return _json_error(400, "invalid release request", errors)
+    return node.strip(), reason
+
+
+class Admin:
+    """``/admin/*`` (bearer ``admin_token`` when set): release a node now, show the
+    quarantines and deferred actions, run the due deferred actions."""
+
+    def __init__(self, host: Host) -> None:
+        self.host = host
+
+    def unauthorized(self) -> Response | None:
+        """None when the request may use the admin API, else its 401 / 403."""
+        token = self.host.settings.admin_token
         if not token:
             return None
         given = request.headers.get("Authorization", "")
@@ -314,48 +339,85 @@ def create_app(settings: FunctionSettings, context: Context) -> Flask:
             return _json_error(403, "Authorization: wrong token", {"Authorization": "wrong"})
         return None
 
-    @app.post("/admin/release")
-    def admin_release() -> Response:
-        denied = unauthorized()
+    def release(self) -> Response:
+        denied = self.unauthorized()
         if denied is not None:
             return denied
-        doc = request.get_json(silent=True)
-        errors: dict[str, str] = {}
-        if not isinstance(doc, dict):
-            return _json_error(400, "send a JSON object {\"node\": NAME}",
-                               {"body": "must be a JSON object"})
-        node = doc.get("node")
-        if not isinstance(node, str) or not node.strip():
-            errors["node"] = "missing" if node is None else "must be a non-empty string"
-        reason = doc.get("reason", "released by an operator")
-        if not isinstance(reason, str):
-            errors["reason"] = "must be a string"
-        if errors:
-            return _json_error(400, "invalid release request", errors)
-        assert isinstance(node, str)
-        outcome = quarantine_node.release(host.context, node.strip(), reason=reason)
-        for e in outcome.events:
-            context.emit(e)
+        parsed = _release_request(request.get_json(silent=True))
+        if isinstance(parsed, Response):
+            return parsed
+        node, reason = parsed
+        outcome = quarantine_node.release(self.host.context, node, reason=reason)
+        self.host.emit([outcome])
         return jsonify({"status": outcome.status, "reason": outcome.reason,
                         "event": to_dict(outcome.reply) if outcome.reply else None})
 
-    @app.get("/admin/quarantine")
-    def admin_quarantine() -> Response:
-        denied = unauthorized()
+    def quarantine(self) -> Response:
+        denied = self.unauthorized()
         if denied is not None:
             return denied
-        return jsonify({"quarantined": quarantine_node.status(context),
-                        "deferred": [{"action": m, "due": d} for m, d in deferred(context)]})
+        ctx = self.host.context
+        return jsonify({"quarantined": quarantine_node.status(ctx),
+                        "deferred": [{"action": m, "due": d} for m, d in deferred(ctx)]})
 
-    @app.post("/admin/sweep")
-    def admin_sweep() -> Response:
-        denied = unauthorized()
+    def sweep(self) -> Response:
+        denied = self.unauthorized()
         if denied is not None:
             return denied
-        outcomes = host.sweep()
+        outcomes = self.host.sweep()
         return jsonify({"outcomes": [{"function": o.function, "status": o.status,
                                       "reason": o.reason} for o in outcomes]})
 
+    def blueprint(self) -> Blueprint:
+        bp = Blueprint("fn_admin", __name__, url_prefix="/admin")
+        bp.add_url_rule("/release", view_func=self.release, methods=["POST"])
+        bp.add_url_rule("/quarantine", view_func=self.quarantine, methods=["GET"])
+        bp.add_url_rule("/sweep", view_func=self.sweep, methods=["POST"])
+        return bp
+
+
+def _invalid(exc: EventValidationError) -> Response:
+    return _json_error(400, exc.message, exc.errors)
+
+
+def _temporary(exc: TemporaryError) -> Response:
+    resp = _json_error(503, f"temporary failure: {exc}")
+    resp.headers["Retry-After"] = "1"
+    return resp
+
+
+def _permanent(exc: PermanentError) -> Response:
+    return _json_error(422, f"rejected: {exc}")
+
+
+def _redis_failed(exc: redis.RedisError) -> Response:
+    resp = _json_error(503, f"Redis failed: {type(exc).__name__}")
+    resp.headers["Retry-After"] = "1"
+    return resp
+
+
+def _install_error_handlers(app: Flask) -> None:
+    """JSON answers for the admin and dead-letter routes (the receiver blueprints have their
+    own): 400 for bad input, 503 temporary, 422 permanent."""
+    app.register_error_handler(EventValidationError, _invalid)
+    app.register_error_handler(TemporaryError, _temporary)
+    app.register_error_handler(PermanentError, _permanent)
+    app.register_error_handler(redis.RedisError, _redis_failed)
+
+
+def create_app(settings: FunctionSettings, context: Context) -> Flask:
+    """The functions host as a Flask app (no threads started; see :class:`FunctionsServer`)."""
+    host = Host(settings, context)
+    app = Flask(__name__)
+    app.extensions[EXTENSION] = host
+    for bp in EventEndpoints(host).blueprints():
+        app.register_blueprint(bp)
+    app.config["MAX_CONTENT_LENGTH"] = ReceiverSettings(strict_types=True).max_body_bytes
+    _install_error_handlers(app)
+    app.after_request(_outcome_headers)
+    app.register_blueprint(HostInfo(host).blueprint())
+    app.register_blueprint(DeadLetters(context, settings.dead_letter_keep).blueprint())
+    app.register_blueprint(Admin(host).blueprint())
     return app
 
 

@@ -136,7 +136,6 @@ def once(function: str) -> Callable[[Handler], Handler]:
         def wrapper(event: Event, ctx: Context) -> Outcome:
             return run_once(function, event, ctx, lambda: fn(event, ctx))
 
-        wrapper.__wrapped__ = fn  # type: ignore[attr-defined]
-        return wrapper
+        return wrapper  # functools.wraps keeps the bare handler as __wrapped__
 
     return deco

@@ -10,14 +10,16 @@ names shared with the other components (``SUREFOOT_REDIS_URL``, ``SUREFOOT_NAMES
 
 from __future__ import annotations
 
-import os
-import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 from typing import Any
 
+from envreader import env_fields
+
+ENV_PREFIX = "SUREFOOT_"
 PLATFORMS = ("knative", "local")
 SNAPSHOT_SCOPES = ("one", "all")
+FUNCTION_NAMES = ("trip_breaker", "reroute_traffic", "snapshot_checkpoint", "quarantine_node")
 
 
 class SettingsError(ValueError):
@@ -89,6 +91,7 @@ class FunctionSettings:
     fallback_min_scale: int = 1
     fallback_max_scale: int = 0
     fallback_boost: int = 2
+    fallback_ready_timeout_s: float = 60.0  # reroute: wait for the boosted fallback's replicas
     restore_steps: tuple[int, ...] = (10, 50, 100)
     restore_step_wait_s: float = 30.0
     restore_min_ready: int = 1
@@ -125,6 +128,13 @@ class FunctionSettings:
     def check(self) -> dict[str, str]:
         """Every problem at once (empty when the settings can work)."""
         errors: dict[str, str] = {}
+        self._check_names(errors)
+        self._check_counts(errors)
+        self._check_seconds(errors)
+        self._check_choices(errors)
+        return errors
+
+    def _check_names(self, errors: dict[str, str]) -> None:
         for name in ("service", "namespace", "primary_revision", "fallback_revision",
                      "redis_prefix", "source", "quarantine_label"):
             if not getattr(self, name):
@@ -133,12 +143,16 @@ class FunctionSettings:
             errors["fallback_revision"] = "must differ from primary_revision"
         if self.primary_tag and self.primary_tag == self.fallback_tag:
             errors["fallback_tag"] = "must differ from primary_tag"
-        if self.platform not in PLATFORMS:
-            errors["platform"] = f"{self.platform!r} is not one of {', '.join(PLATFORMS)}"
         if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             errors["redis_url"] = f"{self.redis_url!r} is not a redis:// URL"
         if self.sink and not self.sink.startswith(("http://", "https://")):
             errors["sink"] = f"{self.sink!r} is not an http(s) URL"
+        for name in ("gpu_node_label", "optout_label"):
+            value = getattr(self, name)
+            if value and _label_pair(value) is None:
+                errors[name] = f"{value!r} is not KEY=VALUE"
+
+    def _check_counts(self, errors: dict[str, str]) -> None:
         for name in ("crash_threshold", "max_quarantined", "dead_letter_keep"):
             if getattr(self, name) < 1:
                 errors[name] = "must be >= 1"
@@ -153,15 +167,6 @@ class FunctionSettings:
                 f"{self.fallback_max_scale} is below fallback_min_scale + fallback_boost "
                 f"({self.fallback_min_scale + self.fallback_boost}); use 0 for unbounded"
             )
-        for name in ("crash_window_s", "dedupe_ttl_s", "lease_s", "restore_health_poll_s",
-                     "snapshot_timeout_s"):
-            if not getattr(self, name) > 0:
-                errors[name] = "must be > 0 seconds"
-        for name in ("node_hold_s", "restore_step_wait_s", "restore_health_timeout_s",
-                     "release_hold_s", "drain_timeout_s", "drain_retry_s", "inflight_wait_s",
-                     "sweep_interval_s"):
-            if getattr(self, name) < 0:
-                errors[name] = "must be >= 0 seconds"
         steps = self.restore_steps
         if not steps:
             errors["restore_steps"] = "needs at least one step"
@@ -171,16 +176,27 @@ class FunctionSettings:
             errors["restore_steps"] = "the last step must be 100"
         if not 0 < self.max_quarantined_percent <= 100:
             errors["max_quarantined_percent"] = "must be within (0, 100]"
+
+    def _check_seconds(self, errors: dict[str, str]) -> None:
+        for name in ("crash_window_s", "dedupe_ttl_s", "lease_s", "restore_health_poll_s",
+                     "snapshot_timeout_s"):
+            if not getattr(self, name) > 0:
+                errors[name] = "must be > 0 seconds"
+        for name in ("node_hold_s", "restore_step_wait_s", "restore_health_timeout_s",
+                     "fallback_ready_timeout_s",
+                     "release_hold_s", "drain_timeout_s", "drain_retry_s", "inflight_wait_s",
+                     "sweep_interval_s"):
+            if getattr(self, name) < 0:
+                errors[name] = "must be >= 0 seconds"
+
+    def _check_choices(self, errors: dict[str, str]) -> None:
+        if self.platform not in PLATFORMS:
+            errors["platform"] = f"{self.platform!r} is not one of {', '.join(PLATFORMS)}"
         if self.snapshot_replicas not in SNAPSHOT_SCOPES:
             errors["snapshot_replicas"] = f"must be one of {', '.join(SNAPSHOT_SCOPES)}"
-        known = ("trip_breaker", "reroute_traffic", "snapshot_checkpoint", "quarantine_node")
-        if self.only_function and self.only_function not in known:
-            errors["only_function"] = f"{self.only_function!r} is not one of {', '.join(known)}"
-        for name in ("gpu_node_label", "optout_label"):
-            value = getattr(self, name)
-            if value and _label_pair(value) is None:
-                errors[name] = f"{value!r} is not KEY=VALUE"
-        return errors
+        if self.only_function and self.only_function not in FUNCTION_NAMES:
+            errors["only_function"] = (
+                f"{self.only_function!r} is not one of {', '.join(FUNCTION_NAMES)}")
 
     # --- derived --------------------------------------------------------------------------
     @property
@@ -192,50 +208,12 @@ class FunctionSettings:
         return _label_pair(self.optout_label) if self.optout_label else None
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> FunctionSettings:
-        """Settings from ``SUREFOOT_<FIELD>`` variables, then ``overrides`` that are not None.
-        Raises SettingsError naming every bad variable."""
-        env = os.environ if env is None else env
-        hints = typing.get_type_hints(cls)
-        values: dict[str, Any] = {}
-        errors: dict[str, str] = {}
-        for f in fields(cls):
-            key = f"SUREFOOT_{f.name.upper()}"
-            if key not in env:
-                continue
-            raw = env[key]
-            try:
-                values[f.name] = _parse(hints[f.name], raw)
-            except ValueError as exc:
-                errors[key] = str(exc)
+    def from_env(cls, env: Mapping[str, str], **overrides: Any) -> FunctionSettings:
+        """Settings from the ``SUREFOOT_<FIELD>`` variables of ``env`` (the entry point passes
+        ``os.environ``), then ``overrides`` that are not None. Raises SettingsError naming every
+        bad variable, and every setting that cannot work."""
+        values, errors = env_fields(cls, ENV_PREFIX, env)
         if errors:
             raise SettingsError(errors)
         values.update({k: v for k, v in overrides.items() if v is not None})
-        return replace(cls(), **values)
-
-
-def _parse(hint: Any, raw: str) -> Any:
-    text = raw.strip()
-    if hint is bool:
-        low = text.lower()
-        if low in ("1", "true", "yes", "on"):
-            return True
-        if low in ("0", "false", "no", "off", ""):
-            return False
-        raise ValueError(f"{raw!r} is not a boolean (true/false)")
-    if hint is int:
-        try:
-            return int(text)
-        except ValueError:
-            raise ValueError(f"{raw!r} is not an integer") from None
-    if hint is float:
-        try:
-            return float(text)
-        except ValueError:
-            raise ValueError(f"{raw!r} is not a number") from None
-    if typing.get_origin(hint) is tuple:
-        try:
-            return tuple(int(p) for p in text.replace(" ", "").split(",") if p)
-        except ValueError:
-            raise ValueError(f"{raw!r} is not a comma-separated list of integers") from None
-    return raw
+        return cls(**values)

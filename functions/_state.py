@@ -13,6 +13,7 @@ changed by a single Redis command or Lua script, never read-modify-written from 
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -150,7 +151,5 @@ def locked(ctx: Context, name: str, *, ttl_s: float = 30.0, wait_s: float = 10.0
     try:
         yield
     finally:
-        try:
+        with contextlib.suppress(redis.RedisError):  # else it expires with its TTL
             ctx.script(_UNLOCK)(keys=[key], args=[token])
-        except redis.RedisError:
-            pass  # it expires with its TTL

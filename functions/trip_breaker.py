@@ -63,7 +63,7 @@ def _hold(t: Transition) -> float | None:
 def _reply_id(t: Transition) -> dict[str, Any]:
     """The id and extensions the breaker's own transition events use (knative's
     CloudEventSink), so a consumer deduplicates one transition across both paths."""
-    return {"id": f"{t.key}/{t.generation}/{int(round(t.at * 1000))}",
+    return {"id": f"{t.key}/{t.generation}/{round(t.at * 1000)}",
             "extensions": {"breakerstate": t.new, "breakergen": str(t.generation)}}
 
 

@@ -108,12 +108,9 @@ def _no_subcommand(group: argparse.ArgumentParser) -> Any:
 
 def _settings(args: argparse.Namespace) -> CheckpointSettings:
     try:
-        settings = CheckpointSettings.from_env(os.environ)
+        return CheckpointSettings.from_env(os.environ, directory=args.dir or None)
     except ValueError as exc:
         raise CliError(str(exc)) from None
-    if args.dir:
-        settings = CheckpointSettings(Path(args.dir).expanduser(), settings.keep, settings.sha256)
-    return settings
 
 
 def _store(args: argparse.Namespace, *, create: bool = False) -> CheckpointStore:
@@ -280,44 +277,59 @@ def _snapshot_replica(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _tensor_file(name: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Tensors from a safetensors file or a legacy ``.pt`` file (and the latter's plain
+    values, as state)."""
+    path = Path(name)
+    if not path.is_file():
+        raise CliError(f"--tensors {path}: no such file")
+    try:
+        if path.suffix == ".pt":
+            tensors, legacy_state = load_legacy_pt(path)
+            if legacy_state:
+                return tensors, {"legacy_import": str(path), "values": legacy_state}
+            return tensors, None
+        import safetensors.torch
+
+        return safetensors.torch.load_file(str(path)), None
+    except InvalidSnapshot as exc:
+        raise CliError(f"--tensors: {'; '.join(exc.problems)}") from None
+    except Exception as exc:  # the safetensors library's own error types
+        raise CliError(f"--tensors {path}: not a safetensors file ({exc})") from None
+
+
+def _state_file(name: str) -> dict[str, Any]:
+    try:
+        loaded = json.loads(Path(name).read_text())
+    except OSError as exc:
+        raise CliError(f"--state {name}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise CliError(f"--state {name}: not JSON ({exc})") from None
+    if not isinstance(loaded, dict):
+        raise CliError(f"--state {name}: must hold a JSON object")
+    return loaded
+
+
+def _blob_files(pairs: list[str]) -> dict[str, bytes]:
+    blobs: dict[str, bytes] = {}
+    for name, path_str in _pairs(pairs, "--blob").items():
+        try:
+            blobs[name] = Path(path_str).read_bytes()
+        except OSError as exc:
+            raise CliError(f"--blob {name}={path_str}: {exc.strerror}") from None
+    return blobs
+
+
 def _snapshot_local(args: argparse.Namespace) -> int:
     if not args.model_id or not args.revision:
         raise CliError("give --replica URL, or --model-id and --revision with local inputs")
     tensors: dict[str, Any] | None = None
     state: dict[str, Any] | None = None
     if args.tensors:
-        path = Path(args.tensors)
-        if not path.is_file():
-            raise CliError(f"--tensors {path}: no such file")
-        try:
-            if path.suffix == ".pt":
-                tensors, legacy_state = load_legacy_pt(path)
-                if legacy_state:
-                    state = {"legacy_import": str(path), "values": legacy_state}
-            else:
-                import safetensors.torch
-
-                tensors = safetensors.torch.load_file(str(path))
-        except InvalidSnapshot as exc:
-            raise CliError(f"--tensors: {'; '.join(exc.problems)}") from None
-        except Exception as exc:  # the safetensors library's own error types
-            raise CliError(f"--tensors {path}: not a safetensors file ({exc})") from None
+        tensors, state = _tensor_file(args.tensors)
     if args.state:
-        try:
-            loaded = json.loads(Path(args.state).read_text())
-        except OSError as exc:
-            raise CliError(f"--state {args.state}: {exc.strerror}") from None
-        except ValueError as exc:
-            raise CliError(f"--state {args.state}: not JSON ({exc})") from None
-        if not isinstance(loaded, dict):
-            raise CliError(f"--state {args.state}: must hold a JSON object")
-        state = {**(state or {}), **loaded}
-    blobs: dict[str, bytes] = {}
-    for name, path_str in _pairs(args.blob, "--blob").items():
-        try:
-            blobs[name] = Path(path_str).read_bytes()
-        except OSError as exc:
-            raise CliError(f"--blob {name}={path_str}: {exc.strerror}") from None
+        state = {**(state or {}), **_state_file(args.state)}
+    blobs = _blob_files(args.blob)
     model_files = _pairs(args.model_file, "--model-file")
     store = _store(args, create=True)
     try:

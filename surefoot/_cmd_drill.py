@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import os
 import socket
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from surefoot.cli import EXIT_FAILED, CliError
 
-FAULTS = ("pod_delete", "node_evict", "gpu_fault")
+if TYPE_CHECKING:
+    from surefoot._up import LocalSystem
+
+FAULTS = ("pod_delete", "node_evict", "gpu_fault", "redis_kill")
+DEFAULT_FAULTS = ("pod_delete", "node_evict", "gpu_fault")
 
 
 def register(subparsers: Any) -> None:
@@ -24,7 +29,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--duration", type=float, default=60.0,
                    help="seconds of steady load before the faults (default 60)")
     p.add_argument("--out", default="drill-out", help="report directory (default drill-out)")
-    p.add_argument("--faults", default=",".join(FAULTS),
+    p.add_argument("--faults", default=",".join(DEFAULT_FAULTS),
                    help=f"comma-separated subset of {','.join(FAULTS)}")
     p.add_argument("--max-tokens", type=int, default=4)
     p.add_argument("--state-dir", help="state of a running `surefoot up` to attach to")
@@ -44,7 +49,8 @@ def _free_port() -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from surefoot._drill import Drill, DrillSettings, format_report
+    from surefoot._drill import Drill, DrillSettings
+    from surefoot._drill_report import format_report
 
     faults = tuple(f.strip() for f in args.faults.split(",") if f.strip())
     bad = [f for f in faults if f not in FAULTS]
@@ -78,31 +84,33 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _knative_target(args: argparse.Namespace) -> Any:
+    from envreader import read_value
     from knative.platforms.kube import KnativePlatform, KubeSettings
     from surefoot._drill import Target
 
     if not args.gateway:
         raise CliError("--platform knative needs --gateway URL (the gateway's address)")
     try:
-        kube = KubeSettings.from_env()
+        kube = KubeSettings.from_env(os.environ)
         platform = KnativePlatform.from_settings(kube)
     except Exception as exc:  # no kubeconfig, bad context
         raise CliError(f"--platform knative: {exc}") from exc
-    import os
-
+    env = os.environ
     return Target(platform, kube.service, args.gateway,
-                  os.environ.get("SUREFOOT_PRIMARY_REVISION", f"{kube.service}-v1"),
-                  broker_url=os.environ.get("SUREFOOT_BROKER_URL", ""),
-                  redis_url=os.environ.get("SUREFOOT_REDIS_URL", ""),
-                  admin_token=os.environ.get("SUREFOOT_ADMIN_TOKEN", ""))
+                  read_value(env, "SUREFOOT_PRIMARY_REVISION", str, f"{kube.service}-v1"),
+                  broker_url=read_value(env, "SUREFOOT_BROKER_URL", str, ""),
+                  redis_url=read_value(env, "SUREFOOT_REDIS_URL", str, ""),
+                  admin_token=read_value(env, "SUREFOOT_ADMIN_TOKEN", str, ""))
 
 
 def _local_target(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The running `surefoot up` to attach to, or (with no --state-dir) a system of the drill's
+    own, which the caller stops."""
     from knative.platforms.local import LocalPlatformClient
     from surefoot._drill import Target
-    from surefoot._up import LocalSystem, RunState, UpError, UpSettings, default_state_dir
+    from surefoot._up import RunState, UpError, default_state_dir
 
-    state_dir = Path(args.state_dir) if args.state_dir else default_state_dir()
+    state_dir = Path(args.state_dir) if args.state_dir else default_state_dir(os.environ)
     system = None
     try:
         st = RunState.read(state_dir)
@@ -110,23 +118,7 @@ def _local_target(args: argparse.Namespace) -> tuple[Any, Any]:
     except UpError:
         if args.state_dir:
             raise CliError(f"no running `surefoot up` with state in {state_dir}") from None
-        from surefoot._cmd_up import functions_factory
-
-        tmp = tempfile.mkdtemp(prefix="surefoot-drill-")
-        port = _free_port()
-        print(f"starting a local system for the drill (gateway port {port}, state {tmp})...",
-              flush=True)
-        system = LocalSystem(UpSettings(port=port, state_dir=tmp,
-                                        embeddings=args.embeddings,
-                                        checkpoint_interval=0, gpu_source=False),
-                             functions_factory)
-        try:
-            system.start()
-            if not system.wait_ready():
-                raise CliError("the drill's system did not become ready", code=EXIT_FAILED)
-        except (UpError, BaseException):
-            system.stop()
-            raise
+        system = _own_system(args)
         assert system.state is not None
         st = system.state
     client = LocalPlatformClient(st.control_url)
@@ -135,5 +127,33 @@ def _local_target(args: argparse.Namespace) -> tuple[Any, Any]:
     target = Target(client, st.service, st.gateway_url, st.primary_revision,
                     broker_url=st.broker_url, redis_url=st.redis_url, admin_token=st.admin_token,
                     serve_args=serve_args,
-                    start_nice=int(client.status().get("start_nice", 0)))
+                    start_nice=int(client.status().get("start_nice", 0)),
+                    control_url=st.control_url, fallback_revision=st.fallback_revision)
     return target, system
+
+
+def _own_system(args: argparse.Namespace) -> LocalSystem:
+    """A whole local system for the drill alone, started and ready; stopped again when its
+    start fails."""
+    from surefoot._cmd_up import functions_factory
+    from surefoot._up import LocalSystem, UpError, UpSettings
+
+    tmp = tempfile.mkdtemp(prefix="surefoot-drill-")
+    port = _free_port()
+    print(f"starting a local system for the drill (gateway port {port}, state {tmp})...",
+          flush=True)
+    system = LocalSystem(UpSettings(port=port, state_dir=tmp,
+                                    embeddings=args.embeddings,
+                                    checkpoint_interval=0, gpu_source=False),
+                         os.environ, functions_factory)
+    try:
+        system.start()
+        if not system.wait_ready():
+            raise CliError("the drill's system did not become ready", code=EXIT_FAILED)
+    except UpError as exc:
+        system.stop()
+        raise CliError(str(exc), code=EXIT_FAILED if exc.failed else 2) from None
+    except BaseException:  # Ctrl-C included: nothing of it is left running
+        system.stop()
+        raise
+    return system

@@ -26,7 +26,13 @@ def register(subparsers: Any) -> None:
     src = subparsers.add_parser("source", help="run an event source (gpu, pods)")
     src_sub = src.add_subparsers(dest="source", metavar="SOURCE")
     src_sub.required = True
+    _register_gpu_source(src_sub)
+    _register_pods_source(src_sub)
+    _register_inject(subparsers)
+    _register_broker(subparsers)
 
+
+def _register_gpu_source(src_sub: Any) -> None:
     gpu = src_sub.add_parser(
         "gpu", help="GPU health (NVML + kernel log) -> gpu.* events",
         description="Watch the node's GPUs and send gpu.* CloudEvents to a sink. "
@@ -49,6 +55,8 @@ def register(subparsers: Any) -> None:
                      help="where undeliverable events go (JSON lines file or URL)")
     gpu.set_defaults(func=run_gpu_source)
 
+
+def _register_pods_source(src_sub: Any) -> None:
     pods = src_sub.add_parser(
         "pods", help="pod and node lifecycle (Kubernetes watch) -> pod.* / node.* events",
         description="Watch pods (by label selector) and nodes; send pod.* and node.* events.",
@@ -65,6 +73,8 @@ def register(subparsers: Any) -> None:
     pods.add_argument("--dead-letter", metavar="PATH|URL")
     pods.set_defaults(func=run_pods_source)
 
+
+def _register_inject(subparsers: Any) -> None:
     inj = subparsers.add_parser("inject", help="inject a GPU fault event (for drills)")
     inj_sub = inj.add_subparsers(dest="fault", metavar="FAULT")
     inj_sub.required = True
@@ -93,6 +103,8 @@ def register(subparsers: Any) -> None:
     lost.add_argument("--reason", default="NVML_ERROR_GPU_IS_LOST")
     lost.set_defaults(func=run_inject)
 
+
+def _register_broker(subparsers: Any) -> None:
     br = subparsers.add_parser(
         "broker", help="run the local event broker",
         description="An HTTP CloudEvents broker: POST events to /, triggers from --config "
@@ -108,20 +120,20 @@ def register(subparsers: Any) -> None:
     br.set_defaults(func=run_broker)
 
 
-def _running_up_broker() -> str | None:
+def _running_up_broker(env: Mapping[str, str]) -> str | None:
     """The broker of a running ``surefoot up`` on this machine, if there is one."""
     try:
         from surefoot._up import RunState, UpError, default_state_dir
     except ImportError:
         return None
     try:
-        return RunState.read(default_state_dir()).broker_url or None
+        return RunState.read(default_state_dir(env)).broker_url or None
     except (UpError, OSError, TypeError, ValueError):
         return None
 
 
 def _sink(args: argparse.Namespace, env: Mapping[str, str]) -> str:
-    sink = args.sink or env.get(ENV_SINK) or _running_up_broker()
+    sink = args.sink or env.get(ENV_SINK) or _running_up_broker(env)
     if not sink:
         raise CliError(f"no event sink: pass --sink URL, set {ENV_SINK}, or start `surefoot up`")
     if not sink.startswith(("http://", "https://")):

@@ -105,7 +105,7 @@ def _settings(args: argparse.Namespace) -> Any:
         "dry_run": getattr(args, "dry_run", None),
     }
     try:
-        return FunctionSettings.from_env(**overrides)
+        return FunctionSettings.from_env(os.environ, **overrides)
     except SettingsError as exc:
         raise CliError(str(exc)) from exc
 
@@ -126,8 +126,9 @@ def _context(settings: Any) -> Any:
         raise CliError("set SUREFOOT_REDIS_URL (or --redis-url): the functions share Redis "
                        "with the gateways")
     try:
-        breakers = BreakerRegistrySettings.from_env(redis_url=settings.redis_url)
-        kube = KubeSettings.from_env(namespace=settings.namespace, service=settings.service)
+        breakers = BreakerRegistrySettings.from_env(os.environ, redis_url=settings.redis_url)
+        kube = KubeSettings.from_env(os.environ, namespace=settings.namespace,
+                                     service=settings.service)
         platform = KnativePlatform.from_settings(kube)
     except (InvalidBreakerSettings, KubeSettingsError) as exc:
         raise CliError(str(exc)) from exc
@@ -181,7 +182,7 @@ def run_release(args: argparse.Namespace) -> int:
         from surefoot._up import RunState, UpError, default_state_dir
 
         try:
-            st = RunState.read(default_state_dir())
+            st = RunState.read(default_state_dir(os.environ))
         except UpError:
             st = None
         if st is not None and st.functions_url:

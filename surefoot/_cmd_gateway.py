@@ -7,9 +7,13 @@ import errno
 import os
 import socket
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from surefoot.cli import CliError
+
+if TYPE_CHECKING:
+    from knative.breakers import BreakerRegistrySettings, EmbeddedRedis
+    from knative.gateway import GatewayServerSettings, GatewaySettings, Resolver
 
 
 def register(subparsers: Any) -> None:
@@ -59,13 +63,12 @@ def register(subparsers: Any) -> None:
 
 
 def _env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name)
-    if raw is None:
-        return default
+    from envreader import EnvError, read_value
+
     try:
-        return int(raw)
-    except ValueError:
-        raise CliError(f"{name}: {raw!r} is not an integer") from None
+        return int(read_value(os.environ, name, int, default))
+    except EnvError as exc:
+        raise CliError(str(exc)) from None
 
 
 def _check_port_free(host: str, port: int) -> None:
@@ -79,27 +82,13 @@ def _check_port_free(host: str, port: int) -> None:
             raise CliError(f"--host {host} --port {port}: cannot listen ({exc.strerror})") from None
 
 
-def run(args: argparse.Namespace) -> int:
-    from knative.breakers import (
-        BreakerRegistrySettings,
-        EmbeddedRedis,
-        InvalidBreakerSettings,
-        RedisStartError,
-    )
-    from knative.gateway import (
-        GatewayServerSettings,
-        GatewaySettings,
-        GatewaySettingsError,
-        PlatformResolver,
-        Resolver,
-        RoutingSpecError,
-        StaticResolver,
-        serve,
-        static_table,
-    )
+def _settings(args: argparse.Namespace) -> tuple[GatewaySettings, GatewayServerSettings]:
+    """The gateway's settings from the environment and the flags."""
+    from knative.gateway import GatewayServerSettings, GatewaySettings, GatewaySettingsError
 
     try:
         settings = GatewaySettings.from_env(
+            os.environ,
             try_timeout=args.try_timeout, connect_timeout=args.connect_timeout,
             deadline=args.deadline, stream_idle_timeout=args.stream_idle_timeout,
             max_tries=args.max_tries, retry_budget_ratio=args.retry_budget_ratio,
@@ -118,64 +107,101 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from exc
     if args.events_sink and not args.events_sink.startswith(("http://", "https://")):
         raise CliError(f"--events-sink {args.events_sink!r}: expected an http(s) URL")
+    return settings, server
 
-    resolver_factory: Callable[[], Resolver]
+
+def _knative_resolver(args: argparse.Namespace) -> Callable[[], Resolver]:
+    from knative.gateway import PlatformResolver
+    from knative.platforms.kube import KnativePlatform, KubeSettings
+
+    if not args.service:
+        raise CliError("--platform knative needs --service NAME")
+    try:
+        kube = KubeSettings.from_env(os.environ, service=args.service)
+        KnativePlatform.from_settings(kube)  # fail here, not in every worker
+    except Exception as exc:  # no kubeconfig, bad context, bad settings
+        raise CliError(f"--platform knative: {exc}") from exc
+    service, fb_rev, interval = args.service, args.fallback_revision, args.refresh_interval
+
+    def resolver_factory() -> Resolver:
+        return PlatformResolver(KnativePlatform.from_settings(kube), service, fb_rev, interval)
+
+    return resolver_factory
+
+
+def _local_resolver(args: argparse.Namespace) -> Callable[[], Resolver]:
+    from knative.gateway import PlatformResolver
+    from knative.platforms.local import LocalPlatformClient
+
+    if not args.service or not args.control_url:
+        raise CliError("--platform local needs --service NAME and --control-url URL")
+    service, fb_rev, interval = args.service, args.fallback_revision, args.refresh_interval
+    control = args.control_url
+
+    def resolver_factory() -> Resolver:
+        return PlatformResolver(LocalPlatformClient(control), service, fb_rev, interval)
+
+    return resolver_factory
+
+
+def _resolver_factory(args: argparse.Namespace) -> Callable[[], Resolver]:
+    """How each worker builds its routing table: from the platform, or from the flags."""
+    from knative.gateway import RoutingSpecError, StaticResolver, static_table
+
+    if args.platform is not None and args.target:
+        raise CliError("--target and --platform are exclusive; use one")
     if args.platform == "knative":
-        if args.target:
-            raise CliError("--target and --platform are exclusive; use one")
-        if not args.service:
-            raise CliError("--platform knative needs --service NAME")
-        from knative.platforms.kube import KnativePlatform, KubeSettings
+        return _knative_resolver(args)
+    if args.platform == "local":
+        return _local_resolver(args)
+    try:
+        table = static_table(args.target, args.fallback)
+    except RoutingSpecError as exc:
+        raise CliError(str(exc)) from exc
 
-        try:
-            kube = KubeSettings.from_env(service=args.service)
-            KnativePlatform.from_settings(kube)  # fail here, not in every worker
-        except Exception as exc:  # no kubeconfig, bad context, bad settings
-            raise CliError(f"--platform knative: {exc}") from exc
-        service, fb_rev, interval = args.service, args.fallback_revision, args.refresh_interval
+    def resolver_factory() -> Resolver:
+        return StaticResolver(table)
 
-        def resolver_factory() -> Resolver:
-            return PlatformResolver(KnativePlatform.from_settings(kube), service, fb_rev,
-                                    interval)
-    elif args.platform == "local":
-        if args.target:
-            raise CliError("--target and --platform are exclusive; use one")
-        if not args.service or not args.control_url:
-            raise CliError("--platform local needs --service NAME and --control-url URL")
-        from knative.platforms.local import LocalPlatformClient
+    return resolver_factory
 
-        service, fb_rev, interval = args.service, args.fallback_revision, args.refresh_interval
-        control = args.control_url
 
-        def resolver_factory() -> Resolver:
-            return PlatformResolver(LocalPlatformClient(control), service, fb_rev, interval)
-    else:
-        try:
-            table = static_table(args.target, args.fallback)
-        except RoutingSpecError as exc:
-            raise CliError(str(exc)) from exc
+def _breakers(
+    args: argparse.Namespace,
+) -> tuple[BreakerRegistrySettings | None, EmbeddedRedis | None]:
+    """The breaker settings (None with --no-breakers) and the embedded Redis started for
+    them when no Redis URL is given."""
+    from knative.breakers import (
+        BreakerRegistrySettings,
+        EmbeddedRedis,
+        InvalidBreakerSettings,
+        RedisStartError,
+    )
 
-        def resolver_factory() -> Resolver:
-            return StaticResolver(table)
-
-    _check_port_free(server.host, server.port)
-
+    if args.no_breakers:
+        return None, None
     embedded = None
-    breakers = None
-    if not args.no_breakers:
-        url = args.redis_url or os.environ.get("SUREFOOT_REDIS_URL")
-        if not url:
-            try:
-                embedded = EmbeddedRedis().start()
-            except RedisStartError as exc:
-                raise CliError(f"embedded redis: {exc}; or set SUREFOOT_REDIS_URL") from exc
-            url = embedded.url
+    url = args.redis_url or os.environ.get("SUREFOOT_REDIS_URL")
+    if not url:
         try:
-            breakers = BreakerRegistrySettings.from_env(redis_url=url)
-        except InvalidBreakerSettings as exc:
-            if embedded:
-                embedded.stop()
-            raise CliError(str(exc)) from exc
+            embedded = EmbeddedRedis().start()
+        except RedisStartError as exc:
+            raise CliError(f"embedded redis: {exc}; or set SUREFOOT_REDIS_URL") from exc
+        url = embedded.url
+    try:
+        return BreakerRegistrySettings.from_env(os.environ, redis_url=url), embedded
+    except InvalidBreakerSettings as exc:
+        if embedded:
+            embedded.stop()
+        raise CliError(str(exc)) from exc
+
+
+def run(args: argparse.Namespace) -> int:
+    from knative.gateway import serve
+
+    settings, server = _settings(args)
+    resolver_factory = _resolver_factory(args)
+    _check_port_free(server.host, server.port)
+    breakers, embedded = _breakers(args)
     try:
         return serve(settings, server, resolver_factory, breakers, args.events_sink)
     finally:

@@ -28,7 +28,8 @@ def register(subparsers: Any) -> None:
     )
     _config_flags(p)
     p.add_argument(
-        "--out", default="-",
+        "--out",
+        default="-",
         help="directory to write (one file per component and a kustomization.yaml), or '-' "
         "(default) for one YAML stream on stdout: surefoot render | kubectl apply -f -",
     )
@@ -41,8 +42,15 @@ def register(subparsers: Any) -> None:
     )
     _config_flags(p)
     _kube_flags(p)
-    p.add_argument("--dry-run", action="store_true", help="let the API server check everything, store nothing")
+    p.add_argument(
+        "--dry-run", action="store_true", help="let the API server check everything, store nothing"
+    )
     p.add_argument("--field-manager", default="surefoot")
+    p.add_argument(
+        "--reset-traffic", action="store_true",
+        help="apply the rendered traffic split even if the cluster's live split differs "
+        "(default: keep the live split, e.g. one rerouted to the fallback)",
+    )
     p.set_defaults(func=run_deploy)
 
     p = subparsers.add_parser(
@@ -53,10 +61,15 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("words", nargs="*", metavar="[set NAME=PERCENT ...]")
     p.add_argument("--platform", choices=["knative"], default="knative")
-    p.add_argument("-f", "--file", help=f"config file naming namespace and service (default: ./{DEFAULT_CONFIG} if present)")
+    p.add_argument(
+        "-f",
+        "--file",
+        help=f"config file naming namespace and service (default: ./{DEFAULT_CONFIG} if present)",
+    )
     p.add_argument(
         "--service",
-        help="inference Knative Service (default: $SUREFOOT_SERVICE, else <name>-llm of the config)",
+        help="inference Knative Service (default: $SUREFOOT_SERVICE, else <name>-llm of the "
+        "config)",
     )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _kube_flags(p)
@@ -73,7 +86,9 @@ def _kube_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG or ~/.kube/config)")
     p.add_argument("--context", help="kubeconfig context")
     if not any(a.dest == "namespace" for a in p._actions):
-        p.add_argument("--namespace", help="namespace (default: $SUREFOOT_NAMESPACE, else the config's)")
+        p.add_argument(
+            "--namespace", help="namespace (default: $SUREFOOT_NAMESPACE, else the config's)"
+        )
 
 
 def _load(args: argparse.Namespace) -> Any:
@@ -106,7 +121,9 @@ def run_render(args: argparse.Namespace) -> int:
     try:
         written = write(files, out)
     except OSError as exc:
-        raise CliError(f"--out {out}: cannot write: {exc.strerror or exc}", code=EXIT_FAILED) from exc
+        raise CliError(
+            f"--out {out}: cannot write: {exc.strerror or exc}", code=EXIT_FAILED
+        ) from exc
     print(f"wrote {len(written)} files to {out} (apply with: kubectl apply -k {out})")
     return 0
 
@@ -116,6 +133,7 @@ def _settings(args: argparse.Namespace, namespace: str | None = None) -> Any:
 
     try:
         return KubeSettings.from_env(
+            os.environ,
             kubeconfig=args.kubeconfig,
             kube_context=args.context,
             namespace=namespace if namespace is not None else args.namespace,
@@ -136,14 +154,18 @@ def _api(settings: Any) -> tuple[Any, str]:
 
 
 def run_deploy(args: argparse.Namespace) -> int:
-    from knative.manifests import all_objects, apply_objects, render
+    from knative.manifests import all_objects, apply_objects, keep_live_traffic, render
     from knative.platforms import PlatformError
 
     config = _load(args)
     api, _ = _api(_settings(args, namespace=config.namespace))
     objects = all_objects(render(config))
     try:
-        results = apply_objects(api, objects, field_manager=args.field_manager, dry_run=args.dry_run)
+        if not args.reset_traffic:
+            objects = keep_live_traffic(api, objects)
+        results = apply_objects(
+            api, objects, field_manager=args.field_manager, dry_run=args.dry_run
+        )
     except PlatformError as exc:
         raise CliError(str(exc), code=EXIT_FAILED) from exc
     for r in results:
@@ -179,7 +201,9 @@ def run_traffic(args: argparse.Namespace) -> int:
 
     words = list(args.words)
     if words and words[0] != "set":
-        raise CliError(f"traffic: unknown action {words[0]!r} (use: surefoot traffic set NAME=PERCENT ...)")
+        raise CliError(
+            f"traffic: unknown action {words[0]!r} (use: surefoot traffic set NAME=PERCENT ...)"
+        )
     if words == ["set"]:
         raise CliError("traffic set: give at least one NAME=PERCENT, e.g. primary=0 fallback=100")
     wanted = _parse_assignments(words[1:]) if words else None
@@ -220,8 +244,17 @@ def run_traffic(args: argparse.Namespace) -> int:
     except PlatformError as exc:
         raise CliError(str(exc), code=EXIT_FAILED) from exc
     if args.json:
-        print(json.dumps({"service": settings.service, "namespace": namespace, "traffic": spec,
-                          "traffic_status": effect}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "service": settings.service,
+                    "namespace": namespace,
+                    "traffic": spec,
+                    "traffic_status": effect,
+                },
+                indent=2,
+            )
+        )
     else:
         print(f"service {namespace}/{settings.service}")
         print(format_traffic(spec, effect))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
 from surefoot.cli import CliError
@@ -34,9 +35,17 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=run)
 
 
+_FLAGS = (
+    "host", "port", "model", "model_id", "embedding_model", "n_ctx", "n_threads",
+    "n_gpu_layers", "cuda", "max_tokens", "queue_capacity", "grace_seconds", "replica",
+    "revision", "node", "checkpoint_dir", "checkpoint_interval", "redis_url",
+)
+
+
 def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
+    from knative.breakers import BreakerRegistrySettings, InvalidBreakerSettings
     from knative.serving import (
         ModelLoadError,
         ServeSettings,
@@ -46,22 +55,20 @@ def run(args: argparse.Namespace) -> int:
         serve,
     )
 
-    overrides = {
-        k: getattr(args, k) for k in (
-            "host", "port", "model", "model_id", "embedding_model", "n_ctx", "n_threads",
-            "n_gpu_layers", "cuda", "max_tokens", "queue_capacity", "grace_seconds", "replica",
-            "revision", "node", "checkpoint_dir", "checkpoint_interval", "redis_url",
-        )
-    }
+    overrides = {k: getattr(args, k) for k in _FLAGS}
     overrides["log_level"] = args.log_level
     try:
-        settings = ServeSettings.from_env(**overrides)
+        settings = ServeSettings.from_env(os.environ, **overrides)
+        # Readiness follows the node's breaker when there is a Redis and a node, with the
+        # breaker settings every process of the system reads from its environment.
+        breakers = (BreakerRegistrySettings.from_env(os.environ, redis_url=settings.redis_url)
+                    if settings.redis_url and settings.node else None)
         # Resolve once, here: fail fast with one line before forking a worker, and spare the
         # worker a second pass over the model file (the packaged model is sha256-checked).
         path = str(resolve_gguf(settings.model))
         if path != settings.model:
             settings = replace(settings, model=path,
                                model_id=settings.model_id or generation_model_id(settings.model))
-    except (SettingsError, ModelLoadError) as exc:
+    except (SettingsError, InvalidBreakerSettings, ModelLoadError) as exc:
         raise CliError(str(exc)) from exc
-    return serve(settings)
+    return serve(settings, breakers=breakers)

@@ -6,13 +6,19 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from surefoot.cli import EXIT_FAILED, CliError
+
+if TYPE_CHECKING:
+    from functions import FunctionSettings
+    from knative.breakers import BreakerRegistrySettings
+    from surefoot._up import LocalSystem, UpSettings
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +63,8 @@ def _state(args: argparse.Namespace) -> Any:
     from surefoot._up import RunState, UpError, default_state_dir
 
     try:
-        return RunState.read(Path(args.state_dir) if args.state_dir else default_state_dir())
+        return RunState.read(Path(args.state_dir) if args.state_dir
+                             else default_state_dir(os.environ))
     except UpError as exc:
         raise CliError(str(exc)) from exc
 
@@ -68,7 +75,7 @@ def platform_for(args: argparse.Namespace) -> tuple[Any, str]:
         from knative.platforms.kube import KnativePlatform, KubeSettings
 
         try:
-            kube = KubeSettings.from_env()
+            kube = KubeSettings.from_env(os.environ)
             return KnativePlatform.from_settings(kube), kube.service
         except Exception as exc:  # no kubeconfig, bad context
             raise CliError(f"--platform knative: {exc}") from exc
@@ -94,42 +101,63 @@ class _MountedFunctions:
         self.ctx.close()
 
 
-def functions_factory(system: Any) -> _MountedFunctions:
+def functions_factory(system: LocalSystem) -> _MountedFunctions:
     """The functions host mounted in-process on the local platform, fed by broker triggers."""
-    from functions import FunctionSettings, FunctionsServer, build_context
-    from knative.breakers import BreakerRegistrySettings
+    from functions import FunctionsServer, build_context
 
-    s = system.s
-    settings = FunctionSettings.from_env(
-        platform="local", service=s.service, primary_revision=s.primary_revision,
-        fallback_revision=s.fallback_revision, redis_url=system.redis_url,
-        admin_token=system.admin_token, fallback_max_scale=s.nodes,
-        # one machine: one extra fallback replica, not two, while the primary is out
-        fallback_boost=1,
-    )
-    ctx = build_context(
-        settings, system.platform,
-        breaker_settings=BreakerRegistrySettings.from_env(redis_url=system.redis_url),
-        sink=system.publisher,
-    )
+    assert system.platform is not None  # started before the functions are mounted
+    settings, breaker_settings = _function_settings(system)
+    ctx = build_context(settings, system.platform, breaker_settings=breaker_settings,
+                        sink=system.publisher)
     server = FunctionsServer(settings, ctx).start()
     return _MountedFunctions(server, ctx)
 
 
-def run_up(args: argparse.Namespace) -> int:
-    from surefoot._up import LocalSystem, UpError, UpSettings
+def _function_settings(
+        system: LocalSystem) -> tuple[FunctionSettings, BreakerRegistrySettings]:
+    """The functions' and the breakers' settings from the environment ``surefoot up`` was
+    given; a bad variable is an :class:`UpError` naming it (bad input: exit 2)."""
+    from envreader import EnvError
+    from functions import FunctionSettings, SettingsError
+    from knative.breakers import BreakerRegistrySettings, InvalidBreakerSettings
+    from surefoot._up import UpError
+
+    s = system.s
+    try:
+        settings = FunctionSettings.from_env(
+            system.env, platform="local", service=s.service,
+            primary_revision=s.primary_revision, fallback_revision=s.fallback_revision,
+            redis_url=system.redis_url, admin_token=system.admin_token,
+            fallback_max_scale=s.nodes,
+            # one machine: one extra fallback replica, not two, while the primary is out
+            fallback_boost=1,
+        )
+        breakers = BreakerRegistrySettings.from_env(system.env, redis_url=system.redis_url)
+    except (EnvError, SettingsError, InvalidBreakerSettings) as exc:
+        raise UpError(str(exc)) from None
+    return settings, breakers
+
+
+def _up_settings(args: argparse.Namespace) -> UpSettings:
+    from surefoot._up import UpSettings
 
     if not 0 < args.port < 65536:
         raise CliError(f"--port {args.port} is not a TCP port")
     if args.nodes < 1 or args.replicas < 1:
         raise CliError("--nodes and --replicas must be at least 1")
-    settings = UpSettings(
+    return UpSettings(
         host=args.host, port=args.port, nodes=args.nodes, primary_replicas=args.replicas,
         model=args.model, embeddings=not args.no_embeddings,
         checkpoint_interval=args.checkpoint_interval, grace_seconds=args.grace_seconds,
         state_dir=args.state_dir or "", redis_url=args.redis_url or "",
     )
-    system = LocalSystem(settings, functions_factory)
+
+
+def run_up(args: argparse.Namespace) -> int:
+    from envreader import EnvError
+    from surefoot._up import LocalSystem, UpError
+
+    system = LocalSystem(_up_settings(args), os.environ, functions_factory)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: Any) -> None:
@@ -140,38 +168,12 @@ def run_up(args: argparse.Namespace) -> int:
             raise KeyboardInterrupt
         stop.set()
 
-    def interrupted() -> None:
-        if stop.is_set():
-            raise KeyboardInterrupt
-
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    failed: UpError | None = None
+    failed: UpError | EnvError | None = None
     try:
-        system.start()
-        interrupted()
-        print(f"surefoot up: starting {settings.primary_replicas} primary and "
-              f"{settings.fallback_replicas} fallback replicas on {settings.nodes} nodes...",
-              flush=True)
-        ready = system.wait_ready(stop)
-        interrupted()
-        st = system.state
-        assert st is not None
-        print(f"\ngateway (OpenAI API)  {st.gateway_url}/v1\ncontrol API           "
-              f"{st.control_url}\nbroker                {st.broker_url}\nfunctions             "
-              f"{st.functions_url or '-'}\nredis                 {st.redis_url}\n"
-              f"checkpoints           {st.checkpoint_dir}\nlogs                  {st.log_dir}\n")
-        from knative.platforms.local import LocalPlatformClient
-
-        print(format_status(collect_status(LocalPlatformClient(st.control_url), st.service,
-                                           st.redis_url, st.checkpoint_dir)))
-        if not ready:
-            print("\nnot every replica is ready yet: see `surefoot status` and the logs",
-                  flush=True)
-        print("\nCtrl-C stops everything.", flush=True)
-        while not stop.wait(1.0):
-            pass
-    except UpError as exc:
+        _serve_until_stopped(system, stop)
+    except (UpError, EnvError) as exc:
         failed = exc
     except KeyboardInterrupt:
         pass
@@ -184,13 +186,65 @@ def run_up(args: argparse.Namespace) -> int:
         if failed is None:
             print("stopped.", file=sys.stderr, flush=True)
     if failed is not None:  # one line on stderr, nothing else
-        raise CliError(str(failed), code=EXIT_FAILED if "running" in str(failed) else 2)
+        code = EXIT_FAILED if isinstance(failed, UpError) and failed.failed else 2
+        raise CliError(str(failed), code=code)
     return 0
 
 
+def _serve_until_stopped(system: LocalSystem, stop: threading.Event) -> None:
+    """Start ``system``, say where everything is, and wait until ``stop`` is set (then raise
+    KeyboardInterrupt)."""
+    from knative.platforms.local import LocalPlatformClient
+    from surefoot._up import redacted
+
+    def interrupted() -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+
+    settings = system.s
+    system.start()
+    interrupted()
+    print(f"surefoot up: starting {settings.primary_replicas} primary and "
+          f"{settings.fallback_replicas} fallback replicas on {settings.nodes} nodes...",
+          flush=True)
+    ready = system.wait_ready(stop)
+    interrupted()
+    st = system.state
+    assert st is not None
+    print(f"\ngateway (OpenAI API)  {st.gateway_url}/v1\ncontrol API           "
+          f"{st.control_url}\nbroker                {st.broker_url}\nfunctions             "
+          f"{st.functions_url or '-'}\nredis                 {redacted(st.redis_url)}\n"
+          f"checkpoints           {st.checkpoint_dir}\nlogs                  {st.log_dir}\n")
+    print(format_status(collect_status(LocalPlatformClient(st.control_url), st.service,
+                                       st.redis_url, st.checkpoint_dir, st.control_url)))
+    if not ready:
+        print("\nnot every replica is ready yet: see `surefoot status` and the logs",
+              flush=True)
+    print("\nCtrl-C stops everything.", flush=True)
+    while not stop.wait(1.0):
+        pass
+
+
+def _components(control_url: str) -> dict[str, Any]:
+    """Redis and the gateway as ``surefoot up`` supervises them (phase, pid, restarts);
+    nothing for a control API that supervises none."""
+    import httpx
+
+    try:
+        r = httpx.get(f"{control_url}/components", timeout=2)
+        if r.status_code == 404:
+            return {}
+        r.raise_for_status()
+        return {"components": list(r.json()["components"])}
+    except (httpx.HTTPError, ValueError, KeyError) as exc:
+        return {"components": [], "components_error": str(exc)}
+
+
 def collect_status(platform: Any, service: str, redis_url: str | None,
-                   checkpoint_dir: str | None) -> dict[str, Any]:
+                   checkpoint_dir: str | None, control_url: str | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {"service": service}
+    if control_url:
+        out.update(_components(control_url))
     out["replicas"] = [r.__dict__ for r in platform.replicas(service)]
     out["traffic"] = [t.__dict__ for t in platform.traffic(service)]
     out["nodes"] = [n.__dict__ for n in platform.nodes()]
@@ -235,10 +289,19 @@ def format_status(st: dict[str, Any]) -> str:
     lines.append("nodes: " + ", ".join(
         n["name"] + (" (cordoned)" if n["unschedulable"] else "") for n in st["nodes"]))
     breakers = st.get("breakers") or []
-    lines.append("breakers: " + (", ".join(
-        f"{b.get('key')}={b.get('state')}" for b in breakers) if breakers else "none open"))
+    if st.get("breakers_error"):
+        lines.append(f"breakers: unknown ({st['breakers_error']})")
+    else:
+        lines.append("breakers: " + (", ".join(
+            f"{b.get('key')}={b.get('state')}" for b in breakers) if breakers else "none open"))
     ck = st.get("latest_checkpoint")
     lines.append("latest checkpoint: " + (f"{ck['id']} ({ck['revision']})" if ck else "none"))
+    for c in st.get("components") or []:
+        lines.append(f"{c['name']}: {c['phase']}" + (f" (pid {c['pid']})" if c["pid"] else "")
+                     + f", restarts {c['restarts']}"
+                     + (f", last: {c['last_error']}" if c.get("last_error") else ""))
+    if st.get("components_error"):
+        lines.append(f"components: unknown ({st['components_error']})")
     return "\n".join(lines)
 
 
@@ -246,12 +309,12 @@ def run_status(args: argparse.Namespace) -> int:
     platform, service = platform_for(args)
     from knative import PlatformError
 
-    redis_url = ckpt = None
+    redis_url = ckpt = control = None
     if args.platform == "local":
         st = _state(args)
-        redis_url, ckpt = st.redis_url, st.checkpoint_dir
+        redis_url, ckpt, control = st.redis_url, st.checkpoint_dir, st.control_url
     try:
-        status = collect_status(platform, service, redis_url, ckpt)
+        status = collect_status(platform, service, redis_url, ckpt, control)
     except PlatformError as exc:
         raise CliError(str(exc), code=EXIT_FAILED) from exc
     print(json.dumps(status, indent=2, default=str) if args.json else format_status(status))

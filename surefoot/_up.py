@@ -4,6 +4,9 @@ Embedded Redis; the local platform with the primary revision (3 replicas under a
 4 simulated nodes) and the fallback revision; the control API; the gateway as its own process;
 the local broker and its triggers; the functions host; the GPU health source; the checkpoint
 timer. A state file tells ``surefoot status|kill|evict|inject|drill`` where everything is.
+Redis and the gateway are supervised as the platform supervises replicas
+(:mod:`surefoot._up_supervise`); Redis keeps an append-only file in the state directory and the
+operator's forced breakers a copy of their own (:mod:`surefoot._up_durable`).
 """
 
 from __future__ import annotations
@@ -19,13 +22,16 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
+import redis
+from flask import Response, jsonify
 
+from envreader import read_value
 from events import (
     KNATIVE_PING,
     BrokerServer,
@@ -33,24 +39,44 @@ from events import (
     Event,
     GpuSourceService,
     GpuSourceSettings,
+    HttpServer,
     Publisher,
     Sender,
     SenderSettings,
 )
-from events._http import HttpServer
 from knative import Target
-from knative.breakers import EmbeddedRedis
+from knative.breakers import (
+    BreakerError,
+    BreakerRegistrySettings,
+    EmbeddedRedis,
+    InvalidBreakerSettings,
+)
 from knative.platforms.local import LocalPlatform, LocalSettings, RevisionSpec, create_control_app
+from surefoot._up_durable import DurableBreakers
+from surefoot._up_supervise import (
+    ProcessChild,
+    Supervised,
+    Supervisor,
+    kill_group,
+    prune_replica_logs,
+)
 
 log = logging.getLogger(__name__)
 
 
 class UpError(Exception):
-    """``surefoot up`` cannot start; the message says what to fix."""
+    """``surefoot up`` cannot start; the message says what to fix. ``failed``: the operation
+    failed (exit 1) rather than the input being bad (exit 2)."""
+
+    def __init__(self, message: str, *, failed: bool = False) -> None:
+        super().__init__(message)
+        self.failed = failed
 
 
-def default_state_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+def default_state_dir(env: Mapping[str, str]) -> Path:
+    """Where ``surefoot up`` keeps its state: ``$XDG_CACHE_HOME/surefoot/run`` (``~/.cache``
+    when that is not set)."""
+    base = read_value(env, "XDG_CACHE_HOME", str, "") or str(Path.home() / ".cache")
     return Path(base) / "surefoot" / "run"
 
 
@@ -76,6 +102,9 @@ class UpSettings:
     gpu_source: bool = True
     replica_threads: int = 0  # 0: this machine's cores shared out among the replicas
     ready_timeout: float = 180.0
+    replica_logs_kept: int = 3  # logs of gone replicas kept per revision
+    restart_backoff: float = 0.1  # first restart of Redis or the gateway; doubles per crash
+    restart_backoff_max: float = 10.0
 
     @property
     def primary_revision(self) -> str:
@@ -146,10 +175,13 @@ def port_in_use(host: str, port: int) -> bool:
 class LocalSystem:
     """Starts and stops every component; ``stop`` leaves no process behind."""
 
-    def __init__(self, settings: UpSettings,
+    def __init__(self, settings: UpSettings, env: Mapping[str, str],
                  functions_factory: Callable[[LocalSystem], Any | None] | None = None) -> None:
+        """``env``: the environment the child processes inherit (and where the default state
+        directory is found)."""
         self.s = settings
-        self.state_dir = Path(settings.state_dir or default_state_dir())
+        self.env = dict(env)
+        self.state_dir = Path(settings.state_dir or default_state_dir(env))
         self.admin_token = settings.admin_token or secrets.token_urlsafe(16)
         self.functions_factory = functions_factory
         self._stoppers: list[tuple[str, Callable[[], None]]] = []
@@ -159,10 +191,17 @@ class LocalSystem:
         self.platform: LocalPlatform | None = None
         self.control: HttpServer | None = None
         self.functions_url = ""
-        self.gateway: subprocess.Popen[bytes] | None = None
+        self._gateway = ProcessChild(self._spawn_gateway)
+        self.durable: DurableBreakers | None = None
+        self.supervisor: Supervisor | None = None
         self.publisher: Publisher | None = None
         self.state: RunState | None = None
         self._ping_stop = threading.Event()
+
+    @property
+    def gateway(self) -> subprocess.Popen[bytes] | None:
+        """The gateway's master process (a new one after each restart)."""
+        return self._gateway.proc
 
     @property
     def gateway_url(self) -> str:
@@ -173,6 +212,28 @@ class LocalSystem:
 
     # --- start -------------------------------------------------------------------------------
     def start(self) -> None:
+        """Start every component in order; each child process gets its stopper before it
+        starts, so Ctrl-C during its start still stops it."""
+        self._check_not_running()
+        ckpt_dir = self.state_dir / "checkpoints"
+        log_dir = self.state_dir / "logs"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self._start_redis()
+        self._supervise()
+        self._start_broker()
+        self._start_platform(ckpt_dir, log_dir)
+        self._start_control()
+        self._mount_functions()
+        self._start_gateway(log_dir)
+        if self.s.gpu_source:
+            self._start_gpu_source()
+        if self.s.checkpoint_interval > 0:
+            threading.Thread(target=self._ping_loop, name="checkpoint-timer",
+                             daemon=True).start()
+            self._on_stop("checkpoint timer", self._ping_stop.set)
+        self._write_state(ckpt_dir, log_dir)
+
+    def _check_not_running(self) -> None:
         s = self.s
         if port_in_use(s.host, s.port):
             raise UpError(f"port {s.port} on {s.host} is already in use: pass --port with a "
@@ -183,27 +244,63 @@ class LocalSystem:
             existing = None
         if existing is not None:
             raise UpError(f"`surefoot up` is already running (pid {existing.pid}, gateway "
-                          f"{existing.gateway_url}); stop it first")
-        run_dir = self.state_dir
-        ckpt_dir = run_dir / "checkpoints"
-        log_dir = run_dir / "logs"
-        log_dir.mkdir(parents=True, exist_ok=True)
+                          f"{existing.gateway_url}); stop it first", failed=True)
 
-        # Each child process gets its stopper before it starts: Ctrl-C during its start must
-        # still stop it.
+    def _start_redis(self) -> None:
+        """The embedded Redis (append-only file in the state dir; the forced breakers kept
+        in ``forced.json`` are written back before it lets clients in), or the one given."""
         if not self.redis_url:
-            self.redis = EmbeddedRedis()
+            self.redis = EmbeddedRedis(data_dir=str(self.state_dir / "redis"), persist=True)
+            self.redis_url = self.redis.url
+        else:
+            _check_redis(self.redis_url)
+        try:
+            settings = BreakerRegistrySettings.from_env(self.env, redis_url=self.redis_url)
+        except (InvalidBreakerSettings, BreakerError) as exc:
+            raise UpError(str(exc)) from None
+        self.durable = DurableBreakers(self.state_dir / "forced.json", settings)
+        self._on_stop("durable breakers", self.durable.close)
+        if self.redis is not None:
+            self.redis.prepare = self.durable.restore
             self._on_stop("redis", self.redis.stop)
             self.redis.start()
-            self.redis_url = self.redis.url
         log.info("redis at %s", self.redis_url)
 
+    def _supervise(self) -> None:
+        """Redis supervised from now on; the gateway joins once it has started
+        (:meth:`wait_ready`); the chores: replica log retention, the durable copy."""
+        s = self.s
+        children = []
+        if self.redis is not None:
+            children.append(Supervised("redis", _RedisChild(self.redis), backoff=s.restart_backoff,
+                                       backoff_max=s.restart_backoff_max))
+        chores: list[tuple[float, Callable[[], None]]] = [(5.0, self._prune_logs)]
+        if self.durable is not None:
+            chores.append((0.25, self.durable.sync))
+        self.supervisor = Supervisor(children, chores).start()
+        self._on_stop("supervisor", self.supervisor.stop)
+
+    def _prune_logs(self) -> None:
+        if self.platform is None:
+            return
+        st = self.platform.status()
+        prune_replica_logs(self.state_dir / "logs", [r["name"] for r in st["revisions"]],
+                           {r["name"] for r in st["replicas"]}, self.s.replica_logs_kept)
+
+    def components(self) -> list[dict[str, Any]]:
+        """What ``surefoot up`` runs itself, with restarts (for ``surefoot status``)."""
+        return self.supervisor.status() if self.supervisor is not None else []
+
+    def _start_broker(self) -> None:
         self.broker = BrokerServer(BrokerSettings(host="127.0.0.1", port=0)).start()
         self._on_stop("broker", self.broker.stop)
         sender = Sender(SenderSettings())
         self.publisher = Publisher(sender, self.broker.url)
         self._on_stop("publisher", lambda: self.publisher.close(2) if self.publisher else None)
 
+    def _revisions(self) -> list[RevisionSpec]:
+        """The primary and fallback revisions, with the arguments of ``surefoot serve``."""
+        s = self.s
         # Replicas share this machine's cores: more engine threads than cores only makes them
         # wait on each other (llama.cpp's OpenMP threads spin).
         replicas = s.primary_replicas + s.fallback_replicas
@@ -216,27 +313,40 @@ class LocalSystem:
                         "all-minilm-l6-v2" if s.embeddings else "", *common]
         fallback_args = ["--model", s.fallback_model, "--n-ctx", str(s.fallback_n_ctx),
                          "--embedding-model", "", *common]
-        revisions = [
+        return [
             RevisionSpec(s.primary_revision, s.service, "primary", s.primary_replicas,
                          s.primary_replicas + 2, tuple(primary_args)),
             RevisionSpec(s.fallback_revision, s.service, "fallback", s.fallback_replicas,
                          s.fallback_replicas + 2, tuple(fallback_args)),
         ]
+
+    def _start_platform(self, ckpt_dir: Path, log_dir: Path) -> None:
+        s = self.s
         traffic = {s.service: [Target(s.primary_revision, 100, "primary"),
                                Target(s.fallback_revision, 0, "fallback")]}
         self.platform = LocalPlatform(
             LocalSettings(nodes=s.nodes, checkpoint_dir=str(ckpt_dir), log_dir=str(log_dir),
                           redis_url=self.redis_url, grace_seconds=s.grace_seconds,
-                          env={"SUREFOOT_ADMIN_TOKEN": self.admin_token}),
-            revisions, traffic, emit=self.publisher,
+                          env={"SUREFOOT_ADMIN_TOKEN": self.admin_token},
+                          base_env=self.env),
+            self._revisions(), traffic, emit=self.publisher,
         )
         self._on_stop("replicas", lambda: self.platform.stop() if self.platform else None)
         self.platform.start()
 
-        self.control = HttpServer(create_control_app(self.platform), "127.0.0.1", 0)
+    def _start_control(self) -> None:
+        assert self.platform is not None
+        app = create_control_app(self.platform)
+        app.add_url_rule("/components", "components", self._components_view)
+        self.control = HttpServer(app, "127.0.0.1", 0)
         self.control.start()
         self._on_stop("control", self.control.stop)
 
+    def _components_view(self) -> Response:
+        return jsonify({"components": self.components()})
+
+    def _mount_functions(self) -> None:
+        assert self.broker is not None
         mounted = self.functions_factory(self) if self.functions_factory else None
         if mounted is not None:
             self.functions_url = mounted.url
@@ -244,15 +354,10 @@ class LocalSystem:
             for t in mounted.triggers():
                 self.broker.broker.add_trigger(t)
 
-        self._start_gateway(log_dir)
-
-        if s.gpu_source:
-            self._start_gpu_source()
-        if s.checkpoint_interval > 0:
-            threading.Thread(target=self._ping_loop, name="checkpoint-timer",
-                             daemon=True).start()
-            self._on_stop("checkpoint timer", self._ping_stop.set)
-
+    def _write_state(self, ckpt_dir: Path, log_dir: Path) -> None:
+        assert self.control is not None
+        assert self.broker is not None
+        s = self.s
         self.state = RunState(
             pid=os.getpid(), service=s.service, gateway_url=self.gateway_url,
             control_url=self.control.url, broker_url=self.broker.url,
@@ -264,20 +369,25 @@ class LocalSystem:
         self._on_stop("state file", lambda: path.unlink(missing_ok=True))
 
     def _start_gateway(self, log_dir: Path) -> None:
-        assert self.control is not None and self.broker is not None
+        self._on_stop("gateway", self._stop_gateway)
+        self._gateway.launch()
+
+    def _spawn_gateway(self) -> subprocess.Popen[bytes]:
+        assert self.control is not None
+        assert self.broker is not None
         s = self.s
+        log_dir = self.state_dir / "logs"
         cmd = [
             sys.executable, "-m", "surefoot", "gateway", "--host", s.host, "--port", str(s.port),
             "--platform", "local", "--control-url", self.control.url, "--service", s.service,
             "--fallback-revision", s.fallback_revision, "--redis-url", self.redis_url,
             "--events-sink", self.broker.url, "--refresh-interval", "0.25",
         ]
-        env = {**os.environ, "SUREFOOT_GATEWAY_ADMIN_TOKEN": self.admin_token}
-        self._on_stop("gateway", self._stop_gateway)
+        env = {**self.env, "SUREFOOT_GATEWAY_ADMIN_TOKEN": self.admin_token}
         logf = open(log_dir / "gateway.log", "ab")  # noqa: SIM115 - owned by the child
         try:
-            self.gateway = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env,
-                                            start_new_session=True)
+            return subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env,
+                                    start_new_session=True)
         finally:
             logf.close()
 
@@ -289,7 +399,7 @@ class LocalSystem:
             os.killpg(p.pid, signal.SIGTERM)
             p.wait(10)
         except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL)
+            kill_group(p.pid, signal.SIGKILL)
             p.wait(5)
         except ProcessLookupError:
             pass
@@ -315,6 +425,22 @@ class LocalSystem:
         was set."""
         assert self.platform is not None
         stop = stop or threading.Event()
+        try:
+            return self._wait_ready(stop)
+        finally:
+            self._supervise_gateway()
+
+    def _supervise_gateway(self) -> None:
+        """Restart the gateway from now on (an exit during start-up is a failed start)."""
+        sup = self.supervisor
+        if sup is None or self.gateway is None or self.gateway.poll() is not None:
+            return
+        if not any(c.name == "gateway" for c in sup.children):
+            sup.add(Supervised("gateway", self._gateway, backoff=self.s.restart_backoff,
+                               backoff_max=self.s.restart_backoff_max))
+
+    def _wait_ready(self, stop: threading.Event) -> bool:
+        assert self.platform is not None
         deadline = time.monotonic() + self.s.ready_timeout
         while not self.platform.wait_ready(min(0.5, max(0.0, deadline - time.monotonic()))):
             self._check_gateway()
@@ -337,9 +463,51 @@ class LocalSystem:
 
     # --- stop --------------------------------------------------------------------------------
     def stop(self) -> None:
+        if self.supervisor is not None:  # first: nothing is restarted while it stops
+            self.supervisor.stop()
         while self._stoppers:
             name, fn = self._stoppers.pop()
             try:
                 fn()
             except Exception:
                 log.exception("stopping %s failed", name)
+
+
+def _check_redis(url: str) -> None:
+    """A Redis given with ``--redis-url`` answers, and takes its password: else one line
+    naming the setting, at start (not a hang, not a failure much later)."""
+    client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except redis.AuthenticationError as exc:
+        raise UpError(f"--redis-url: Redis refused the credentials in the URL ({exc}); put "
+                      "the right user and password in it (redis://USER:PASSWORD@HOST:PORT)",
+                      failed=False) from None
+    except redis.RedisError as exc:
+        raise UpError(f"--redis-url: no Redis answers at {redacted(url)} ({exc})",
+                      failed=True) from None
+    finally:
+        client.close()
+
+
+def redacted(url: str) -> str:
+    """``url`` without the credentials in it (for what is printed)."""
+    head, sep, tail = url.rpartition("@")
+    return f"{head.split('//')[0]}//***@{tail}" if sep else url
+
+
+class _RedisChild:
+    """The embedded Redis as a supervised child (same port, same data dir on each start)."""
+
+    def __init__(self, server: EmbeddedRedis) -> None:
+        self.server = server
+
+    @property
+    def pid(self) -> int | None:
+        return self.server.pid
+
+    def launch(self) -> None:
+        self.server.start()
+
+    def exited(self) -> int | None:
+        return self.server.reap()

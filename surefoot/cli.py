@@ -1,8 +1,11 @@
 """The ``surefoot`` command: one argparse tree, one module per command group.
 
 Each command module exposes ``register(subparsers)``; its handlers take the parsed arguments and
-return an exit code. Exit codes: 0 ok, 1 the operation failed, 2 bad usage or bad input (one line
-on stderr saying what to fix).
+return an exit code. The command modules are where ``os.environ`` is read: they hand it to the
+settings classes, which parse it with ``envreader``. Exit codes: 0 ok, 1 the operation failed,
+2 bad usage or bad input, a bad ``SUREFOOT_*`` variable included (one line on stderr saying what
+to fix). Output cut short by its reader (``surefoot status | head``) ends the command quietly,
+with the status a shell gives a process killed by SIGPIPE.
 """
 
 from __future__ import annotations
@@ -10,14 +13,17 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
+from envreader import EnvError
 from surefoot import __version__
 
 # Command groups, in the order `surefoot --help` lists them.
 COMMAND_MODULES = [
     "surefoot._cmd_up",
+    "surefoot._cmd_breakers",
     "surefoot._cmd_drill",
     "surefoot._cmd_serve",
     "surefoot._cmd_checkpoint",
@@ -30,6 +36,7 @@ COMMAND_MODULES = [
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_PIPE = 128 + 13  # SIGPIPE, as `yes | head` leaves it
 
 
 class CliError(Exception):
@@ -55,6 +62,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # here, not at exit: a closed pipe is then ours to handle
+        return code
+    except BrokenPipeError:
+        _silence_stdout()
+        return EXIT_PIPE
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -72,8 +89,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CliError as exc:
         print(f"surefoot {args.command}: {exc}", file=sys.stderr)
         return exc.code
+    except EnvError as exc:  # a SUREFOOT_* variable that does not convert: bad input
+        print(f"surefoot {args.command}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
+
+
+def _silence_stdout() -> None:
+    """The reader has gone: send what is still buffered nowhere, so the interpreter's last
+    flush does not report the broken pipe."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # no real stdout (captured): nothing is flushed at exit
+        pass
 
 
 if __name__ == "__main__":

@@ -1,15 +1,15 @@
 """Circuit breakers shared through Redis (one per revision, node or replica), their
 CloudEvents, and the embedded Redis server that ``surefoot up`` runs them on."""
 
-from knative.breakers._breaker import (
+from knative.breakers._events import CloudEventSink
+from knative.breakers._redis import EmbeddedRedis, RedisStartError
+from knative.breakers._registry import BreakerRegistry
+from knative.breakers._settings import BreakerRegistrySettings, BreakerSettings
+from knative.breakers._states import (
     ACTIONS,
     STATES,
     BreakerError,
-    BreakerRegistry,
-    BreakerRegistrySettings,
-    BreakerSettings,
     BreakerStatus,
-    BreakerStore,
     BreakerUnavailable,
     InvalidBreakerKey,
     InvalidBreakerSettings,
@@ -22,8 +22,7 @@ from knative.breakers._breaker import (
     replica_key,
     revision_key,
 )
-from knative.breakers._events import CloudEventSink
-from knative.breakers._redis import EmbeddedRedis, RedisStartError
+from knative.breakers._store import BreakerStore
 
 __all__ = [
     "ACTIONS",

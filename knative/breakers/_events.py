@@ -2,7 +2,7 @@
 
 Functions (reroute traffic, quarantine a node) and dashboards react to a breaker that opened or
 closed; the breaker itself must never wait on them. :class:`CloudEventSink` is a transition hook
-(:data:`knative.breakers._breaker.TransitionHook`): it builds the catalog's ``breaker.opened |
+(:data:`knative.breakers._states.TransitionHook`): it builds the catalog's ``breaker.opened |
 halfopened | closed`` event with :func:`events.build` and hands it to an
 :class:`events.Publisher` (one background sender with a bounded queue, retries and an optional
 dead letter), so an unreachable sink costs the breaker nothing.
@@ -32,7 +32,7 @@ from events import (
     SenderSettings,
     build,
 )
-from knative.breakers._breaker import (
+from knative.breakers._states import (
     CLOSED,
     DISABLED,
     FORCED_CLOSED,
@@ -64,7 +64,7 @@ def transition_event(t: Transition, source: str) -> Event | None:
     return build(
         payload,
         source=source,
-        id=f"{t.key}/{t.generation}/{int(round(t.at * 1000))}",
+        id=f"{t.key}/{t.generation}/{round(t.at * 1000)}",
         time=datetime.fromtimestamp(t.at, UTC),
         extensions={"breakerstate": t.new, "breakergen": str(t.generation)},
     )

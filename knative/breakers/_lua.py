@@ -9,12 +9,13 @@ so the scripts run unchanged on Redis Cluster.
 
 Calling convention, shared by all scripts::
 
-    KEYS[1]  state hash   sf:brk:{<key>}
-    KEYS[2]  window hash  sf:brk:{<key>}:w
+    KEYS[1]  state hash   <prefix>:{<key>}
+    KEYS[2]  window hash  <prefix>:{<key>}:w
     ARGV[1]  clock offset in milliseconds (0 outside tests)
     ARGV[2]  pub/sub channel for transitions
     ARGV[3]  the breaker key (for messages)
-    ARGV[4]  policy: "kind|size|min_calls|fail_thr|slow_thr|wait_ms|backoff|max_wait_ms|permitted|hp_max_ms|ttl_ms"
+    ARGV[4]  policy, "|"-separated: kind, size, min_calls, fail_thr, slow_thr, wait_ms,
+             backoff, max_wait_ms, permitted, hp_max_ms, ttl_ms
     ARGV[5..] per script
 
 A transition returns ``{'T', old, new, gen, at_ms, until_ms, reason, opens}``; no transition

@@ -17,8 +17,9 @@ from flask import Flask
 from gunicorn.app.base import BaseApplication
 
 from knative.breakers import BreakerRegistry, BreakerRegistrySettings, CloudEventSink
-from knative.gateway._gateway import GatewaySettings, create_app, gateway_of
+from knative.gateway._app import create_app, gateway_of
 from knative.gateway._routing import Resolver
+from knative.gateway._settings import GatewaySettings
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,9 @@ upstream in separate processes): httpx about 370 us per request, urllib3's pool 
 http.client about 114 us — and http.client still sends headers and body in two ``send`` calls
 and parses the response head with the email package. This client sends each request with one
 ``sendall`` and parses the status line and headers by hand; bodies are Content-Length,
-chunked, or read to the close.
+chunked, or read to the close (RFC 9112 section 6.3: a response to HEAD, and a 204 or 304,
+has no body whatever its headers say; interim 1xx responses are skipped). A malformed head or
+chunk, and a connection closed or reset inside a body, raise :class:`UpstreamError` at once.
 
 The pool keeps at most ``max_per_host`` connections per replica (callers wait up to a timeout
 for a free one), reuses idle connections last-in first-out, and drops an idle connection whose
@@ -23,6 +25,7 @@ import time
 
 _MAX_LINE = 65536
 _MAX_HEADERS = 200
+_HEX = b"0123456789abcdefABCDEF"
 
 
 class UpstreamError(Exception):
@@ -35,6 +38,62 @@ class UpstreamClosed(UpstreamError, ConnectionError):
 
 class PoolExhausted(Exception):
     """No connection to this replica became free in time (the pool is at its bound)."""
+
+
+def _line(f: io.BufferedReader, what: str) -> bytes:
+    """One CRLF- (or LF-) terminated line; ``b""`` at the close. A line longer than the limit
+    is an error, not a line cut in two."""
+    line = f.readline(_MAX_LINE)
+    if len(line) >= _MAX_LINE and not line.endswith(b"\n"):
+        raise UpstreamError(f"{what} longer than {_MAX_LINE} bytes")
+    return line
+
+
+def _status(line: bytes) -> tuple[bytes, int]:
+    """The version and status code of a status line."""
+    parts = line.split(None, 2)
+    if len(parts) < 2 or not parts[0].startswith(b"HTTP/"):
+        raise UpstreamError(f"bad status line {line[:60]!r}")
+    code = parts[1]
+    if len(code) != 3 or not code.isdigit() or code.startswith(b"0"):
+        raise UpstreamError(f"bad status line {line[:60]!r}")
+    return parts[0], int(code)
+
+
+class _Head:
+    """The header fields of one response, and what they say about its framing."""
+
+    __slots__ = ("chunked", "close", "headers", "keep_alive", "length")
+
+    def __init__(self) -> None:
+        self.headers: list[tuple[str, str]] = []
+        self.length: int | None = None
+        self.chunked = False
+        self.close = False
+        self.keep_alive = False
+
+    def add(self, h: bytes) -> None:
+        if len(self.headers) >= _MAX_HEADERS:
+            raise UpstreamError("too many response headers")
+        name, sep, value = h.partition(b":")
+        if not sep:
+            raise UpstreamError(f"bad header line {h[:60]!r}")
+        k = name.strip().decode("latin-1")
+        v = value.strip().decode("latin-1")
+        self.headers.append((k, v))
+        lk = k.lower()
+        if lk == "content-length":
+            if not (v.isascii() and v.isdigit()):
+                raise UpstreamError(f"bad Content-Length {v!r}")
+            self.length = int(v)
+        elif lk == "transfer-encoding":
+            self.chunked = "chunked" in v.lower()
+        elif lk == "connection":
+            lv = v.lower()
+            if "close" in lv:
+                self.close = True
+            elif "keep-alive" in lv:
+                self.keep_alive = True
 
 
 class Response:
@@ -76,49 +135,67 @@ class Response:
 
     def read_some(self, timeout: float) -> bytes:
         """The next piece of body as soon as it arrives (one chunk of a chunked body);
-        ``b""`` at the end. Raises ``TimeoutError``, ``OSError`` or :class:`UpstreamError`."""
+        ``b""`` at the end. Raises ``TimeoutError``, or :class:`UpstreamError` when the
+        upstream breaks the body (a bad chunk, a close or a reset before its end)."""
         if self.done:
             return b""
         conn = self.conn
         if conn.sock is None:
             raise UpstreamError("connection already closed")
         conn.sock.settimeout(max(timeout, 1e-3))
-        f = conn.rfile
-        if self.chunked:
-            if self._chunk_left == 0:
-                line = f.readline(_MAX_LINE)
-                if not line:
-                    raise UpstreamError("connection closed inside a chunked body")
-                try:
-                    size = int(line.split(b";", 1)[0].strip(), 16)
-                except ValueError:
-                    raise UpstreamError(f"bad chunk size line {line[:40]!r}") from None
-                if size == 0:
-                    while True:  # trailers, up to the empty line
-                        t = f.readline(_MAX_LINE)
-                        if t in (b"\r\n", b"\n"):
-                            break
-                        if not t:
-                            raise UpstreamError("connection closed inside the trailers")
-                    self.done = True
-                    return b""
-                self._chunk_left = size
-            data = f.read1(self._chunk_left) if self._chunk_left else b""
-            if not data:
-                raise UpstreamError("connection closed inside a chunk")
-            self._chunk_left -= len(data)
-            if self._chunk_left == 0:
-                if f.readline(_MAX_LINE) not in (b"\r\n", b"\n"):
-                    raise UpstreamError("chunk not followed by CRLF")
-            return data
-        if self.length is not None:
-            data = f.read1(min(self.length, 65536))
-            if not data:
-                raise UpstreamError(f"connection closed with {self.length} body bytes missing")
-            self.length -= len(data)
-            if self.length == 0:
-                self.done = True
-            return data
+        try:
+            if self.chunked:
+                return self._read_chunked(conn.rfile)
+            if self.length is not None:
+                return self._read_length(conn.rfile)
+            return self._read_to_close(conn.rfile)
+        except TimeoutError:
+            raise
+        except OSError as exc:  # reset, broken: the body will not be finished
+            raise UpstreamError(f"connection broken inside the body ({exc})") from exc
+
+    def _read_chunked(self, f: io.BufferedReader) -> bytes:
+        if self._chunk_left == 0:
+            line = _line(f, "chunk size line")
+            if not line:
+                raise UpstreamError("connection closed inside a chunked body")
+            size_field = line.split(b";", 1)[0].strip()
+            if not size_field or size_field.translate(None, _HEX):
+                raise UpstreamError(f"bad chunk size line {line[:40]!r}")
+            size = int(size_field, 16)
+            if size == 0:
+                self._read_trailers(f)
+                return b""
+            self._chunk_left = size
+        data = f.read1(self._chunk_left)
+        if not data:
+            raise UpstreamError("connection closed inside a chunk")
+        self._chunk_left -= len(data)
+        if self._chunk_left == 0 and _line(f, "chunk end") not in (b"\r\n", b"\n"):
+            raise UpstreamError("chunk not followed by CRLF")
+        return data
+
+    def _read_trailers(self, f: io.BufferedReader) -> None:
+        """Trailer fields, up to the empty line: read and dropped."""
+        while True:
+            t = _line(f, "trailer line")
+            if t in (b"\r\n", b"\n"):
+                break
+            if not t:
+                raise UpstreamError("connection closed inside the trailers")
+        self.done = True
+
+    def _read_length(self, f: io.BufferedReader) -> bytes:
+        assert self.length is not None
+        data = f.read1(min(self.length, 65536))
+        if not data:
+            raise UpstreamError(f"connection closed with {self.length} body bytes missing")
+        self.length -= len(data)
+        if self.length == 0:
+            self.done = True
+        return data
+
+    def _read_to_close(self, f: io.BufferedReader) -> bytes:
         data = f.read1(65536)  # delimited by the close
         if not data:
             self.done = True
@@ -171,59 +248,44 @@ class Connection:
         return self._read_head(method)
 
     def _read_head(self, method: str) -> Response:
-        f = self.rfile
+        """The final response's head; interim 1xx responses (100 Continue, 103 Early Hints)
+        before it are read and dropped."""
         while True:
-            line = f.readline(_MAX_LINE)
+            line = _line(self.rfile, "status line")
             if not line:
                 raise UpstreamClosed("connection closed before the status line")
-            parts = line.split(None, 2)
-            if len(parts) < 2 or not parts[0].startswith(b"HTTP/"):
-                raise UpstreamError(f"bad status line {line[:60]!r}")
-            try:
-                status = int(parts[1])
-            except ValueError:
-                raise UpstreamError(f"bad status line {line[:60]!r}") from None
-            headers: list[tuple[str, str]] = []
-            length: int | None = None
-            chunked = False
-            will_close = parts[0] == b"HTTP/1.0"
-            while True:
-                h = f.readline(_MAX_LINE)
-                if h in (b"\r\n", b"\n"):
-                    break
-                if not h:
-                    raise UpstreamError("connection closed inside the response head")
-                if len(headers) >= _MAX_HEADERS:
-                    raise UpstreamError("too many response headers")
-                name, sep, value = h.partition(b":")
-                if not sep:
-                    raise UpstreamError(f"bad header line {h[:60]!r}")
-                k = name.strip().decode("latin-1")
-                v = value.strip().decode("latin-1")
-                headers.append((k, v))
-                lk = k.lower()
-                if lk == "content-length":
-                    try:
-                        length = int(v)
-                    except ValueError:
-                        raise UpstreamError(f"bad Content-Length {v!r}") from None
-                elif lk == "transfer-encoding":
-                    chunked = "chunked" in v.lower()
-                elif lk == "connection":
-                    lv = v.lower()
-                    if "close" in lv:
-                        will_close = True
-                    elif "keep-alive" in lv:
-                        will_close = False
+            version, status = _status(line)
+            head = self._read_fields()
             if 100 <= status < 200 and status != 101:
                 continue  # 100 Continue and friends: the real answer follows
-            if chunked:
-                length = None
-            elif method == "HEAD" or status in (204, 304):
-                length = 0
-            elif length is None:
-                will_close = True  # delimited by the close
-            return Response(self, status, headers, length, chunked, will_close)
+            return self._framed(method, version, status, head)
+
+    def _read_fields(self) -> _Head:
+        head = _Head()
+        while True:
+            h = _line(self.rfile, "header line")
+            if h in (b"\r\n", b"\n"):
+                return head
+            if not h:
+                raise UpstreamError("connection closed inside the response head")
+            head.add(h)
+
+    def _framed(self, method: str, version: bytes, status: int, head: _Head) -> Response:
+        """The response with its body's framing (RFC 9112 section 6.3): none for HEAD, 101,
+        204 and 304 whatever the header fields say; else chunked, Content-Length, or the
+        close."""
+        will_close = head.close or (version == b"HTTP/1.0" and not head.keep_alive)
+        length = head.length
+        chunked = head.chunked
+        if status == 101:  # another protocol follows: no HTTP body, and no reuse
+            length, chunked, will_close = 0, False, True
+        elif method == "HEAD" or status in (204, 304):
+            length, chunked = 0, False
+        elif chunked:
+            length = None
+        elif length is None:
+            will_close = True  # delimited by the close
+        return Response(self, status, head.headers, length, chunked, will_close)
 
     def dropped(self) -> bool:
         """An idle keep-alive connection with something to read has been closed by the peer."""

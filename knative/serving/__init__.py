@@ -1,7 +1,7 @@
 """The serving replica: the OpenAI HTTP API over one model instance per process (llama.cpp for
 generation, torch for embeddings), its probes, drain, checkpoints and node quarantine watch."""
 
-from knative.serving._app import Runtime, Unavailable, create_app, load_models, runtime_of
+from knative.serving._app import create_app, runtime_of
 from knative.serving._backends import (
     DEFAULT_EMBEDDING_MODEL,
     DEFAULT_GENERATION_MODEL,
@@ -17,6 +17,8 @@ from knative.serving._backends import (
     resolve_gguf,
 )
 from knative.serving._checkpoint import attach as attach_checkpoints
+from knative.serving._quarantine import NodeBreakerWatch
+from knative.serving._runtime import Runtime, Unavailable, load_models
 from knative.serving._server import serve
 from knative.serving._settings import ServeSettings, SettingsError
 
@@ -30,6 +32,7 @@ __all__ = [
     "GenerationBackend",
     "LlamaCppBackend",
     "ModelLoadError",
+    "NodeBreakerWatch",
     "Runtime",
     "SentenceTransformerBackend",
     "ServeSettings",

@@ -17,11 +17,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from flask import Flask, Response, jsonify, request
+from flask import Blueprint, Flask, Response, jsonify, request
 
-from checkpoint_store import CheckpointError, CheckpointStore, Manifest, Restored
-from knative.serving._app import Runtime
+from checkpoint_store import (
+    CheckpointError,
+    CheckpointStore,
+    Manifest,
+    Restored,
+    StorageFull,
+)
 from knative.serving._backends import BackendError, LlamaCppBackend
+from knative.serving._runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -145,27 +151,38 @@ class ReplicaCheckpoints:
             log.error("checkpoint on exit failed: %s", exc)
 
     # --- HTTP -------------------------------------------------------------------------------
-    def register(self, app: Flask) -> None:
-        token = self.rt.settings.admin_token
+    def blueprint(self) -> Blueprint:
+        bp = Blueprint("checkpoints", __name__)
+        bp.add_url_rule("/admin/snapshot", view_func=self.admin_snapshot, methods=["POST"])
+        return bp
 
-        @app.post("/admin/snapshot")
-        def admin_snapshot() -> tuple[Response, int]:
-            if token:
-                given = request.headers.get("Authorization", "")
-                if not given:
-                    return jsonify({"error": "Authorization: bearer token required"}), 401
-                if not hmac.compare_digest(given, f"Bearer {token}"):
-                    return jsonify({"error": "Authorization: wrong token"}), 403
-            if not self.rt.loaded.is_set():
-                return jsonify({"error": "model not loaded yet"}), 409
-            start = time.perf_counter()
-            try:
-                m = self.snapshot("request")
-            except CheckpointError as exc:
-                status = 507 if type(exc).__name__ == "StorageFull" else 500
-                return jsonify({"error": f"snapshot failed: {exc}"}), status
-            return jsonify({"id": m.id, "seconds": round(time.perf_counter() - start, 4),
-                            "model_id": m.model_id, "revision": m.revision}), 201
+    def register(self, app: Flask) -> None:
+        app.register_blueprint(self.blueprint())
+
+    def admin_snapshot(self) -> tuple[Response, int]:
+        """``POST /admin/snapshot``: a checkpoint now (bearer token when one is set)."""
+        refused = self._refusal(request.headers.get("Authorization", ""))
+        if refused is not None:
+            return refused
+        start = time.perf_counter()
+        try:
+            m = self.snapshot("request")
+        except CheckpointError as exc:
+            status = 507 if isinstance(exc, StorageFull) else 500
+            return jsonify({"error": f"snapshot failed: {exc}"}), status
+        return jsonify({"id": m.id, "seconds": round(time.perf_counter() - start, 4),
+                        "model_id": m.model_id, "revision": m.revision}), 201
+
+    def _refusal(self, given: str) -> tuple[Response, int] | None:
+        token = self.rt.settings.admin_token
+        if token:
+            if not given:
+                return jsonify({"error": "Authorization: bearer token required"}), 401
+            if not hmac.compare_digest(given, f"Bearer {token}"):
+                return jsonify({"error": "Authorization: wrong token"}), 403
+        if not self.rt.loaded.is_set():
+            return jsonify({"error": "model not loaded yet"}), 409
+        return None
 
 
 def attach(app: Flask, runtime: Runtime, store: CheckpointStore) -> ReplicaCheckpoints:

@@ -14,6 +14,10 @@ from typing import Any
 
 MAX_STOP_SEQUENCES = 4
 
+# The body field by which the gateway continues a generation another replica began; only a
+# request that carries the replica's internal token may send it.
+RESUME_FIELD = "surefoot_resume"
+
 
 @dataclass(frozen=True)
 class FieldError:
@@ -42,9 +46,8 @@ class ModelNotFound(RequestInvalid):
     status = 404
 
     def __init__(self, model: str, served: list[str]) -> None:
-        super().__init__(
-            [FieldError("model", f"model {model!r} does not exist here; served: {', '.join(served)}")]
-        )
+        message = f"model {model!r} does not exist here; served: {', '.join(served)}"
+        super().__init__([FieldError("model", message)])
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,17 @@ class SamplingParams:
 
 
 @dataclass(frozen=True)
+class Resume:
+    """Continue a generation: the completion tokens it already has, the characters of their
+    text the client already received, and the stream's id and creation time to keep."""
+
+    tokens: tuple[int, ...]
+    chars: int
+    id: str
+    created: int
+
+
+@dataclass(frozen=True)
 class CompletionRequest:
     model: str
     prompts: tuple[str, ...]
@@ -66,6 +80,7 @@ class CompletionRequest:
     stream: bool = False
     include_usage: bool = False
     echo: bool = False
+    resume: Resume | None = None
 
 
 @dataclass(frozen=True)
@@ -81,6 +96,7 @@ class ChatRequest:
     params: SamplingParams
     stream: bool = False
     include_usage: bool = False
+    resume: Resume | None = None
 
 
 @dataclass(frozen=True)
@@ -213,7 +229,32 @@ def _stream_options(c: _Collector, stream: bool) -> bool:
     return include
 
 
-def parse_completion(body: Any, served: list[str], limits: Limits) -> CompletionRequest:
+def _is_int(v: Any, lo: int = 0) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= lo
+
+
+def _resume(c: _Collector, internal: bool, stream: bool) -> Resume | None:
+    """The gateway's resume field: refused from anyone without the internal token."""
+    raw = c.body.get(RESUME_FIELD)
+    if raw is None:
+        return None
+    if not internal:
+        c.add(RESUME_FIELD, "is internal to the surefoot gateway; clients may not send it")
+        return None
+    if not stream:
+        c.add(RESUME_FIELD, "is only allowed when stream is true")
+        return None
+    ok = (isinstance(raw, dict) and isinstance(raw.get("tokens"), list)
+          and all(_is_int(t) for t in raw["tokens"]) and _is_int(raw.get("chars"))
+          and isinstance(raw.get("id"), str) and _is_int(raw.get("created")))
+    if not ok:
+        c.add(RESUME_FIELD, "must be {tokens: [int], chars: int, id: str, created: int}")
+        return None
+    return Resume(tuple(raw["tokens"]), raw["chars"], raw["id"], raw["created"])
+
+
+def parse_completion(body: Any, served: list[str], limits: Limits,
+                     internal: bool = False) -> CompletionRequest:
     c = _Collector(_require_object(body))
     model = c.model(served)
     raw = c.body.get("prompt")
@@ -232,6 +273,9 @@ def parse_completion(body: Any, served: list[str], limits: Limits) -> Completion
     stream = c.boolean("stream")
     include_usage = _stream_options(c, stream)
     echo = c.boolean("echo")
+    resume = _resume(c, internal, stream)
+    if resume is not None and (len(prompts) != 1 or echo):
+        c.add(RESUME_FIELD, "needs a single prompt and no echo")
     if c.body.get("logprobs") is not None:
         c.add("logprobs", "is not supported")
     if c.body.get("suffix") is not None:
@@ -239,7 +283,7 @@ def parse_completion(body: Any, served: list[str], limits: Limits) -> Completion
     c.raise_if_any()
     if model not in served:
         raise ModelNotFound(model, served)
-    return CompletionRequest(model, prompts, params, stream, include_usage, echo)
+    return CompletionRequest(model, prompts, params, stream, include_usage, echo, resume)
 
 
 _ROLES = {"system", "developer", "user", "assistant"}
@@ -264,7 +308,8 @@ def _message_content(c: _Collector, i: int, content: Any) -> str:
     return ""
 
 
-def parse_chat(body: Any, served: list[str], limits: Limits) -> ChatRequest:
+def parse_chat(body: Any, served: list[str], limits: Limits,
+               internal: bool = False) -> ChatRequest:
     c = _Collector(_require_object(body))
     model = c.model(served)
     raw = c.body.get("messages")
@@ -289,13 +334,14 @@ def parse_chat(body: Any, served: list[str], limits: Limits) -> ChatRequest:
     params = _sampling(c, limits, token_field="max_completion_tokens")
     stream = c.boolean("stream")
     include_usage = _stream_options(c, stream)
+    resume = _resume(c, internal, stream)
     for unsupported in ("tools", "functions", "logprobs"):
         if c.body.get(unsupported) not in (None, False, []):
             c.add(unsupported, "is not supported")
     c.raise_if_any()
     if model not in served:
         raise ModelNotFound(model, served)
-    return ChatRequest(model, tuple(messages), params, stream, include_usage)
+    return ChatRequest(model, tuple(messages), params, stream, include_usage, resume)
 
 
 def parse_embedding(body: Any, served: list[str], limits: Limits) -> EmbeddingRequest:

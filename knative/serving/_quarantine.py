@@ -3,13 +3,18 @@
 When a function opens ``node:<name>`` (a fatal GPU fault), every replica on that node fails its
 readiness probe, so Kubernetes (or the local platform) takes it out of the endpoints even for
 clients that do not go through a Surefoot gateway. The watch reads Redis off the request path:
-the probe only reads the last state seen.
+the probe only reads the last state seen. Its breaker settings (where Redis is, the key
+prefix every process shares) come from the entry point, which reads them from the environment.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from knative.breakers import BreakerRegistrySettings
 
 log = logging.getLogger(__name__)
 
@@ -17,11 +22,13 @@ log = logging.getLogger(__name__)
 class NodeBreakerWatch:
     """Polls the node's breaker every ``interval`` seconds; ``reason()`` is the probe's view."""
 
-    def __init__(self, redis_url: str, node: str, interval: float = 0.25) -> None:
-        from knative.breakers import BreakerRegistrySettings, BreakerStore, node_key
+    def __init__(self, breakers: BreakerRegistrySettings, node: str,
+                 interval: float = 0.25) -> None:
+        # imported here: a replica without a Redis URL never loads the Redis client
+        from knative.breakers import BreakerStore, node_key
 
         self.key = node_key(node)
-        self.store = BreakerStore.from_url(BreakerRegistrySettings.from_env(redis_url=redis_url))
+        self.store = BreakerStore.from_url(breakers)
         self.interval = interval
         self._reason: str | None = None
         self._stop = threading.Event()

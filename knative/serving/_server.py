@@ -17,17 +17,21 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flask import Flask
 from gunicorn.app.base import BaseApplication
 
 from checkpoint_store import CheckpointSettings, open_store
-from knative.serving._app import Runtime, create_app, load_models, runtime_of
+from knative.serving._app import create_app, runtime_of
 from knative.serving._backends import ModelLoadError
 from knative.serving._checkpoint import attach as attach_checkpoints
 from knative.serving._quarantine import NodeBreakerWatch
+from knative.serving._runtime import Runtime, load_models
 from knative.serving._settings import ServeSettings
+
+if TYPE_CHECKING:
+    from knative.breakers import BreakerRegistrySettings
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +42,11 @@ AppHook = Callable[[Flask, Runtime], None]
 
 
 class _ReplicaServer(BaseApplication):  # type: ignore[misc]
-    def __init__(self, settings: ServeSettings, on_app: AppHook | None) -> None:
+    def __init__(self, settings: ServeSettings, on_app: AppHook | None,
+                 breakers: BreakerRegistrySettings | None) -> None:
         self.settings = settings
         self.on_app = on_app
+        self.breakers = breakers
         self.started = time.time()
         super().__init__()
 
@@ -103,8 +109,8 @@ class _ReplicaServer(BaseApplication):  # type: ignore[misc]
                 else:
                     load_models(rt, cps.restore_before_load, cps.restore_after_load)
                     cps.start_timer(self.settings.checkpoint_interval)
-                if self.settings.redis_url and self.settings.node:
-                    watch = NodeBreakerWatch(self.settings.redis_url, self.settings.node)
+                if self.breakers is not None and self.settings.node:
+                    watch = NodeBreakerWatch(self.breakers, self.settings.node)
                     rt.quarantine_check = watch.reason
                     watch.start()
             except ModelLoadError:
@@ -117,7 +123,9 @@ class _ReplicaServer(BaseApplication):  # type: ignore[misc]
             threading.Thread(target=loader, name="model-loader", daemon=True).start()
 
 
-def serve(settings: ServeSettings, on_app: AppHook | None = None) -> int:
-    """Serve until SIGTERM/SIGINT; returns the process exit code."""
-    _ReplicaServer(settings, on_app).run()
+def serve(settings: ServeSettings, on_app: AppHook | None = None, *,
+          breakers: BreakerRegistrySettings | None = None) -> int:
+    """Serve until SIGTERM/SIGINT; returns the process exit code. With ``breakers`` (and a
+    ``node`` in the settings), readiness follows the node's breaker."""
+    _ReplicaServer(settings, on_app, breakers).run()
     return 0

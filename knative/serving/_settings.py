@@ -6,13 +6,16 @@ and a ``surefoot serve`` flag; flags win over the environment.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
 from envreader import env_values
-from knative.serving._backends import DEFAULT_EMBEDDING_MODEL, DEFAULT_GENERATION_MODEL
+from knative.serving._backends import (
+    DEFAULT_EMBEDDING_MODEL,
+    DEFAULT_GENERATION_MODEL,
+    DEFAULT_SLOTS,
+)
 
 
 class SettingsError(ValueError):
@@ -34,6 +37,8 @@ class ServeSettings:
     n_gpu_layers: int = 0  # -1 offloads every layer on a GPU node
     cuda: bool = False  # torch embeddings on CUDA
     max_tokens: int = 1024
+    # sequences the engine decodes together (continuous batching); 1: one request at a time
+    slots: int = DEFAULT_SLOTS
     # admission: requests admitted at once (running plus waiting for the engine)
     queue_capacity: int = 8
     queue_timeout: float = 60.0
@@ -52,13 +57,15 @@ class ServeSettings:
     # breakers: a Redis URL lets readiness follow the node's breaker ("" to disable)
     redis_url: str = ""
     admin_token: str = ""
+    # shared with the gateway: lets it resume a stream here ("" refuses every resume)
+    internal_token: str = ""
     log_level: str = "INFO"
 
     def validate(self) -> ServeSettings:
         errors = []
         if not 0 < self.port < 65536:
             errors.append(f"port: {self.port} is not a TCP port")
-        for name in ("n_ctx", "max_tokens", "queue_capacity", "max_body_bytes"):
+        for name in ("n_ctx", "max_tokens", "queue_capacity", "max_body_bytes", "slots"):
             if getattr(self, name) <= 0:
                 errors.append(f"{name}: must be positive, got {getattr(self, name)}")
         if self.max_tokens >= self.n_ctx:
@@ -73,10 +80,11 @@ class ServeSettings:
         return self
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> ServeSettings:
-        """Settings from ``SUREFOOT_<FIELD>`` variables, then ``overrides`` (not None)."""
-        values, errors = env_values(cls, "SUREFOOT_", os.environ if env is None else env,
-                                    overrides)
+    def from_env(cls, env: Mapping[str, str], **overrides: Any) -> ServeSettings:
+        """Settings from ``SUREFOOT_<FIELD>`` variables of ``env`` (the entry point passes
+        ``os.environ``), then ``overrides`` that are not None; :class:`SettingsError` naming
+        every bad variable and every value that cannot work."""
+        values, errors = env_values(cls, "SUREFOOT_", env, overrides)
         if errors:
             raise SettingsError("; ".join(errors))
         return replace(cls(), **values).validate()

@@ -96,12 +96,18 @@ def test_disk_full_is_typed_and_leaves_nothing(kit: Kit, backend: Backend) -> No
 
 
 def test_shared_locks_coexist_exclusive_waits(backend: Backend) -> None:
-    with backend.lock(exclusive=False, timeout=0), backend.lock(exclusive=False, timeout=0):
-        with pytest.raises(StoreBusy):
-            with backend.lock(exclusive=True, timeout=0):
-                pass
-    with backend.lock(exclusive=True, timeout=0), pytest.raises(StoreBusy):
-        with backend.lock(exclusive=False, timeout=0):
-            pass
+    with (
+        backend.lock(exclusive=False, timeout=0),
+        backend.lock(exclusive=False, timeout=0),
+        pytest.raises(StoreBusy),
+        backend.lock(exclusive=True, timeout=0),
+    ):
+        pass
+    with (
+        backend.lock(exclusive=True, timeout=0),
+        pytest.raises(StoreBusy),
+        backend.lock(exclusive=False, timeout=0),
+    ):
+        pass
     with backend.lock(exclusive=True, timeout=0):
         pass

@@ -16,6 +16,7 @@ from checkpoint_store import (
     default_directory,
     open_store,
 )
+from envreader import EnvError
 
 
 def test_settings_defaults_and_env(tmp_path: Path) -> None:
@@ -39,12 +40,33 @@ def test_settings_defaults_and_env(tmp_path: Path) -> None:
 
 
 def test_settings_report_every_bad_variable() -> None:
-    with pytest.raises(ValueError) as err:
+    with pytest.raises(ValueError, match="SUREFOOT_CHECKPOINT_") as err:
         CheckpointSettings.from_env(
             {"SUREFOOT_CHECKPOINT_KEEP": "0", "SUREFOOT_CHECKPOINT_SHA256": "maybe"}
         )
     assert "SUREFOOT_CHECKPOINT_KEEP" in str(err.value)
     assert "SUREFOOT_CHECKPOINT_SHA256" in str(err.value)
+
+
+def test_settings_bools_mean_what_they_mean_everywhere(tmp_path: Path) -> None:
+    for word in ("1", "true", "YES", "on"):
+        env = {"HOME": str(tmp_path), "SUREFOOT_CHECKPOINT_SHA256": word}
+        assert CheckpointSettings.from_env(env).sha256 is True
+    for word in ("0", "false", "no", "Off", ""):
+        env = {"HOME": str(tmp_path), "SUREFOOT_CHECKPOINT_SHA256": word}
+        assert CheckpointSettings.from_env(env).sha256 is False
+    with pytest.raises(EnvError) as err:
+        CheckpointSettings.from_env({"SUREFOOT_CHECKPOINT_SHA256": "enabled"})
+    assert set(err.value.errors) == {"SUREFOOT_CHECKPOINT_SHA256"}
+
+
+def test_settings_overrides_win_over_the_environment(tmp_path: Path) -> None:
+    env = {"SUREFOOT_CHECKPOINT_DIR": str(tmp_path / "env"), "SUREFOOT_CHECKPOINT_KEEP": "4"}
+    s = CheckpointSettings.from_env(env, directory=str(tmp_path / "flag"), keep=None)
+    assert s == CheckpointSettings(tmp_path / "flag", 4, False)
+    with pytest.raises(EnvError) as err:
+        CheckpointSettings.from_env({"SUREFOOT_CHECKPOINT_KEEP": "many"})
+    assert set(err.value.errors) == {"SUREFOOT_CHECKPOINT_KEEP"}
 
 
 def test_store_location_errors(tmp_path: Path) -> None:
@@ -53,7 +75,7 @@ def test_store_location_errors(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x")
     with pytest.raises(InvalidStore, match="not a directory"):
         FilesystemBackend(tmp_path / "file")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="keep must be at least 1"):
         CheckpointStore(FilesystemBackend(tmp_path / "s"), keep=0)
 
 

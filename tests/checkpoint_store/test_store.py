@@ -285,7 +285,7 @@ def test_manifest_naming_missing_blob_rejected(kit: Kit, store: CheckpointStore)
 
 
 @pytest.mark.parametrize(
-    "field, value",
+    ("field", "value"),
     [
         ("name", "../../../etc/passwd"),
         ("name", "/etc/passwd"),

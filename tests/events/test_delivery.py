@@ -68,7 +68,7 @@ def test_temporary_statuses_are_retried(status: int) -> None:
 
 @pytest.mark.parametrize("status", [400, 401, 403, 404, 409, 413, 415, 422, 301])
 def test_permanent_statuses_are_not_retried(status: int) -> None:
-    transport, seen = scripted(status)
+    transport, _seen = scripted(status)
     with sender(transport) as s:
         result = s.send(EVENT, URL)
     assert not result.ok
@@ -79,7 +79,7 @@ def test_permanent_statuses_are_not_retried(status: int) -> None:
 @pytest.mark.parametrize("exc", [httpx.ConnectError("refused"), httpx.ReadTimeout("slow"),
                                  httpx.RemoteProtocolError("eof"), httpx.PoolTimeout("pool")])
 def test_transport_errors_are_temporary(exc: Exception) -> None:
-    transport, seen = scripted(exc, 200)
+    transport, _seen = scripted(exc, 200)
     with sender(transport) as s:
         assert s.send(EVENT, URL).attempts == 2
 
@@ -211,7 +211,7 @@ def test_parse_duration() -> None:
     assert ev.parse_duration("PT1M30S") == 90
     assert ev.parse_duration("P1DT1H") == 90000
     for bad in ("", "P", "PT", "1s", "PTS", "P1DT"):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="not an ISO 8601 duration"):
             ev.parse_duration(bad)
 
 

@@ -335,7 +335,7 @@ def reading(gpu: int = 0, **kw: Any) -> GpuReading:
 
 def test_ecc_is_edge_triggered() -> None:
     clock = Clock()
-    s, got = stream(clock)
+    s, _got = stream(clock)
     assert s.reading(reading()) == []
     (e,) = s.reading(reading(ecc_volatile_uncorrected=1))
     assert e.type == "dev.surefoot.gpu.ecc"
@@ -362,7 +362,7 @@ def test_xid_48_decoded_from_ecc_state() -> None:
 
 def test_thermal_and_temperature() -> None:
     clock = Clock()
-    s, got = stream(clock)
+    s, _got = stream(clock)
     assert s.reading(reading(clock_reasons=0x4)) == []  # power capping alone is routine
     (e,) = s.reading(reading(clock_reasons=0x40 | 0x4, temperature_c=87))
     d = data(e)
@@ -378,7 +378,7 @@ def test_thermal_and_temperature() -> None:
 
 def test_healthy_after_problems_go_quiet() -> None:
     clock = Clock()
-    s, got = stream(clock)
+    s, _got = stream(clock)
     s.reading(reading(clock_reasons=0x20))
     s.xid(13, gpu=s.gpu_by_index(0))
     clock.advance(60)
@@ -393,7 +393,7 @@ def test_healthy_after_problems_go_quiet() -> None:
 
 def test_lost_once_then_healthy_when_back() -> None:
     clock = Clock()
-    s, got = stream(clock)
+    s, _got = stream(clock)
     e = s.lost(1, "GPU is lost")
     assert e is not None
     assert e.type == "dev.surefoot.gpu.lost"
@@ -560,7 +560,9 @@ def test_kmsg_reader_yields_records_and_stops() -> None:
     r, w = os.pipe()
     stop = threading.Event()
     lines = _kmsg_lines(r, stop, 0.01)
-    os.write(w, b"3,77,123456,-;NVRM: Xid (PCI:0000:3b:00): 79, pid=5, GPU has fallen off the bus.\n")
+    os.write(
+        w, b"3,77,123456,-;NVRM: Xid (PCI:0000:3b:00): 79, pid=5, GPU has fallen off the bus.\n"
+    )
     line = next(lines)
     parsed = parse_xid_line(line)
     assert parsed is not None

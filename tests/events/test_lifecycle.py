@@ -41,7 +41,8 @@ def pod(name: str = "p1", *, ready: bool | None = True, restarts: int = 0,
 
 
 def node(name: str = "n1", *, ready: str = "True", unschedulable: bool = False) -> dict[str, Any]:
-    return {"kind": "Node", "metadata": {"name": name, "uid": f"uid-{name}", "resourceVersion": "1"},
+    meta = {"name": name, "uid": f"uid-{name}", "resourceVersion": "1"}
+    return {"kind": "Node", "metadata": meta,
             "spec": {"unschedulable": unschedulable} if unschedulable else {},
             "status": {"conditions": [{"type": "Ready", "status": ready, "reason": "KubeletReady"
                                        if ready == "True" else "NodeStatusUnknown"}]}}

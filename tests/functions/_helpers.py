@@ -1,7 +1,7 @@
 """Test helpers for the functions: a fake clock, a sink, the cluster, event builders.
 
-The cluster (``make_cluster``): four GPU nodes; the Knative Service ``surefoot`` with the primary revision
-``surefoot-primary`` (three ready replicas on gpu-1..3, tag primary, 100%) and the fallback
+The cluster (``make_cluster``): four GPU nodes; the Knative Service ``surefoot`` with the primary
+revision ``surefoot-primary`` (three ready replicas on gpu-1..3, tag primary, 100%) and the fallback
 ``surefoot-fallback`` (one replica on gpu-4, tag fallback, 0%), a PodDisruptionBudget of
 maxUnavailable 1 over the primary's pods.
 """
@@ -9,7 +9,6 @@ maxUnavailable 1 over the primary's pods.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,28 +19,6 @@ GPU_LABEL = {"nvidia.com/gpu.present": "true"}
 KSVC_PATH = "/apis/serving.knative.dev/v1/namespaces/default/services/surefoot"
 REVISION_LABEL = "serving.knative.dev/revision"
 SERVICE_LABEL = "serving.knative.dev/service"
-
-
-class FakeTime:
-    """A wall clock that moves only when the code under test sleeps (or the test says so)."""
-
-    def __init__(self) -> None:
-        self.now = 1_700_000_000.0
-        self.sleeps: list[float] = []
-        self.on_sleep: Callable[[float], None] | None = None
-
-    def clock(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        assert seconds >= 0
-        self.sleeps.append(seconds)
-        self.now += seconds
-        if self.on_sleep is not None:
-            self.on_sleep(seconds)
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @dataclass

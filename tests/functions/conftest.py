@@ -12,22 +12,12 @@ import pytest
 from functions import Context, FunctionSettings, build_context
 from knative.breakers import BreakerRegistrySettings
 from knative.platforms.kube import KnativePlatform
-from tests.functions._helpers import FakeTime, Sink, make_cluster
+from tests.conftest import FakeTime
+from tests.functions._helpers import Sink, make_cluster
 from tests.kube_fake import FakeKubeServer
 
 # build_context arguments; every other keyword of make_ctx is a settings field.
 CONTEXT_ARGS = ("platform", "redis_client", "breakers", "http", "transport", "canary", "sink")
-
-
-@pytest.fixture
-def kube() -> Iterator[FakeKubeServer]:
-    with FakeKubeServer() as server:
-        yield server
-
-
-@pytest.fixture
-def fake_time() -> FakeTime:
-    return FakeTime()
 
 
 @pytest.fixture
@@ -38,6 +28,7 @@ def cluster(kube: FakeKubeServer) -> FakeKubeServer:
 
 @pytest.fixture
 def platform(kube: FakeKubeServer, fake_time: FakeTime) -> KnativePlatform:
+    """The shared platform fixture, with a shorter first retry backoff."""
     return KnativePlatform(kube.api_client(), "default", sleep=fake_time.sleep,
                            clock=fake_time.clock, backoff_initial=0.5)
 

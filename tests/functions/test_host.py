@@ -23,16 +23,8 @@ from functions import (
     triggers,
 )
 from knative.breakers import node_key, revision_key
-from tests.functions._helpers import (
-    FakeTime,
-    Sink,
-    closed,
-    lost,
-    oom,
-    opened,
-    traffic_of,
-    xid,
-)
+from tests.conftest import FakeTime
+from tests.functions._helpers import Sink, closed, lost, oom, opened, traffic_of, xid
 from tests.kube_fake import FakeKubeServer
 
 

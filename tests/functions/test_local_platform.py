@@ -5,6 +5,7 @@ reroutes traffic and restores it; the timer snapshots a real replica."""
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +25,8 @@ from functions import (
 from knative import Target
 from knative.breakers import BreakerRegistrySettings, node_key
 from knative.platforms.local import LocalPlatform, LocalSettings, RevisionSpec
-from tests.functions._helpers import FakeTime, closed, opened, ping, xid
+from tests.conftest import FakeTime
+from tests.functions._helpers import closed, opened, ping, xid
 
 SMALL = ("--embedding-model", "", "--n-ctx", "512", "--max-tokens", "16", "--grace-seconds", "1")
 
@@ -33,7 +35,7 @@ SMALL = ("--embedding-model", "", "--n-ctx", "512", "--max-tokens", "16", "--gra
 def local(tmp_path: Path) -> Iterator[LocalPlatform]:
     settings = LocalSettings(nodes=3, log_dir=str(tmp_path / "logs"), grace_seconds=3.0,
                              checkpoint_dir=str(tmp_path / "ckpt"),
-                             env={"SUREFOOT_ADMIN_TOKEN": "tok"})
+                             env={"SUREFOOT_ADMIN_TOKEN": "tok"}, base_env=os.environ)
     revisions = [RevisionSpec("surefoot-primary", "surefoot", "primary", 2, 3, SMALL),
                  RevisionSpec("surefoot-fallback", "surefoot", "fallback", 1, 3, SMALL)]
     traffic = {"surefoot": [Target("surefoot-primary", 100, "primary"),

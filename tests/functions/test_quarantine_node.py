@@ -21,16 +21,8 @@ from functions import (
     quarantine_node,
 )
 from functions._state import deferred, quarantined
-from tests.functions._helpers import (
-    GPU_LABEL,
-    FakeTime,
-    add_primary_pod,
-    healthy,
-    lost,
-    node_obj,
-    ping,
-    xid,
-)
+from tests.conftest import FakeTime
+from tests.functions._helpers import GPU_LABEL, add_primary_pod, healthy, lost, node_obj, ping, xid
 from tests.kube_fake import FakeKubeServer
 from tests.kube_fake._state import resource_named
 

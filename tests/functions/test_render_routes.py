@@ -1,7 +1,7 @@
 """The rendered Knative Triggers deliver every event type each function handles."""
 
 from functions import ROUTES
-from knative.manifests._render import FUNCTION_ROUTES
+from knative.manifests import FUNCTION_ROUTES
 
 
 def test_rendered_triggers_cover_every_function_route():

@@ -4,7 +4,7 @@ real replica app (llama.cpp model, checkpoint store) through the HTTP client sea
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -181,19 +181,19 @@ def test_malformed_201_is_temporary(sctx: Context, replicas: Replicas) -> None:
 
 
 @pytest.fixture(scope="module")
-def gemma() -> Iterator[object]:
+def gemma() -> object:
     from knative.serving import LlamaCppBackend
 
     backend = LlamaCppBackend(n_ctx=256, n_threads=2, queue_timeout=30)
     backend.load()
-    yield backend
+    return backend
 
 
 def test_snapshot_through_a_real_replica_app(make_ctx: Callable[..., Context], gemma: object,
                                              tmp_path: Path, cluster: FakeKubeServer) -> None:
     from checkpoint_store import CheckpointStore, FilesystemBackend
     from knative.serving import ServeSettings, create_app, runtime_of
-    from knative.serving._checkpoint import attach
+    from knative.serving import attach_checkpoints as attach
 
     store = CheckpointStore(FilesystemBackend(tmp_path / "ckpt"), keep=3)
     app = create_app(ServeSettings(n_ctx=256, max_tokens=8, revision="surefoot-primary",

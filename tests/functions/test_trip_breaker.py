@@ -12,16 +12,8 @@ import events as ev
 from functions import ACTED, DEFERRED, DUPLICATE, NOOP, Context, trip_breaker
 from functions._state import deferred
 from knative.breakers import node_key, revision_key
-from tests.functions._helpers import (
-    FakeTime,
-    crashloop,
-    ecc,
-    healthy,
-    lost,
-    oom,
-    ping,
-    xid,
-)
+from tests.conftest import FakeTime
+from tests.functions._helpers import crashloop, ecc, healthy, lost, oom, ping, xid
 
 
 def state(ctx: Context, key: str) -> str:
@@ -44,7 +36,7 @@ def test_fatal_gpu_fault_opens_the_node_breaker(ctx: Context, event: ev.Event) -
     assert data.hold_seconds > 0
     st = ctx.breakers.status(node_key("gpu-1"))
     assert st.since is not None
-    assert out.reply.id == f"node:gpu-1/{st.generation}/{int(round(st.since * 1000))}"
+    assert out.reply.id == f"node:gpu-1/{st.generation}/{round(st.since * 1000)}"
     assert out.reply.extensions == {"breakerstate": "open", "breakergen": str(st.generation)}
 
 

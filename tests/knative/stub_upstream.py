@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import socket
 import struct
@@ -61,7 +62,7 @@ class _Proto(asyncio.Protocol):
                 return
             body = self.buf[end + 4 : end + 4 + n]
             self.buf = self.buf[end + 4 + n :]
-            method, path, _ = (lines[0].split(" ") + ["", ""])[:3]
+            method, path, _ = [*lines[0].split(" "), "", ""][:3]
             self.stub._handle(self, method, path, headers, body)
 
 
@@ -246,10 +247,8 @@ def _reset(t: asyncio.Transport) -> None:
     """Close with RST, as a killed process's kernel would."""
     sock: Any = t.get_extra_info("socket")
     if sock is not None:
-        try:
+        with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        except OSError:
-            pass
     t.abort()
 
 

@@ -8,6 +8,7 @@ import json
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import ClassVar
 
 import pytest
 import redis
@@ -90,6 +91,41 @@ def test_registry_settings_reject_bad_url_and_intervals() -> None:
     assert "redis_url" in str(e.value)
     assert "refresh_interval" in str(e.value)
     assert "prefix" in str(e.value)
+
+
+def test_registry_settings_from_env_read_policy_kinds_and_process_settings() -> None:
+    env = {
+        "SUREFOOT_REDIS_URL": "redis://127.0.0.1:6390/0",
+        "SUREFOOT_BREAKER_WAIT_IN_OPEN": "10",
+        "SUREFOOT_BREAKER_NODE_MINIMUM_CALLS": "2",
+        "SUREFOOT_BREAKER_REFRESH_INTERVAL": "0.5",
+        "SUREFOOT_BREAKER_PREFIX": "sf",
+        "SUREFOOT_BREAKER_WINDOW_SIZE": "",  # empty: the default applies
+    }
+    s = BreakerRegistrySettings.from_env(env, refresh_interval=None, flush_interval=0.01)
+    assert s.redis_url == "redis://127.0.0.1:6390/0"
+    assert (s.policy.wait_in_open, s.policy.window_size) == (10.0, 50)
+    assert s.policy_for("node:n-1").minimum_calls == 2
+    assert s.policy_for("node:n-1").wait_in_open == 10.0  # the kind starts from the policy
+    assert s.policy_for("replica:r-0") == s.policy
+    assert (s.refresh_interval, s.flush_interval, s.prefix) == (0.5, 0.01, "sf")
+    over = BreakerRegistrySettings.from_env(env, redis_url="redis://other:6379/0")
+    assert over.redis_url == "redis://other:6379/0"
+
+
+def test_registry_settings_from_env_name_every_bad_variable() -> None:
+    env = {
+        "SUREFOOT_BREAKER_WAIT_IN_OPEN": "soon",
+        "SUREFOOT_BREAKER_REVISION_WINDOW_SIZE": "1.5",
+        "SUREFOOT_BREAKER_MAX_PENDING": "lots",
+    }
+    with pytest.raises(InvalidBreakerSettings) as e:
+        BreakerRegistrySettings.from_env(env, redis_url="redis://127.0.0.1:6379/0")
+    for name in ("SUREFOOT_BREAKER_WAIT_IN_OPEN", "SUREFOOT_BREAKER_REVISION_WINDOW_SIZE",
+                 "SUREFOOT_BREAKER_MAX_PENDING"):
+        assert name in str(e.value)
+    with pytest.raises(InvalidBreakerSettings, match="SUREFOOT_REDIS_URL"):
+        BreakerRegistrySettings.from_env({})
 
 
 @pytest.mark.parametrize("key", ["", "a{b}", "has space", "x" * 300, "{tag}"])
@@ -314,7 +350,9 @@ def test_twenty_clients_tripping_at_once_make_one_transition(redis_url: str) -> 
         with lock:
             made.append(t)
 
-    listener = redis.Redis.from_url(redis_url).pubsub(ignore_subscribe_messages=True)
+    listener = redis.Redis.from_url(redis_url).pubsub(  # type: ignore[no-untyped-call]
+        ignore_subscribe_messages=True
+    )
     stores = [BreakerStore.from_url(settings, hook) for _ in range(20)]
     listener.subscribe(stores[0].channel)
     barrier = threading.Barrier(20)
@@ -365,7 +403,9 @@ def test_transitions_reach_other_processes_views(redis_url: str) -> None:
         assert wait_until(lambda: a.state("replica:x") == "open" and b.state("replica:x") == "open")
         assert time.monotonic() - t0 < 0.5
         store.close("replica:x", "ok")
-        assert wait_until(lambda: a.state("replica:x") == "closed" and b.state("replica:x") == "closed")
+        assert wait_until(
+            lambda: a.state("replica:x") == "closed" and b.state("replica:x") == "closed"
+        )
         store.client.close()
 
 
@@ -448,7 +488,7 @@ def test_half_open_probe_while_redis_is_away_is_local(redis_url: str) -> None:
         reg.open("replica:h", "x")
         reg.store.clock_offset_ms = 1_100
         reg.tick()
-        reg._set_sub_ok(False)  # as if the subscription dropped
+        reg.health.set_subscribed(False)  # as if the subscription dropped
         assert reg.degraded
         permits = [reg.acquire("replica:h") for _ in range(3)]
         assert [p is not None for p in permits] == [True, True, False]
@@ -460,7 +500,7 @@ def test_half_open_probe_while_redis_is_away_is_local(redis_url: str) -> None:
 
 
 class _Sink(http.server.BaseHTTPRequestHandler):
-    received: list[tuple[dict[str, str], bytes]] = []
+    received: ClassVar[list[tuple[dict[str, str], bytes]]] = []
 
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers.get("content-length", 0)))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -11,10 +12,12 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from prometheus_client.parser import text_string_to_metric_families
 
 from knative.breakers import BreakerRegistry, BreakerRegistrySettings, BreakerSettings
 from knative.gateway import (
     Endpoint,
+    Gateway,
     GatewaySettings,
     GatewaySettingsError,
     Route,
@@ -23,6 +26,7 @@ from knative.gateway import (
     create_gateway_app,
     gateway_of,
 )
+from knative.gateway._inflight import Ticket
 from tests.knative.stub_upstream import StubUpstream
 
 TOKEN = "s3cret-admin-token"
@@ -63,13 +67,27 @@ FAST_SETTINGS = dict(
 )
 
 
+class NoJitter(random.Random):
+    """Draws 0.0 for every weighted choice and backoff (no wait between tries)."""
+
+    def random(self) -> float:
+        return 0.0
+
+
 def make(
-    tbl: RoutingTable, breakers: BreakerRegistry | None = None, **kw: Any
+    tbl: RoutingTable, breakers: BreakerRegistry | None = None,
+    rng: random.Random | None = None, **kw: Any
 ) -> tuple[Flask, FlaskClient, StaticResolver]:
     settings = GatewaySettings(**{**FAST_SETTINGS, **kw})
     resolver = StaticResolver(tbl)
-    app = create_gateway_app(settings, resolver, breakers)
+    app = create_gateway_app(settings, resolver, breakers, rng=rng)
     return app, app.test_client(), resolver
+
+
+def look_busy(gw: Gateway, url: str, tries: int) -> None:
+    """Count ``tries`` tries in progress on ``url``, so power of two choices avoids it."""
+    for _ in range(tries):
+        gw.inflight.try_started(url)
 
 
 @pytest.fixture
@@ -116,6 +134,25 @@ def test_weighted_split_across_revisions(stubs: dict[str, StubUpstream]) -> None
     for _ in range(200):
         seen[post(client).headers["X-Surefoot-Revision"]] += 1
     assert 120 <= seen["r1"] <= 180, seen
+
+
+def test_choices_come_from_the_injected_random_instance(stubs: dict[str, StubUpstream]) -> None:
+    tbl = RoutingTable((Route("r1", 50, (ep(stubs["a"]), ep(stubs["b"]))),
+                        Route("r2", 50, (ep(stubs["c"]), ep(stubs["fb"])))))
+
+    def picks(seed: int) -> list[tuple[str, str]]:
+        _, client, _ = make(tbl, rng=random.Random(seed))
+        out = []
+        for _ in range(30):
+            h = post(client).headers
+            out.append((h["X-Surefoot-Revision"], h["X-Surefoot-Replica"]))
+        return out
+
+    random.seed(1)
+    first = picks(7)
+    random.seed(2)  # the global generator plays no part
+    assert picks(7) == first
+    assert len(set(first)) == 4
 
 
 def test_spreads_over_ready_replicas_and_skips_unready(stubs: dict[str, StubUpstream]) -> None:
@@ -186,6 +223,8 @@ def test_stream_passes_through_event_by_event(stubs: dict[str, StubUpstream]) ->
         chunks.append(chunk)
     total = time.monotonic() - t0
     r.close()
+    gw = gateway_of(client.application)
+    assert (gw.active, gw.retrying, gw.inflight.tries(stubs["a"].url)) == (0, 0, 0)
     events = sse_events(b"".join(chunks))
     assert events[-1] == "[DONE]"
     assert len(events) == 4
@@ -215,6 +254,7 @@ def test_upstream_dies_mid_stream_gives_a_clean_error_event(
     gw = gateway_of(client.application)
     assert gw.active == 0
     assert gw.metrics.get("stream_broken") == 1
+    assert gw.inflight.tries(stubs["a"].url) == 0  # the stream gave its try back
 
 
 def test_stream_dying_before_its_first_event_is_retried(stubs: dict[str, StubUpstream]) -> None:
@@ -242,7 +282,7 @@ def test_stream_that_stalls_is_ended_by_the_idle_timeout(stubs: dict[str, StubUp
     assert 0.2 <= took < 0.6, took
 
 
-# --- hangs, deaths, retries, fallback ---------------------------------------------------------------
+# --- hangs, deaths, retries, fallback -----------------------------------------------------------
 
 
 def test_upstream_that_hangs_cannot_outlive_the_deadline(stubs: dict[str, StubUpstream]) -> None:
@@ -271,11 +311,10 @@ def test_hanging_stream_is_cut_at_the_deadline(stubs: dict[str, StubUpstream]) -
 def test_replica_deleted_mid_request_is_retried(stubs: dict[str, StubUpstream]) -> None:
     stubs["a"].mode = "hang"  # a long request in progress on a ...
     tbl = RoutingTable((Route("primary", 100, (ep(stubs["a"]), ep(stubs["b"]))),))
-    _, client, _ = make(tbl)
+    _, client, _ = make(tbl, rng=NoJitter())
     gw = gateway_of(client.application)
-    gw._rand = lambda: 0.0
     # Make a the first choice: b looks busier.
-    gw._inflight[stubs["b"].url] = 5
+    look_busy(gw, stubs["b"].url, 5)
     killer = threading.Timer(0.15, stubs["a"].stop)  # ... replica that is deleted
     killer.start()
     t0 = time.monotonic()
@@ -322,7 +361,7 @@ def test_retry_budget_limits_retries(stubs: dict[str, StubUpstream]) -> None:
     tbl = RoutingTable((Route("primary", 100, (ep(stubs["a"]), ep(stubs["b"]))),))
     _, client, _ = make(tbl, retry_budget_min=0, retry_budget_ratio=0.0)
     gw = gateway_of(client.application)
-    gw._inflight[stubs["b"].url] = 5  # so a is tried first
+    look_busy(gw, stubs["b"].url, 5)  # so a is tried first
     r = post(client)
     assert r.status_code == 502
     assert r.json["error"]["type"] == "upstream_connection_error"
@@ -332,16 +371,14 @@ def test_retry_budget_limits_retries(stubs: dict[str, StubUpstream]) -> None:
 
 def test_retry_budget_is_a_share_of_active_requests(stubs: dict[str, StubUpstream]) -> None:
     _, client, _ = make(table(stubs), retry_budget_min=3, retry_budget_ratio=0.2)
-    gw = gateway_of(client.application)
-    from knative.gateway._gateway import _Request
-
-    reqs = [_Request("POST", "/", b"", {}, time.monotonic() + 5) for _ in range(5)]
-    gw.active = 20  # 20% of 20 = 4 concurrent retries, above the floor of 3
-    assert [gw._may_retry(r) for r in reqs] == [True, True, True, True, False]
-    gw.active = 5  # the floor holds
-    assert gw._may_retry(reqs[4]) is False
-    gw.retrying = 2
-    assert gw._may_retry(reqs[4]) is True
+    inflight = gateway_of(client.application).inflight
+    reqs = [Ticket() for _ in range(5)]
+    inflight.active = 20  # 20% of 20 = 4 concurrent retries, above the floor of 3
+    assert [inflight.may_retry(r) for r in reqs] == [True, True, True, True, False]
+    inflight.active = 5  # the floor holds
+    assert inflight.may_retry(reqs[4]) is False
+    inflight.retrying = 2
+    assert inflight.may_retry(reqs[4]) is True
 
 
 # --- breakers --------------------------------------------------------------------------------
@@ -442,7 +479,7 @@ def test_stale_keep_alive_connection_is_replaced_silently(
 
 
 @pytest.mark.parametrize(
-    "headers, status",
+    ("headers", "status"),
     [
         ({}, 401),
         ({"Authorization": "Basic abc"}, 401),
@@ -472,7 +509,7 @@ def test_admin_disabled_without_a_token(stubs: dict[str, StubUpstream]) -> None:
 
 
 @pytest.mark.parametrize(
-    "key, body, fragment",
+    ("key", "body", "fragment"),
     [
         ("revision:primary", b"not json", "body: expected a JSON object"),
         ("revision:primary", b"[1, 2]", "body: expected a JSON object"),
@@ -527,6 +564,35 @@ def test_probes_and_metrics(stubs: dict[str, StubUpstream], registry: BreakerReg
     assert "surefoot_gateway_breakers_degraded 0" in text
     resolver.set(RoutingTable())
     assert client.get("/readyz").status_code == 503
+
+
+def test_metrics_in_the_prometheus_text_format(
+    stubs: dict[str, StubUpstream], registry: BreakerRegistry
+) -> None:
+    stubs["a"].mode = "503"
+    _, client, _ = make(table(stubs, "a"), registry)
+    registry.open("node:n9", "xid 79")
+    assert wait_until(lambda: registry.state("node:n9") == "open")
+    assert post(client).headers["X-Surefoot-Revision"] == "fallback"
+    r = client.get("/metrics")
+    assert r.status_code == 200
+    assert r.mimetype == "text/plain"
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(r.data.decode())
+        for s in family.samples
+    }
+    for event in ("upstream_upstream_unavailable", "retries", "fallback_after_failure",
+                  "answered_by_fallback"):
+        assert samples[("surefoot_gateway_events_total", (("event", event),))] == 1, event
+    assert samples[("surefoot_gateway_breaker_state", (("key", "node:n9"), ("state", "open")))] == 1
+    assert samples[("surefoot_gateway_active_requests", ())] == 0
+    assert samples[("surefoot_gateway_active_retries", ())] == 0
+    assert samples[("surefoot_gateway_breakers_degraded", ())] == 0
+    # Each gateway counts for itself.
+    _, other, _ = make(table(stubs, "a"), registry)
+    assert gateway_of(other.application).metrics.get("retries") == 0
+    assert gateway_of(client.application).metrics.get("retries") == 1
 
 
 def test_gateway_settings_validation_and_env() -> None:

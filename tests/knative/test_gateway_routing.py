@@ -48,7 +48,7 @@ def test_static_table_from_flags() -> None:
 
 
 @pytest.mark.parametrize(
-    "targets, fallback, fragment",
+    ("targets", "fallback", "fragment"),
     [
         ([], None, "no target given"),
         (["p=100=http://a:1", "p=0=http://b:2"], None, "name a revision twice"),

@@ -16,12 +16,12 @@ from typing import Any
 import httpx
 import pytest
 
-from events import Event
-from events._http import HttpServer
+from events import Event, HttpServer
 from knative import Platform
 from knative.platforms import (
     NotFound,
     PermanentPlatformError,
+    Replica,
     Target,
     TemporaryPlatformError,
     TooManyRequests,
@@ -34,6 +34,7 @@ from knative.platforms.local import (
     create_control_app,
 )
 from surefoot._cmd_up import collect_status, format_status
+from tests.conftest import wait_for
 
 # The real model, small settings: it loads in a second or two.
 # The replica drains within 1 s, inside the platform's grace of 3 s.
@@ -69,16 +70,6 @@ class FakeClock:
         return self.now
 
 
-def wait_for(pred: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
 def group_alive(pid: int) -> bool:
     """Whether any process of the group ``pid`` leads (a serve master and its worker) lives."""
     try:
@@ -96,7 +87,7 @@ def seen_pids(p: LocalPlatform) -> set[int]:
 def make(tmp_path: Path, revisions: list[RevisionSpec], events: Recorder | None = None,
          clock: Callable[[], float] = time.monotonic, **settings: Any) -> LocalPlatform:
     s = LocalSettings(**{"nodes": 3, "log_dir": str(tmp_path / "logs"), "grace_seconds": 3.0,
-                         "crash_backoff": 0.2, **settings})
+                         "crash_backoff": 0.2, "base_env": os.environ, **settings})
     return LocalPlatform(s, revisions, TRAFFIC, emit=events, clock=clock)
 
 
@@ -155,7 +146,8 @@ def test_anti_affinity_pending_and_cordon(tmp_path: Path, stopped: list[LocalPla
     p.cordon("node-1")
     assert all(r.node for r in p.replicas("svc") if r.revision == "a")
     p.set_scale("svc", "b", 3, 3)
-    new_b = [r for r in p.replicas("svc") if r.revision == "b" and r.name not in {x.name for x in b}]
+    old_b = {x.name for x in b}
+    new_b = [r for r in p.replicas("svc") if r.revision == "b" and r.name not in old_b]
     assert [r.node for r in new_b] == ["node-3"]
     # A fourth "a" has no node left (3 nodes, all used by "a"): Pending, even after uncordon.
     p.set_scale("svc", "a", 4, 5)
@@ -288,6 +280,105 @@ def test_delete_evict_budget_and_crash_of_a_ready_replica(
         assert p.status()["replicas"][0]["restarts"] + p.status()["replicas"][1]["restarts"] == 1
 
 
+def _traffic_round_trips(c: LocalPlatformClient, p: LocalPlatform, split: list[Target]) -> None:
+    c.set_traffic("svc", split)
+    assert p.traffic("svc") == split == c.traffic("svc")
+    with pytest.raises(PermanentPlatformError, match="sum to 90") as bad:
+        c.set_traffic("svc", [Target("a", 40), Target("b", 50)])
+    assert not isinstance(bad.value, NotFound)
+    with pytest.raises(PermanentPlatformError, match="unknown revisions"):
+        c.set_traffic("svc", [Target("zzz", 100)])
+    with pytest.raises(NotFound):
+        c.set_traffic("nope", [Target("a", 100)])
+    with pytest.raises(NotFound):
+        c.traffic("nope")
+    assert p.traffic("svc") == split
+
+
+def _scale_round_trips(c: LocalPlatformClient, p: LocalPlatform) -> Replica:
+    c.set_scale("svc", "a", 1, 2)
+    (ra,) = c.replicas("svc")
+    assert (ra.revision, ra.node, ra.phase) == ("a", "node-1", "Running")
+    assert ra.pid
+    assert [(x.name, x.node, x.url) for x in p.replicas("svc")] == [(ra.name, ra.node, ra.url)]
+    with pytest.raises(PermanentPlatformError, match="min"):
+        c.set_scale("svc", "a", 3, 1)
+    with pytest.raises(NotFound):
+        c.set_scale("svc", "zzz", 1, 1)
+    with pytest.raises(NotFound):
+        c.set_scale("other", "a", 1, 1)
+    return ra
+
+
+def _nodes_round_trip(c: LocalPlatformClient, p: LocalPlatform) -> None:
+    c.cordon("node-2")
+    assert [n.unschedulable for n in c.nodes()] == [False, True]
+    c.uncordon("node-2")
+    base = dict(p.nodes()[0].labels)
+    assert base["nvidia.com/gpu.present"] == "true"
+    c.label("node-1", "surefoot.dev/quarantined", "true")
+    assert p.nodes()[0].labels == {**base, "surefoot.dev/quarantined": "true"}
+    c.label("node-1", "surefoot.dev/quarantined", None)
+    assert c.nodes()[0].labels == base
+
+    for call in (lambda: c.delete_replica("nope"), lambda: c.cordon("node-9"),
+                 lambda: c.uncordon("node-9"), lambda: c.label("node-9", "k", "v"),
+                 lambda: c.evict("node-9", timeout=1)):
+        with pytest.raises(NotFound):
+            call()
+    with pytest.raises(NotFound, match="node-1, node-2"):
+        c.evict("node-9")
+
+
+def _evict_and_delete(c: LocalPlatformClient, ev: Recorder, ra: Replica) -> None:
+    # A replica that is not ready yet may always be evicted.
+    report = c.evict("node-1", timeout=5)
+    assert report.evicted == (ra.name,)
+    assert report.complete
+    assert report.node == "node-1"
+    assert ev.of("pod.evicted", ra.name)
+    (rb,) = [r for r in c.replicas("svc") if r.phase != "Terminating"]
+    assert rb.node == "node-2"
+    c.delete_replica(rb.name)
+    assert ev.of("pod.deleted", rb.name)
+    with contextlib.suppress(NotFound):  # terminating: a no-op; already gone: 404
+        c.delete_replica(rb.name)
+    assert len(ev.of("pod.deleted", rb.name)) == 1
+    c.set_scale("svc", "a", 0, 2)
+
+
+MALFORMED: list[tuple[str, str, dict[str, Any], str]] = [
+    ("PUT", "/v1/services/svc/traffic", {"content": b"{not json"}, "JSON object"),
+    ("PUT", "/v1/services/svc/traffic", {"json": [1, 2]}, "JSON object"),
+    ("PUT", "/v1/services/svc/traffic", {"json": {"targets": 5}}, "targets"),
+    ("PUT", "/v1/services/svc/traffic", {"json": {"targets": [{"percent": 100}]}},
+     "targets"),
+    ("PUT", "/v1/services/svc/traffic", {"json": {"targets": ["a"]}}, "targets"),
+    ("PUT", "/v1/services/svc/traffic",
+     {"json": {"targets": [{"revision": "a", "percent": "x"}]}}, "targets"),
+    ("PUT", "/v1/services/svc/revisions/a/scale", {"json": {"min": "x", "max": 1}},
+     "min and max"),
+    ("PUT", "/v1/services/svc/revisions/a/scale", {"content": b""}, "JSON object"),
+    ("PATCH", "/v1/nodes/node-1/labels", {"json": ["k"]}, "JSON object"),
+    ("POST", "/v1/nodes/node-1/evict?timeout=abc", {}, "timeout"),
+    ("POST", "/v1/nodes/node-1/evict?timeout=nan", {}, "timeout"),
+    ("POST", "/v1/nodes/node-1/evict?timeout=-1", {}, "timeout"),
+    ("POST", "/v1/nodes/node-1/reboot", {}, "reboot"),
+]
+
+
+def _malformed_requests_are_4xx(url: str, p: LocalPlatform, split: list[Target]) -> None:
+    """Malformed requests: 4xx with a JSON error that says what is wrong, never a 500."""
+    http = httpx.Client(base_url=url, timeout=5)
+    for method, path, kwargs, word in MALFORMED:
+        r = http.request(method, path, **kwargs)
+        assert 400 <= r.status_code < 500, (method, path, r.status_code, r.text)
+        assert word in r.json()["error"], (path, r.json())
+    assert p.traffic("svc") == split
+    assert "surefoot.dev/quarantined" not in p.nodes()[0].labels
+    http.close()
+
+
 def test_control_api_round_trips_and_errors(tmp_path: Path,
                                             stopped: list[LocalPlatform]) -> None:
     ev = Recorder()
@@ -304,95 +395,16 @@ def test_control_api_round_trips_and_errors(tmp_path: Path,
         assert c.replicas("svc") == []
 
         split = [Target("a", 40, "primary"), Target("b", 60, "fallback")]
-        c.set_traffic("svc", split)
-        assert p.traffic("svc") == split == c.traffic("svc")
-        with pytest.raises(PermanentPlatformError, match="sum to 90") as bad:
-            c.set_traffic("svc", [Target("a", 40), Target("b", 50)])
-        assert not isinstance(bad.value, NotFound)
-        with pytest.raises(PermanentPlatformError, match="unknown revisions"):
-            c.set_traffic("svc", [Target("zzz", 100)])
-        with pytest.raises(NotFound):
-            c.set_traffic("nope", [Target("a", 100)])
-        with pytest.raises(NotFound):
-            c.traffic("nope")
-        assert p.traffic("svc") == split
-
-        c.set_scale("svc", "a", 1, 2)
-        (ra,) = c.replicas("svc")
-        assert (ra.revision, ra.node, ra.phase) == ("a", "node-1", "Running")
-        assert ra.pid
-        assert [(x.name, x.node, x.url) for x in p.replicas("svc")] == [(ra.name, ra.node, ra.url)]
-        with pytest.raises(PermanentPlatformError, match="min"):
-            c.set_scale("svc", "a", 3, 1)
-        with pytest.raises(NotFound):
-            c.set_scale("svc", "zzz", 1, 1)
-        with pytest.raises(NotFound):
-            c.set_scale("other", "a", 1, 1)
-
-        c.cordon("node-2")
-        assert [n.unschedulable for n in c.nodes()] == [False, True]
-        c.uncordon("node-2")
-        base = dict(p.nodes()[0].labels)
-        assert base["nvidia.com/gpu.present"] == "true"
-        c.label("node-1", "surefoot.dev/quarantined", "true")
-        assert p.nodes()[0].labels == {**base, "surefoot.dev/quarantined": "true"}
-        c.label("node-1", "surefoot.dev/quarantined", None)
-        assert c.nodes()[0].labels == base
-
-        for call in (lambda: c.delete_replica("nope"), lambda: c.cordon("node-9"),
-                     lambda: c.uncordon("node-9"), lambda: c.label("node-9", "k", "v"),
-                     lambda: c.evict("node-9", timeout=1)):
-            with pytest.raises(NotFound):
-                call()
-        with pytest.raises(NotFound, match="node-1, node-2"):
-            c.evict("node-9")
-
-        # A replica that is not ready yet may always be evicted.
-        report = c.evict("node-1", timeout=5)
-        assert report.evicted == (ra.name,)
-        assert report.complete
-        assert report.node == "node-1"
-        assert ev.of("pod.evicted", ra.name)
-        (rb,) = [r for r in c.replicas("svc") if r.phase != "Terminating"]
-        assert rb.node == "node-2"
-        c.delete_replica(rb.name)
-        assert ev.of("pod.deleted", rb.name)
-        with contextlib.suppress(NotFound):  # terminating: a no-op; already gone: 404
-            c.delete_replica(rb.name)
-        assert len(ev.of("pod.deleted", rb.name)) == 1
-        c.set_scale("svc", "a", 0, 2)
+        _traffic_round_trips(c, p, split)
+        ra = _scale_round_trips(c, p)
+        _nodes_round_trip(c, p)
+        _evict_and_delete(c, ev, ra)
 
         st = c.status()
         assert set(st) >= {"nodes", "replicas", "revisions", "traffic", "history"}
         assert {r["name"] for r in st["revisions"]} == {"a", "b"}
 
-        # Malformed requests: 4xx with a JSON error that says what is wrong, never a 500.
-        http = httpx.Client(base_url=server.url, timeout=5)
-        cases: list[tuple[str, str, dict[str, Any], str]] = [
-            ("PUT", "/v1/services/svc/traffic", {"content": b"{not json"}, "JSON object"),
-            ("PUT", "/v1/services/svc/traffic", {"json": [1, 2]}, "JSON object"),
-            ("PUT", "/v1/services/svc/traffic", {"json": {"targets": 5}}, "targets"),
-            ("PUT", "/v1/services/svc/traffic", {"json": {"targets": [{"percent": 100}]}},
-             "targets"),
-            ("PUT", "/v1/services/svc/traffic", {"json": {"targets": ["a"]}}, "targets"),
-            ("PUT", "/v1/services/svc/traffic",
-             {"json": {"targets": [{"revision": "a", "percent": "x"}]}}, "targets"),
-            ("PUT", "/v1/services/svc/revisions/a/scale", {"json": {"min": "x", "max": 1}},
-             "min and max"),
-            ("PUT", "/v1/services/svc/revisions/a/scale", {"content": b""}, "JSON object"),
-            ("PATCH", "/v1/nodes/node-1/labels", {"json": ["k"]}, "JSON object"),
-            ("POST", "/v1/nodes/node-1/evict?timeout=abc", {}, "timeout"),
-            ("POST", "/v1/nodes/node-1/evict?timeout=nan", {}, "timeout"),
-            ("POST", "/v1/nodes/node-1/evict?timeout=-1", {}, "timeout"),
-            ("POST", "/v1/nodes/node-1/reboot", {}, "reboot"),
-        ]
-        for method, path, kwargs, word in cases:
-            r = http.request(method, path, **kwargs)
-            assert 400 <= r.status_code < 500, (method, path, r.status_code, r.text)
-            assert word in r.json()["error"], (path, r.json())
-        assert p.traffic("svc") == split
-        assert "surefoot.dev/quarantined" not in p.nodes()[0].labels
-        http.close()
+        _malformed_requests_are_4xx(server.url, p, split)
 
     with pytest.raises(TemporaryPlatformError, match="surefoot up"):
         LocalPlatformClient(server.url, timeout=1).nodes()

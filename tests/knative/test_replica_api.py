@@ -22,7 +22,8 @@ def client(settings, gemma, minilm) -> FlaskClient:
 
 
 def sse_events(body: bytes) -> list[str]:
-    return [line[len("data: "):] for line in body.decode().split("\n\n") if line.startswith("data: ")]
+    return [line[len("data: "):] for line in body.decode().split("\n\n")
+            if line.startswith("data: ")]
 
 
 def test_completion_generates_text_with_usage(client):
@@ -150,7 +151,7 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize("path,body,status,param", BAD, ids=[f"{b[0]}-{b[3]}-{i}"
+@pytest.mark.parametrize(("path", "body", "status", "param"), BAD, ids=[f"{b[0]}-{b[3]}-{i}"
                                                            for i, b in enumerate(BAD)])
 def test_bad_input_names_the_field(client, path, body, status, param):
     r = client.post(path, json=body)
@@ -241,7 +242,7 @@ def test_drain_waits_for_inflight_then_runs_hooks(settings, gemma):
     order: list[str] = []
     rt.drain_hooks.append(lambda: order.append("snapshot"))
     ticket = rt.admit()
-    assert rt.drain(grace=0.05) is False  # still in flight: grace runs out
+    assert rt.drain(grace=0.0) is False  # still in flight: grace runs out
     assert order == ["snapshot"]
     ticket.release()
     assert rt.wait_idle(0.01) is True
@@ -255,4 +256,14 @@ def test_stream_releases_admission_when_client_goes_away(settings, gemma):
     it = r.response
     next(iter(it))
     r.close()
+    assert rt.inflight == 0
+
+
+def test_stream_refused_before_its_first_token_releases_admission(settings, gemma):
+    app = create_app(settings, gemma)
+    rt = runtime_of(app)
+    r = app.test_client().post("/v1/completions", json={
+        "prompt": LONG_PROMPT, "max_tokens": 4, "stream": True})
+    assert r.status_code == 400
+    assert r.json["error"]["param"] == "prompt"
     assert rt.inflight == 0

@@ -9,7 +9,7 @@ import pytest
 
 from checkpoint_store import CheckpointStore, FilesystemBackend
 from knative.serving import ServeSettings, create_app, runtime_of
-from knative.serving._checkpoint import attach
+from knative.serving import attach_checkpoints as attach
 from tests.knative.test_replica_process import _start
 
 
@@ -50,7 +50,7 @@ def test_replica_snapshots_on_sigterm_and_restores_at_next_start(tmp_path):
     proc, url = _start("--checkpoint-dir", ckpt, "--revision", "r7", "--replica", "p-1")
     httpx.post(f"{url}/v1/completions", json={"prompt": "Warm up", "max_tokens": 2})
     proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=60)
+    proc.communicate(timeout=60)
     assert proc.returncode == 0
     store = CheckpointStore(FilesystemBackend(ckpt))
     latest = store.latest("gemma-3-270m", "r7")

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from knative.breakers import BreakerRegistrySettings, BreakerStore
-from knative.serving import ServeSettings, create_app, runtime_of
-from knative.serving._quarantine import NodeBreakerWatch
+from knative.serving import NodeBreakerWatch, ServeSettings, create_app, runtime_of
 
 
 def test_readiness_fails_while_the_node_breaker_is_open(redis_url, gemma):
     app = create_app(ServeSettings(node="node-7"), gemma)
-    watch = NodeBreakerWatch(redis_url, "node-7")
+    watch = NodeBreakerWatch(BreakerRegistrySettings(redis_url=redis_url), "node-7")
     runtime_of(app).quarantine_check = watch.reason
     client = app.test_client()
     store = BreakerStore.from_url(BreakerRegistrySettings(redis_url=redis_url))
@@ -27,7 +26,7 @@ def test_readiness_fails_while_the_node_breaker_is_open(redis_url, gemma):
 
 
 def test_an_unreadable_redis_keeps_the_last_state(redis_server, gemma):
-    watch = NodeBreakerWatch(redis_server.url, "node-8")
+    watch = NodeBreakerWatch(BreakerRegistrySettings(redis_url=redis_server.url), "node-8")
     store = BreakerStore.from_url(BreakerRegistrySettings(redis_url=redis_server.url))
     store.open("node:node-8", "ecc")
     watch.poll()

@@ -7,6 +7,7 @@ import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -166,7 +167,7 @@ def test_verify_reports_corruption_exit_1(capsys, tmp_path: Path, inputs) -> Non
 
 
 @pytest.mark.parametrize(
-    "argv, needle",
+    ("argv", "needle"),
     [
         (["checkpoint", "show", "20990101T000000.000000Z-000000000000"], "no checkpoint"),
         (["checkpoint", "restore", "nonsense"], "no checkpoint"),
@@ -227,7 +228,7 @@ def test_bad_input_exit_2_one_line(capsys, tmp_path: Path, argv: list[str], need
     d = tmp_path / "ckpt"
     FilesystemBackend(d)
     if len(argv) > 1:
-        argv = argv + ["--dir", str(d)]
+        argv = [*argv, "--dir", str(d)]
     code, _, err = run(capsys, *argv)
     assert code == 2
     last = err.strip().splitlines()[-1]
@@ -305,7 +306,7 @@ def test_bad_env_exit_2(capsys, tmp_path: Path, monkeypatch) -> None:
 class _Replica(BaseHTTPRequestHandler):
     status = 200
     body = b'{"id": "20260101T000000.000000Z-abcdefabcdef", "seconds": 0.25}'
-    calls: list[str] = []
+    calls: ClassVar[list[str]] = []
 
     def do_POST(self) -> None:
         type(self).calls.append(self.path)

@@ -71,7 +71,7 @@ def test_inject_finds_the_broker_of_a_running_up(sink: Sink, tmp_path: Path) -> 
                               if f.default is dataclasses.MISSING
                               and f.default_factory is dataclasses.MISSING}
     values.update(pid=os.getpid(), broker_url=sink.url)
-    RunState(**values).write(default_state_dir())
+    RunState(**values).write(default_state_dir(os.environ))
     assert main(["inject", "gpu-lost", "--node", "n1"]) == 0
     (event,) = sink.wait(1)
     assert event.type == "dev.surefoot.gpu.lost"
@@ -202,7 +202,8 @@ def _first_line(proc: subprocess.Popen[str], timeout: float = 20) -> str:
     t = threading.Thread(target=lambda: result.append(proc.stdout.readline()))  # type: ignore[union-attr]
     t.start()
     t.join(timeout)
-    assert result and result[0], f"no output; stderr: {proc.stderr.read() if proc.poll() else ''}"
+    assert result, f"no output; stderr: {proc.stderr.read() if proc.poll() else ''}"
+    assert result[0], f"no output; stderr: {proc.stderr.read() if proc.poll() else ''}"
     return result[0]
 
 

@@ -40,7 +40,7 @@ def kube() -> Iterator[FakeKubeServer]:
         yield server
 
 
-@pytest.mark.parametrize("argv, env, fragment", [
+@pytest.mark.parametrize(("argv", "env", "fragment"), [
     (["--port", "70000"], {}, "not a TCP port"),
     ([], {"SUREFOOT_MAX_QUARANTINED": "many"}, "SUREFOOT_MAX_QUARANTINED"),
     ([], {"SUREFOOT_RESTORE_STEPS": "50,10"}, "restore_steps"),
@@ -59,7 +59,8 @@ def test_bad_input_exits_2_with_one_line(argv: list[str], env: dict[str, str], f
         monkeypatch.setenv(k, v)
     assert main(["functions", "--host", "127.0.0.1", *argv]) == 2
     err = capsys.readouterr().err.strip()
-    assert fragment in err and len(err.splitlines()) == 1, err
+    assert fragment in err, err
+    assert len(err.splitlines()) == 1, err
 
 
 def test_port_in_use(capsys: pytest.CaptureFixture[str], redis_url: str) -> None:
@@ -154,7 +155,8 @@ def test_functions_process_serves_and_stops_on_sigterm(kube: FakeKubeServer, red
                     break
             except httpx.HTTPError:
                 pass
-            assert time.monotonic() < deadline and proc.poll() is None, "host did not start"
+            assert time.monotonic() < deadline, "host did not start"
+            assert proc.poll() is None, "host did not start"
             time.sleep(0.1)
         msg = ev.to_binary(lost("gpu-3"))
         r = httpx.post(f"{url}/quarantine_node", content=msg.body, headers=msg.headers,

@@ -21,7 +21,7 @@ from tests.knative.stub_upstream import StubUpstream
 
 
 @pytest.mark.parametrize(
-    "argv, fragment",
+    ("argv", "fragment"),
     [
         ([], "no target given"),
         (["--target", "primary"], "expected REVISION=PERCENT=URL"),
@@ -40,7 +40,8 @@ def test_bad_input_exits_2_with_one_line(
 ) -> None:
     assert main(["gateway", *argv]) == 2
     err = capsys.readouterr().err.strip()
-    assert fragment in err and len(err.splitlines()) == 1, err
+    assert fragment in err, err
+    assert len(err.splitlines()) == 1, err
 
 
 def test_bad_env_value(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:

@@ -4,6 +4,7 @@ an OpenAI client."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -19,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from events._http import HttpServer
+from events import HttpServer
 from knative.platforms import Target
 from knative.platforms.local import LocalPlatform, LocalSettings, RevisionSpec, create_control_app
 from surefoot._up import RunState
@@ -138,10 +139,8 @@ class Up:
 
     def kill_all(self) -> None:
         for p in self.leftovers():
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(p.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(5)
@@ -168,15 +167,16 @@ def running(tmp_path: Path, redis_url: str) -> Iterator[tuple[LocalPlatform, Pat
     """A local platform and its control API, announced by a state file as `surefoot up` does:
     three replicas of one revision on two nodes, so one stays Pending."""
     p = LocalPlatform(
-        LocalSettings(nodes=2, log_dir=str(tmp_path / "logs"), grace_seconds=3),
+        LocalSettings(nodes=2, log_dir=str(tmp_path / "logs"), grace_seconds=3,
+                      base_env=os.environ),
         [RevisionSpec("sf-primary", "sf", "primary", 3, 4, SMALL),
          RevisionSpec("sf-fallback", "sf", "fallback", 0, 1, SMALL)],
         {"sf": [Target("sf-primary", 100, "primary"), Target("sf-fallback", 0, "fallback")]},
     ).start()
     control = HttpServer(create_control_app(p)).start()
     state_dir = tmp_path / "run"
-    RunState(pid=os.getpid(), service="sf", gateway_url="http://127.0.0.1:9", control_url=control.url,
-             broker_url="", functions_url="", redis_url=redis_url,
+    RunState(pid=os.getpid(), service="sf", gateway_url="http://127.0.0.1:9",
+             control_url=control.url, broker_url="", functions_url="", redis_url=redis_url,
              checkpoint_dir=str(tmp_path / "checkpoints"), log_dir=str(tmp_path / "logs"),
              admin_token="t", primary_revision="sf-primary",
              fallback_revision="sf-fallback").write(state_dir)

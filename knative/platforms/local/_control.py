@@ -9,10 +9,11 @@ Knative platform has. Platform errors travel as HTTP statuses and come back as t
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import httpx
-from flask import Flask, Response, jsonify, request
+from flask import Blueprint, Flask, Response, jsonify, request
 
 from knative.platforms import (
     Conflict,
@@ -31,90 +32,115 @@ from knative.platforms.local._platform import LocalPlatform
 _STATUS = {NotFound: 404, Conflict: 409, TooManyRequests: 429}
 
 
-def create_control_app(platform: LocalPlatform) -> Flask:
-    app = Flask(__name__)
+def _platform_error(exc: PlatformError) -> tuple[Response, int]:
+    status = _STATUS.get(type(exc), 503 if exc.temporary else 422)
+    return jsonify({"error": str(exc), "type": type(exc).__name__}), status
 
-    @app.errorhandler(PlatformError)
-    def _platform_error(exc: PlatformError) -> tuple[Response, int]:
-        status = _STATUS.get(type(exc), 503 if exc.temporary else 422)
-        return jsonify({"error": str(exc), "type": type(exc).__name__}), status
 
-    def body() -> dict[str, Any]:
-        data = request.get_json(silent=True)
-        if not isinstance(data, dict):
-            raise PermanentPlatformError("request body must be a JSON object")
-        return data
+def _body() -> dict[str, Any]:
+    data = request.get_json(silent=True)
+    if not isinstance(data, dict):
+        raise PermanentPlatformError("request body must be a JSON object")
+    return data
 
-    @app.get("/v1/status")
-    def status() -> Response:
-        return jsonify(platform.status())
 
-    @app.get("/v1/services/<service>/replicas")
-    def replicas(service: str) -> Response:
-        return jsonify([r.__dict__ for r in platform.replicas(service)])
+def _targets(body: dict[str, Any]) -> list[Target]:
+    raw = body.get("targets")
+    if not isinstance(raw, list):
+        raise PermanentPlatformError("targets: must be a list")
+    try:
+        return [Target(str(t["revision"]), int(t["percent"]), t.get("tag")) for t in raw]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise PermanentPlatformError(f"targets: {exc}") from exc
 
-    @app.get("/v1/services/<service>/traffic")
-    def traffic(service: str) -> Response:
-        return jsonify([t.__dict__ for t in platform.traffic(service)])
 
-    @app.put("/v1/services/<service>/traffic")
-    def set_traffic(service: str) -> Response:
-        raw = body().get("targets")
-        if not isinstance(raw, list):
-            raise PermanentPlatformError("targets: must be a list")
-        try:
-            targets = [Target(str(t["revision"]), int(t["percent"]), t.get("tag")) for t in raw]
-        except (KeyError, TypeError, ValueError) as exc:
-            raise PermanentPlatformError(f"targets: {exc}") from exc
-        platform.set_traffic(service, targets)
+def _scale(body: dict[str, Any]) -> tuple[int, int]:
+    try:
+        return int(body["min"]), int(body["max"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise PermanentPlatformError(f"scale: min and max integers required ({exc})") from exc
+
+
+def _timeout(raw: str) -> float:
+    try:
+        timeout = float(raw)
+    except ValueError:
+        timeout = math.nan
+    if not 0 <= timeout < math.inf:  # NaN would make the drain loop never end
+        raise PermanentPlatformError(f"timeout: {raw!r} is not a number of seconds >= 0")
+    return timeout
+
+
+class ControlAPI:
+    """The views of the control API: each one platform call, its arguments from the request."""
+
+    def __init__(self, platform: LocalPlatform) -> None:
+        self.platform = platform
+
+    def status(self) -> Response:
+        return jsonify(self.platform.status())
+
+    def replicas(self, service: str) -> Response:
+        return jsonify([r.__dict__ for r in self.platform.replicas(service)])
+
+    def traffic(self, service: str) -> Response:
+        return jsonify([t.__dict__ for t in self.platform.traffic(service)])
+
+    def set_traffic(self, service: str) -> Response:
+        targets = _targets(_body())
+        self.platform.set_traffic(service, targets)
         return jsonify([t.__dict__ for t in targets])
 
-    @app.put("/v1/services/<service>/revisions/<revision>/scale")
-    def set_scale(service: str, revision: str) -> Response:
-        b = body()
-        try:
-            lo, hi = int(b["min"]), int(b["max"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise PermanentPlatformError(f"scale: min and max integers required ({exc})") from exc
-        platform.set_scale(service, revision, lo, hi)
+    def set_scale(self, service: str, revision: str) -> Response:
+        lo, hi = _scale(_body())
+        self.platform.set_scale(service, revision, lo, hi)
         return jsonify({"min": lo, "max": hi})
 
-    @app.delete("/v1/replicas/<name>")
-    def delete_replica(name: str) -> Response:
-        platform.delete_replica(name)
+    def delete_replica(self, name: str) -> Response:
+        self.platform.delete_replica(name)
         return jsonify({"deleted": name})
 
-    @app.get("/v1/nodes")
-    def nodes() -> Response:
-        return jsonify([n.__dict__ for n in platform.nodes()])
+    def nodes(self) -> Response:
+        return jsonify([n.__dict__ for n in self.platform.nodes()])
 
-    @app.post("/v1/nodes/<node>/<action>")
-    def node_action(node: str, action: str) -> Response:
-        if action == "cordon":
-            platform.cordon(node)
-        elif action == "uncordon":
-            platform.uncordon(node)
-        elif action == "evict":
-            raw = request.args.get("timeout", "120")
-            try:
-                timeout = float(raw)
-            except ValueError:
-                timeout = math.nan
-            if not 0 <= timeout < math.inf:  # NaN would make the drain loop never end
-                raise PermanentPlatformError(
-                    f"timeout: {raw!r} is not a number of seconds >= 0")
-            report = platform.evict(node, timeout)
+    def node_action(self, node: str, action: str) -> Response:
+        if action == "evict":
+            report = self.platform.evict(node, _timeout(request.args.get("timeout", "120")))
             return jsonify({**report.__dict__, "complete": report.complete})
-        else:
+        actions = {"cordon": self.platform.cordon, "uncordon": self.platform.uncordon}
+        if action not in actions:
             raise NotFound(f"no node action {action!r} (cordon, uncordon, evict)")
+        actions[action](node)
         return jsonify({"node": node, "action": action})
 
-    @app.patch("/v1/nodes/<node>/labels")
-    def label(node: str) -> Response:
-        for key, value in body().items():
-            platform.label(node, key, None if value is None else str(value))
+    def label(self, node: str) -> Response:
+        for key, value in _body().items():
+            self.platform.label(node, key, None if value is None else str(value))
         return jsonify({"node": node})
 
+    def blueprint(self) -> Blueprint:
+        bp = Blueprint("local_platform", __name__, url_prefix="/v1")
+        bp.register_error_handler(PlatformError, _platform_error)
+        routes: list[tuple[str, str, Callable[..., Response]]] = [
+            ("GET", "/status", self.status),
+            ("GET", "/services/<service>/replicas", self.replicas),
+            ("GET", "/services/<service>/traffic", self.traffic),
+            ("PUT", "/services/<service>/traffic", self.set_traffic),
+            ("PUT", "/services/<service>/revisions/<revision>/scale", self.set_scale),
+            ("DELETE", "/replicas/<name>", self.delete_replica),
+            ("GET", "/nodes", self.nodes),
+            ("POST", "/nodes/<node>/<action>", self.node_action),
+            ("PATCH", "/nodes/<node>/labels", self.label),
+        ]
+        for method, rule, view in routes:
+            bp.add_url_rule(rule, view_func=view, methods=[method])
+        return bp
+
+
+def create_control_app(platform: LocalPlatform) -> Flask:
+    """The control API of ``platform`` as a Flask app (``surefoot up`` serves it)."""
+    app = Flask(__name__)
+    app.register_blueprint(ControlAPI(platform).blueprint())
     return app
 
 

@@ -12,6 +12,7 @@ revision (HTTP 429's "not now", as the Eviction API answers).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
@@ -72,6 +73,13 @@ class RevisionSpec:
 
 @dataclass(frozen=True)
 class LocalSettings:
+    """How the local platform runs its replicas.
+
+    A replica's environment is ``base_env`` (what a process inherits from its parent: the entry
+    point passes ``os.environ``), then ``env``, then ``SUREFOOT_REVISION`` (and
+    ``SUREFOOT_REDIS_URL`` when ``redis_url`` is set).
+    """
+
     nodes: int = 4
     namespace: str = "default"
     checkpoint_dir: str = ""
@@ -88,6 +96,7 @@ class LocalSettings:
     probe_timeout: float = 0.5
     python: str = sys.executable
     env: Mapping[str, str] = field(default_factory=dict)
+    base_env: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -445,7 +454,7 @@ class LocalPlatform:
         ]
         if s.checkpoint_dir:
             cmd += ["--checkpoint-dir", s.checkpoint_dir]
-        env = {**os.environ, **s.env, "SUREFOOT_REVISION": r.revision}
+        env = {**s.base_env, **s.env, "SUREFOOT_REVISION": r.revision}
         if s.redis_url:
             env["SUREFOOT_REDIS_URL"] = s.redis_url
         logf = open(self.log_dir / f"{r.name}.log", "ab")  # noqa: SIM115 - owned by the child
@@ -572,16 +581,12 @@ def renice_tree(pid: int, value: int) -> None:
                     pids.append(int(entry))
         for p in pids:
             for tid in os.listdir(f"/proc/{p}/task"):
-                try:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.setpriority(os.PRIO_PROCESS, int(tid), value)
-                except (ProcessLookupError, PermissionError):
-                    pass
     except OSError:
         pass
 
 
 def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass

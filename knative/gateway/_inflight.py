@@ -1,0 +1,75 @@
+"""What one gateway process has in progress, counted in one place.
+
+Three counts steer the request path: the requests in progress (the retry budget is a share of
+them), the requests among them that are retrying (what the budget allows), and the tries in
+progress on each replica (power of two choices sends to the less busy one). A request ends
+either when the gateway answers it or, for a stream, when the stream ends; both call this
+object, and a request that is ended twice is counted once.
+"""
+
+from __future__ import annotations
+
+import threading
+
+
+class Ticket:
+    """One request's entry in the counts (taken by :meth:`InFlight.begin`)."""
+
+    __slots__ = ("ended", "retrying")
+
+    def __init__(self) -> None:
+        self.ended = False
+        self.retrying = False
+
+
+class InFlight:
+    """Requests, retries and per-replica tries in progress, and the retry budget over them:
+    at most ``max(budget_min, budget_ratio * active)`` requests retry at once."""
+
+    def __init__(self, budget_ratio: float, budget_min: int) -> None:
+        self.budget_ratio = budget_ratio
+        self.budget_min = budget_min
+        self.active = 0
+        self.retrying = 0
+        self._lock = threading.Lock()
+        self._tries: dict[str, int] = {}
+
+    def begin(self) -> Ticket:
+        """A request starts."""
+        with self._lock:
+            self.active += 1
+        return Ticket()
+
+    def end(self, ticket: Ticket) -> None:
+        """A request ends (again: nothing)."""
+        with self._lock:
+            if ticket.ended:
+                return
+            ticket.ended = True
+            self.active -= 1
+            if ticket.retrying:
+                self.retrying -= 1
+
+    def may_retry(self, ticket: Ticket) -> bool:
+        """Whether this request may try again: it already retries, or the budget has room
+        (then it counts as retrying until it ends)."""
+        with self._lock:
+            if ticket.retrying:
+                return True
+            if self.retrying < max(self.budget_min, self.budget_ratio * self.active):
+                self.retrying += 1
+                ticket.retrying = True
+                return True
+        return False
+
+    def try_started(self, url: str) -> None:
+        with self._lock:
+            self._tries[url] = self._tries.get(url, 0) + 1
+
+    def try_ended(self, url: str) -> None:
+        with self._lock:
+            self._tries[url] -= 1
+
+    def tries(self, url: str) -> int:
+        """Tries in progress on the replica at ``url`` (a read without the lock: a hint)."""
+        return self._tries.get(url, 0)

@@ -1,0 +1,171 @@
+"""The OpenAI routes of a replica: models, completions, chat completions, embeddings.
+
+Each request is validated first (every bad field named at once), then admitted (or refused
+with a retryable 503), then run on the one engine; the ticket is released when the answer, or
+the stream, ends.
+
+A streamed completion or chat that carries the replica's internal token
+(:data:`INTERNAL_HEADER`, from the gateway) is resumable: its events report their token ids,
+and it may continue, from the gateway's ``surefoot_resume`` field, a stream another replica
+began. Clients without the token get a 400 naming that field.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import json
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, request
+
+from knative.serving import _openai as oa
+from knative.serving._admission import Ticket
+from knative.serving._backends import Delta, GenerationBackend
+from knative.serving._errors import UnsupportedType
+from knative.serving._runtime import Runtime
+from knative.serving._stream import CHAT, COMPLETION, StreamKind, stream_response, usage
+
+INTERNAL_HEADER = "X-Surefoot-Internal"
+
+
+def body_json() -> Any:
+    """The request's JSON body; 415 for another type, 400 for JSON that does not parse."""
+    if request.mimetype != "application/json":
+        raise UnsupportedType(request.mimetype or "none")
+    raw = request.get_data(cache=False)
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise oa.RequestInvalid([oa.FieldError("body", f"invalid JSON: {exc}")]) from exc
+
+
+def _encode(vector: list[float], encoding_format: str) -> Any:
+    if encoding_format != "base64":
+        return vector
+    import numpy as np
+
+    return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode()
+
+
+class OpenAIRoutes:
+    """The ``/v1`` routes over one replica :class:`Runtime`."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.rt = runtime
+        self.limits = oa.Limits(max_tokens=runtime.settings.max_tokens)
+        self._internal = runtime.settings.internal_token.encode()
+
+    def internal(self) -> bool:
+        """Whether this request carries the internal token the gateway shares."""
+        got = request.headers.get(INTERNAL_HEADER)
+        return bool(self._internal) and got is not None and hmac.compare_digest(
+            got.encode(), self._internal)
+
+    def blueprint(self) -> Blueprint:
+        bp = Blueprint("openai", __name__)
+        bp.add_url_rule("/v1/models", view_func=self.models, methods=["GET"])
+        bp.add_url_rule("/v1/completions", view_func=self.completions, methods=["POST"])
+        bp.add_url_rule("/v1/chat/completions", view_func=self.chat_completions,
+                        methods=["POST"])
+        bp.add_url_rule("/v1/embeddings", view_func=self.embeddings, methods=["POST"])
+        return bp
+
+    def models(self) -> Response:
+        created = self.rt.models_created()
+        data = [{"id": mid, "object": "model", "created": created, "owned_by": "surefoot"}
+                for mid in self.rt.served_models()]
+        return jsonify({"object": "list", "data": data})
+
+    def completions(self) -> Response:
+        internal = self.internal()
+        req = oa.parse_completion(body_json(), self.rt.generation_models(), self.limits,
+                                  internal)
+        backend = self.rt.generation_for(req.model)
+        ticket = self.rt.admit()
+        tokens = getattr(backend, "stream_tokens", None)
+        if req.stream and internal and tokens is not None and len(req.prompts) == 1:
+            return self._resumable(ticket, COMPLETION, req.model, req.prompts, req.params,
+                                   req.include_usage, req.resume, tokens)
+        if req.stream:
+            return stream_response(
+                self.rt.metrics, ticket, COMPLETION, req.model, req.prompts,
+                lambda p: backend.stream_complete(p, req.params), req.include_usage,
+            )
+        try:
+            ticket.start()
+            return self._complete(req, backend)
+        finally:
+            ticket.release()
+
+    def _complete(self, req: oa.CompletionRequest, backend: GenerationBackend) -> Response:
+        start = time.perf_counter()
+        choices, prompt_tokens, completion_tokens = [], 0, 0
+        for i, prompt in enumerate(req.prompts):
+            out = backend.complete(prompt, req.params, echo=req.echo)
+            choices.append({"index": i, "text": out.text, "logprobs": None,
+                            "finish_reason": out.finish_reason})
+            prompt_tokens += out.prompt_tokens
+            completion_tokens += out.completion_tokens
+        self.rt.metrics.ttft.observe(time.perf_counter() - start)
+        self.rt.metrics.tokens.labels(req.model).inc(completion_tokens)
+        return jsonify({
+            "id": oa.new_id("cmpl"), "object": "text_completion", "created": oa.now(),
+            "model": req.model, "choices": choices,
+            "usage": usage(prompt_tokens, completion_tokens),
+        })
+
+    def _resumable(self, ticket: Ticket, kind: StreamKind, model: str,
+                   inputs: tuple[Any, ...], params: oa.SamplingParams, include_usage: bool,
+                   resume: oa.Resume | None, tokens: Callable[..., Iterator[Delta]]) -> Response:
+        resumed = resume.tokens if resume else ()
+        chars = resume.chars if resume else 0
+        return stream_response(
+            self.rt.metrics, ticket, kind, model, inputs,
+            lambda x: tokens(x, params, resumed, chars), include_usage,
+            resumable=True, resume=resume,
+        )
+
+    def chat_completions(self) -> Response:
+        internal = self.internal()
+        req = oa.parse_chat(body_json(), self.rt.generation_models(), self.limits, internal)
+        backend = self.rt.generation_for(req.model)
+        ticket = self.rt.admit()
+        tokens = getattr(backend, "stream_tokens", None)
+        if req.stream and internal and tokens is not None:
+            return self._resumable(ticket, CHAT, req.model, (req.messages,), req.params,
+                                   req.include_usage, req.resume, tokens)
+        if req.stream:
+            return stream_response(
+                self.rt.metrics, ticket, CHAT, req.model, (req.messages,),
+                lambda msgs: backend.stream_chat(msgs, req.params), req.include_usage,
+            )
+        try:
+            ticket.start()
+            out = backend.chat(req.messages, req.params)
+        finally:
+            ticket.release()
+        self.rt.metrics.tokens.labels(req.model).inc(out.completion_tokens)
+        return jsonify({
+            "id": oa.new_id("chatcmpl"), "object": "chat.completion", "created": oa.now(),
+            "model": req.model,
+            "choices": [{"index": 0, "finish_reason": out.finish_reason, "logprobs": None,
+                         "message": {"role": "assistant", "content": out.text}}],
+            "usage": usage(out.prompt_tokens, out.completion_tokens),
+        })
+
+    def embeddings(self) -> Response:
+        req = oa.parse_embedding(body_json(), self.rt.embedding_models(), self.limits)
+        backend = self.rt.embedding_for(req.model)
+        ticket = self.rt.admit()
+        try:
+            ticket.start()
+            vectors, tokens = backend.embed(req.inputs)
+        finally:
+            ticket.release()
+        data = [{"object": "embedding", "index": i, "embedding": _encode(vec, req.encoding_format)}
+                for i, vec in enumerate(vectors)]
+        return jsonify({"object": "list", "data": data, "model": req.model,
+                        "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})

@@ -1,0 +1,193 @@
+"""Streamed generations as OpenAI server-sent events.
+
+A stream holds its request's admission ticket until the last event is sent or the client goes
+away, whichever comes first. The first token is generated before the response starts, so an
+error before it (a context overflow, a busy engine) is still an HTTP status, not a broken
+stream; an error after it ends the stream with an error event.
+
+A stream for the gateway (it carries the replica's internal token) also says, in each event, the
+completion token ids that event adds and the characters of completion text sent so far, as one
+last field (``"surefoot_resume":{"t":[...],"c":N}``) that the gateway strips before the client
+sees the event; given those, another replica continues the stream
+(:mod:`knative.serving._continuation`) with the same id and creation time, no second role chunk.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from flask import Response
+
+from knative.serving import _openai as oa
+from knative.serving._admission import Ticket
+from knative.serving._backends import BackendError, Delta
+from knative.serving._runtime import Metrics
+
+log = logging.getLogger(__name__)
+
+DONE = b"data: [DONE]\n\n"
+
+Run = Callable[[Any], Iterator[Delta]]  # one input (a prompt, a message list) -> its deltas
+
+
+def sse(obj: Any) -> bytes:
+    return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
+
+
+def sse_resumable(obj: Any, tokens: list[int], chars: int) -> bytes:
+    """An event with the internal field last, where the gateway finds and strips it."""
+    body = json.dumps(obj, separators=(",", ":"))
+    ids = ",".join(map(str, tokens))
+    return f'data: {body[:-1]},"{oa.RESUME_FIELD}":{{"t":[{ids}],"c":{chars}}}}}\n\n'.encode()
+
+
+def usage(prompt: int, completion: int) -> dict[str, int]:
+    return {"prompt_tokens": prompt, "completion_tokens": completion,
+            "total_tokens": prompt + completion}
+
+
+@dataclass(frozen=True)
+class StreamKind:
+    """The shape of a stream's chunks: completions' text or chat's deltas."""
+
+    obj: str
+    id_prefix: str
+    chat: bool
+
+
+COMPLETION = StreamKind("text_completion", "cmpl", chat=False)
+CHAT = StreamKind("chat.completion.chunk", "chatcmpl", chat=True)
+
+
+class _Chunks:
+    """The chunks of one stream (one id, one creation time)."""
+
+    def __init__(self, kind: StreamKind, model: str, resume: oa.Resume | None = None) -> None:
+        self.kind = kind
+        self.model = model
+        self.rid = resume.id if resume else oa.new_id(kind.id_prefix)
+        self.created = resume.created if resume else oa.now()
+
+    def envelope(self, choices: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"id": self.rid, "object": self.kind.obj, "created": self.created,
+                "model": self.model, "choices": choices}
+
+    def choice(self, index: int, text: str | None, finish: str | None,
+               role: bool = False) -> dict[str, Any]:
+        if not self.kind.chat:
+            return self.envelope([{"index": index, "text": text or "", "logprobs": None,
+                                   "finish_reason": finish}])
+        delta: dict[str, Any] = {}
+        if role:
+            delta["role"] = "assistant"
+        if text is not None:
+            delta["content"] = text
+        return self.envelope([{"index": index, "delta": delta, "logprobs": None,
+                               "finish_reason": finish}])
+
+    def usage(self, prompt: int, completion: int) -> dict[str, Any]:
+        return {**self.envelope([]), "usage": usage(prompt, completion)}
+
+
+class _Stream:
+    """One streamed request: its inputs run one after another, each as one choice."""
+
+    def __init__(self, metrics: Metrics, ticket: Ticket, chunks: _Chunks,
+                 inputs: tuple[Any, ...], run: Run, include_usage: bool,
+                 resumable: Resumable | None = None) -> None:
+        self.metrics = metrics
+        self.ticket = ticket
+        self.chunks = chunks
+        self.inputs = inputs
+        self.run = run
+        self.include_usage = include_usage
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self.resumable = resumable
+        self._ids: list[int] = []  # token ids not yet reported (resumable streams)
+
+    def _sse(self, obj: Any) -> bytes:
+        r = self.resumable
+        if r is None:
+            return sse(obj)
+        ids, self._ids = self._ids, []
+        return sse_resumable(obj, ids, r.chars)
+
+    def _took(self, delta: Delta) -> None:
+        r = self.resumable
+        if r is not None:
+            self._ids.extend(delta.tokens)
+            r.chars += len(delta.text)
+
+    def open(self) -> Response:
+        """Generate the first delta, then hand the rest to the response."""
+        start = time.perf_counter()
+        try:
+            self.ticket.start()
+            first_iter = self.run(self.inputs[0])
+            first = next(first_iter, None)
+        except BaseException:
+            self.ticket.release()
+            raise
+        self.metrics.ttft.observe(time.perf_counter() - start)
+        resp = Response(self.events(first_iter, first), mimetype="text/event-stream")
+        resp.headers["Cache-Control"] = "no-cache"
+        resp.headers["X-Accel-Buffering"] = "no"
+        resp.call_on_close(self.ticket.release)
+        return resp
+
+    def events(self, first_iter: Iterator[Delta], first: Delta | None) -> Iterator[bytes]:
+        try:
+            for index, item in enumerate(self.inputs):
+                it = first_iter if index == 0 else self.run(item)
+                pending = first if index == 0 else next(it, None)
+                yield from self._choice(index, it, pending)
+            if self.include_usage:
+                yield self._sse(self.chunks.usage(self.prompt_tokens, self.completion_tokens))
+            yield DONE
+        except (BackendError, ValueError) as exc:
+            log.exception("generation failed mid-stream")
+            yield sse(oa.error_body(f"generation failed: {exc}", "server_error"))
+        finally:
+            self.metrics.tokens.labels(self.chunks.model).inc(self.completion_tokens)
+            self.ticket.release()
+
+    def _choice(self, index: int, it: Iterator[Delta], pending: Delta | None) -> Iterator[bytes]:
+        chat = self.chunks.kind.chat
+        if chat and not (self.resumable and self.resumable.resumed):
+            yield self._sse(self.chunks.choice(index, "", None, role=True))
+        while pending is not None:
+            if pending.usage:
+                self.prompt_tokens += pending.usage[0]
+                self.completion_tokens += pending.usage[1]
+            self._took(pending)
+            if pending.text or not chat:
+                yield self._sse(self.chunks.choice(index, pending.text, None))
+            if pending.finish_reason:
+                yield self._sse(self.chunks.choice(index, None if chat else "",
+                                                   pending.finish_reason))
+            pending = next(it, None)
+
+
+class Resumable:
+    """What a resumable stream reports: characters of completion text sent so far (those of
+    the resumed part first), and whether it continues another replica's stream."""
+
+    def __init__(self, resume: oa.Resume | None) -> None:
+        self.resumed = resume is not None
+        self.chars = resume.chars if resume else 0
+
+
+def stream_response(metrics: Metrics, ticket: Ticket, kind: StreamKind, model: str,
+                    inputs: tuple[Any, ...], run: Run, include_usage: bool,
+                    resumable: bool = False, resume: oa.Resume | None = None) -> Response:
+    """The event-stream response of one admitted request; it owns ``ticket`` from here.
+    A ``resumable`` one (the gateway's) reports its token ids and may continue ``resume``."""
+    r = Resumable(resume) if resumable else None
+    return _Stream(metrics, ticket, _Chunks(kind, model, resume), inputs, run, include_usage,
+                   r).open()
