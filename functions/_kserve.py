@@ -4,13 +4,18 @@ KServe owns the Knative Service behind an InferenceService and reconciles its tr
 back, so reroute_traffic must not patch it; KServe's own knob is the predictor's
 ``canaryTrafficPercent``: the share of traffic for the latest ready revision, the rest going to
 the previously rolled-out one. 0 sends everything to the previous revision; raising it step by
-step promotes the latest again.
+step promotes the latest again. The reroute and the stepped restore of reroute_traffic through
+that knob live here too (``reroute_canary``, ``restore_canary``).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
+from events import Event, TrafficRerouted, TrafficRestored
+from functions._context import ACTED, DEFERRED, NOOP, Context, Outcome
+from functions._errors import PermanentFunctionError
+from functions._state import defer, locked
 from knative import (
     Conflict,
     NotFound,
@@ -22,6 +27,16 @@ from knative import (
 )
 
 GROUP, VERSION, PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
+
+
+class Steps(Protocol):
+    """The restore's shared pieces, from reroute_traffic."""
+
+    def epoch(self, ctx: Context) -> int: ...
+
+    def wait_healthy(self, ctx: Context, epoch: int) -> tuple[bool, str]: ...
+
+    def restore_member(self, ctx: Context) -> str: ...
 
 
 def _mapped(exc: Exception, what: str) -> PlatformError:
@@ -74,3 +89,80 @@ class KServeCanary:
                 _content_type="application/merge-patch+json", _request_timeout=self._timeout)
         except Exception as exc:
             raise _mapped(exc, what) from exc
+
+
+# --- reroute_traffic through the canary ----------------------------------------------------
+
+
+def saved_canary_key(ctx: Context) -> str:
+    return ctx.key("kserve", ctx.settings.kserve_isvc, "saved")
+
+
+def canary_of(ctx: Context) -> Any:
+    if ctx.canary is None:
+        raise PermanentFunctionError(
+            f"kserve_isvc is {ctx.settings.kserve_isvc!r} but the context has no canary control"
+        )
+    return ctx.canary
+
+
+def reroute_canary(ctx: Context, name: str, reason: str, cause_event_id: str | None) -> Outcome:
+    """Reroute an InferenceService: ``canaryTrafficPercent`` 0 (the saved value in Redis)."""
+    s = ctx.settings
+    canary = canary_of(ctx)
+    with locked(ctx, f"traffic:{s.service}"):
+        before = canary.canary_percent(s.kserve_isvc)
+        current = 100 if before is None else int(before)
+        if current == 0:
+            return Outcome(name, NOOP, f"InferenceService {s.kserve_isvc} canary already at 0%")
+        ctx.redis.set(saved_canary_key(ctx), str(current), nx=True)
+        canary.set_canary_percent(s.kserve_isvc, 0)
+    reply = ctx.event(name, TrafficRerouted(
+        service=s.service, namespace=s.namespace, from_revision=s.primary_revision,
+        to_revision=s.fallback_revision, percent=current,
+        reason=f"{reason}; InferenceService {s.kserve_isvc} canaryTrafficPercent "
+               f"{current} -> 0", cause_event_id=cause_event_id))
+    return Outcome(name, ACTED, f"canaryTrafficPercent of {s.kserve_isvc} {current} -> 0",
+                   reply=reply)
+
+
+def restore_canary(ctx: Context, name: str, reason: str, epoch: int, steps: Steps) -> Outcome:
+    """Raise ``canaryTrafficPercent`` back in ``restore_steps``, health-checked before each."""
+    s = ctx.settings
+    canary = canary_of(ctx)
+    raw = ctx.redis.get(saved_canary_key(ctx))
+    before = canary.canary_percent(s.kserve_isvc)
+    if raw is None and before != 0:
+        return Outcome(name, NOOP, f"InferenceService {s.kserve_isvc} was not rerouted; "
+                                   "nothing to restore")
+    normal = int(raw) if raw is not None else 100
+    last: Event | None = None
+    for i, step in enumerate(s.restore_steps, start=1):
+        if i > 1:
+            ctx.sleep(s.restore_step_wait_s)
+        if steps.epoch(ctx) != epoch:
+            return Outcome(name, NOOP, "restore superseded by a newer breaker event", reply=last)
+        healthy, detail = steps.wait_healthy(ctx, epoch)
+        if not healthy:
+            with locked(ctx, f"traffic:{s.service}"):
+                canary.set_canary_percent(s.kserve_isvc, 0)
+            defer(ctx, steps.restore_member(ctx), ctx.clock() + s.restore_step_wait_s)
+            return Outcome(name, DEFERRED, f"restore paused before step {i} ({detail})",
+                           reply=last)
+        want = normal if step >= 100 else round(normal * step / 100)
+        with locked(ctx, f"traffic:{s.service}"):
+            now = canary.canary_percent(s.kserve_isvc)
+            have = 100 if now is None else int(now)
+            want = max(want, have)  # never lower the primary's share during a restore
+            if have != want:
+                canary.set_canary_percent(s.kserve_isvc, want)
+        event = ctx.event(name, TrafficRestored(
+            service=s.service, namespace=s.namespace, revision=s.primary_revision, percent=want,
+            step=i, reason=f"{reason}; InferenceService {s.kserve_isvc} canaryTrafficPercent "
+                           f"{want}"))
+        if last is not None:
+            ctx.emit(last)
+        last = event
+    ctx.redis.delete(saved_canary_key(ctx))
+    return Outcome(name, ACTED, f"canaryTrafficPercent of {s.kserve_isvc} back to {normal}",
+                   reply=last)

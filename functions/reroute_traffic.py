@@ -4,13 +4,16 @@ The durable path behind the breakers. When the primary revision's breaker opens,
 takes the primary's share in the service's traffic block; the primary stays in the list at 0%
 with its tag, because Knative scales a revision that leaves the list to zero and the primary
 must stay warm (and reachable through its tag) to come back. The fallback's min-scale goes up
-by ``fallback_boost`` to absorb the load. The split before the reroute is kept in Redis.
+by ``fallback_boost`` to absorb the load, first: the share moves once the fallback has that
+many ready replicas (waited for up to ``fallback_ready_timeout_s``, then moved anyway; at once
+when the primary has no ready replica left). The split before the reroute is kept in Redis.
 
 When the breaker goes half-open, the primary gets the first step (e.g. 10%): a revision at 0%
 gets no requests, so without it the gateways would have nothing to probe the primary with and
 its breaker would never close. When the breaker closes, traffic goes back in steps
 (``restore_steps``, percent of the primary's normal share, e.g. 10 -> 50 -> 100) with
-``restore_step_wait_s`` between them (the context's sleep, so tests do not wait). Before every step the primary must have
+``restore_step_wait_s`` between them (the context's sleep, so tests do not wait). Before every
+step the primary must have
 ``restore_min_ready`` ready replicas on nodes whose breaker is not open (waited for up to
 ``restore_health_timeout_s``); if it does not, the traffic goes back to the fallback and the
 restore is retried later (a deferred action). A newer breaker event supersedes a restore in
@@ -52,6 +55,7 @@ from events import (
 from functions._common import check_type, merge, run_deferred
 from functions._context import ACTED, DEFERRED, NOOP, Context, Outcome
 from functions._errors import MAPPED, PermanentFunctionError, TemporaryFunctionError, map_error
+from functions._kserve import canary_of, reroute_canary, restore_canary, saved_canary_key
 from functions._once import once
 from functions._state import cancel, defer, locked
 from knative import Conflict, PlatformError, Target
@@ -154,11 +158,6 @@ def restored_split(current: list[Target], settings: Any, normal_primary: int,
     return out
 
 
-def _restored_for(current: list[Target], *, settings: Any, normal_primary: int,
-                  step: int) -> list[Target]:
-    return restored_split(current, settings, normal_primary, step)
-
-
 def _wire(targets: list[Target]) -> tuple[dict[str, Any], ...]:
     out = []
     for t in targets:
@@ -203,7 +202,9 @@ def _restore_member(ctx: Context) -> str:
     return f"{NAME}|restore|{ctx.settings.service}"
 
 
-def _apply(ctx: Context, compute: Callable[[list[Target]], list[Target]]) -> tuple[list[Target], bool]:
+def _apply(
+    ctx: Context, compute: Callable[[list[Target]], list[Target]]
+) -> tuple[list[Target], bool]:
     """Read the split, compute the new one, write it; a 409 re-reads and recomputes."""
     service = ctx.settings.service
     for _ in range(CONFLICT_RETRIES + 1):
@@ -224,12 +225,17 @@ def _scale_member(ctx: Context) -> str:
     return f"{NAME}|scale|{ctx.settings.service}"
 
 
+def _fallback_low(ctx: Context, boosted: bool) -> int:
+    s = ctx.settings
+    return int(s.fallback_min_scale + (s.fallback_boost if boosted else 0))
+
+
 def _fallback_scale(ctx: Context, boosted: bool) -> str:
-    """Set the fallback's min-scale (boosted or not). The traffic move it follows has happened
-    already, so a failure here does not fail the event: it is logged, said in the outcome, and
+    """Set the fallback's min-scale (boosted or not) on its Revision. A failure here does not
+    fail the event (the primary is failing either way): it is logged, said in the outcome, and
     a temporary one is retried by the sweep (the desired state is kept in Redis)."""
     s = ctx.settings
-    low = s.fallback_min_scale + (s.fallback_boost if boosted else 0)
+    low = _fallback_low(ctx, boosted)
     ctx.redis.set(ctx.key("traffic", s.service, "boosted"), "1" if boosted else "0")
     try:
         ctx.platform.set_scale(s.service, s.fallback_revision, low, s.fallback_max_scale)
@@ -246,13 +252,56 @@ def _fallback_scale(ctx: Context, boosted: bool) -> str:
 # --- reroute ------------------------------------------------------------------------------
 
 
-def reroute(ctx: Context, *, reason: str, cause_event_id: str | None = None) -> Outcome:
-    """Send the primary's share to the fallback (and supersede any restore in progress)."""
+def _ready_fallback(ctx: Context) -> int:
     s = ctx.settings
-    ctx.redis.incr(_epoch_key(ctx))
+    return sum(1 for r in ctx.platform.replicas(s.service)
+               if r.revision == s.fallback_revision and r.ready)
+
+
+def _wait_fallback_ready(ctx: Context, epoch: int) -> tuple[bool, str]:
+    """Wait (up to ``fallback_ready_timeout_s``) for the fallback to have its boosted
+    min-scale of ready replicas before it takes the primary's share; at once when the primary
+    has no ready replica left (nothing would serve in the meantime). (superseded, note)."""
+    s = ctx.settings
+    want = _fallback_low(ctx, boosted=True)
+    primary, _ = primary_health(ctx)
+    if primary == 0:
+        return False, "; the primary has no ready replica: moved at once"
+    deadline = ctx.clock() + s.fallback_ready_timeout_s
+    while True:
+        ready = _ready_fallback(ctx)
+        if ready >= want:
+            return False, f"; fallback had {ready} ready replicas"
+        if _epoch(ctx) != epoch:
+            return True, ""
+        if ctx.clock() >= deadline:
+            return False, (f"; fallback had {ready} of {want} ready replicas after "
+                           f"{s.fallback_ready_timeout_s:g}s, moved anyway")
+        ctx.sleep(s.restore_health_poll_s)
+
+
+def _primary_share(ctx: Context) -> int:
+    s = ctx.settings
+    primary = _find(ctx.platform.traffic(s.service), s.primary_revision, s.primary_tag)
+    return primary.percent if primary is not None else 0
+
+
+def reroute(ctx: Context, *, reason: str, cause_event_id: str | None = None) -> Outcome:
+    """Send the primary's share to the fallback (and supersede any restore in progress): the
+    fallback's min-scale goes up first, and the share moves once the fallback has the ready
+    replicas for it (bounded wait)."""
+    s = ctx.settings
+    epoch = int(ctx.redis.incr(_epoch_key(ctx)))
     cancel(ctx, _restore_member(ctx))
     if s.kserve_isvc:
-        return _reroute_kserve(ctx, reason, cause_event_id)
+        return reroute_canary(ctx, NAME, reason, cause_event_id)
+    share = _primary_share(ctx)
+    scale_note = _fallback_scale(ctx, boosted=True)
+    wait_note = ""
+    if share > 0:
+        superseded, wait_note = _wait_fallback_ready(ctx, epoch)
+        if superseded:
+            return Outcome(NAME, NOOP, f"reroute superseded by a newer breaker event{scale_note}")
     moved = 0
 
     def compute(current: list[Target]) -> list[Target]:
@@ -265,7 +314,6 @@ def reroute(ctx: Context, *, reason: str, cause_event_id: str | None = None) -> 
 
     with locked(ctx, f"traffic:{s.service}"):
         targets, changed = _apply(ctx, compute)
-    scale_note = _fallback_scale(ctx, boosted=True)
     if not changed:
         return Outcome(NAME, NOOP, f"{s.primary_revision} already at 0%{scale_note}")
     reply = ctx.event(NAME, TrafficRerouted(
@@ -273,7 +321,7 @@ def reroute(ctx: Context, *, reason: str, cause_event_id: str | None = None) -> 
         to_revision=s.fallback_revision, percent=moved, targets=_wire(targets), reason=reason,
         cause_event_id=cause_event_id))
     return Outcome(NAME, ACTED, f"moved {moved}% from {s.primary_revision} to "
-                                f"{s.fallback_revision}{scale_note}", reply=reply)
+                                f"{s.fallback_revision}{scale_note}{wait_note}", reply=reply)
 
 
 # --- restore ------------------------------------------------------------------------------
@@ -367,11 +415,11 @@ def trial(ctx: Context, *, reason: str) -> Outcome:
     epoch = int(ctx.redis.incr(_epoch_key(ctx)))
     first = s.restore_steps[0]
     if s.kserve_isvc:
-        canary = _canary(ctx)
+        canary = canary_of(ctx)
         with locked(ctx, f"traffic:{s.service}"):
             if canary.canary_percent(s.kserve_isvc) != 0:
                 return Outcome(NAME, NOOP, "the primary already receives traffic")
-            raw = ctx.redis.get(_saved_canary_key(ctx))
+            raw = ctx.redis.get(saved_canary_key(ctx))
             want = max(1, round((int(raw) if raw is not None else 100) * first / 100))
             canary.set_canary_percent(s.kserve_isvc, want)
         reply = ctx.event(NAME, TrafficRestored(
@@ -388,7 +436,7 @@ def trial(ctx: Context, *, reason: str) -> Outcome:
         if _epoch(ctx) != epoch:
             return Outcome(NAME, NOOP, "trial superseded by a newer breaker event")
         targets, changed = _apply(ctx, functools.partial(
-            _restored_for, settings=s, normal_primary=normal_pct, step=first))
+            restored_split, settings=s, normal_primary=normal_pct, step=first))
     if not changed:
         return Outcome(NAME, NOOP, "the primary already receives its trial share or more")
     pct = next((t.percent for t in targets if _is(t, s.primary_revision, s.primary_tag)), 0)
@@ -405,7 +453,7 @@ def restore(ctx: Context, *, reason: str) -> Outcome:
     epoch = int(ctx.redis.incr(_epoch_key(ctx)))
     cancel(ctx, _restore_member(ctx))
     if s.kserve_isvc:
-        return _restore_kserve(ctx, reason, epoch)
+        return restore_canary(ctx, NAME, reason, epoch, _Steps())
     normal_pct, why_not = _normal_share(ctx)
     if normal_pct is None:
         return Outcome(NAME, NOOP, why_not)
@@ -429,7 +477,7 @@ def restore(ctx: Context, *, reason: str) -> Outcome:
                 return Outcome(NAME, NOOP, "restore superseded by a newer breaker event",
                                reply=last)
             targets, _ = _apply(ctx, functools.partial(
-                _restored_for, settings=s, normal_primary=normal_pct, step=step))
+                restored_split, settings=s, normal_primary=normal_pct, step=step))
         pct = next((t.percent for t in targets if _is(t, s.primary_revision, s.primary_tag)), 0)
         event = ctx.event(NAME, TrafficRestored(
             service=s.service, namespace=s.namespace, revision=s.primary_revision, percent=pct,
@@ -494,76 +542,18 @@ def sweep(ctx: Context) -> list[Outcome]:
     return out
 
 
-# --- KServe -------------------------------------------------------------------------------
+class _Steps:
+    """What a KServe restore shares with the Knative one: the epoch, the health wait, the
+    deferred restore's member."""
 
+    @staticmethod
+    def epoch(ctx: Context) -> int:
+        return _epoch(ctx)
 
-def _saved_canary_key(ctx: Context) -> str:
-    return ctx.key("kserve", ctx.settings.kserve_isvc, "saved")
+    @staticmethod
+    def wait_healthy(ctx: Context, epoch: int) -> tuple[bool, str]:
+        return _wait_healthy(ctx, epoch)
 
-
-def _canary(ctx: Context) -> Any:
-    if ctx.canary is None:
-        raise PermanentFunctionError(
-            f"kserve_isvc is {ctx.settings.kserve_isvc!r} but the context has no canary control"
-        )
-    return ctx.canary
-
-
-def _reroute_kserve(ctx: Context, reason: str, cause_event_id: str | None) -> Outcome:
-    s = ctx.settings
-    canary = _canary(ctx)
-    with locked(ctx, f"traffic:{s.service}"):
-        before = canary.canary_percent(s.kserve_isvc)
-        current = 100 if before is None else int(before)
-        if current == 0:
-            return Outcome(NAME, NOOP, f"InferenceService {s.kserve_isvc} canary already at 0%")
-        ctx.redis.set(_saved_canary_key(ctx), str(current), nx=True)
-        canary.set_canary_percent(s.kserve_isvc, 0)
-    reply = ctx.event(NAME, TrafficRerouted(
-        service=s.service, namespace=s.namespace, from_revision=s.primary_revision,
-        to_revision=s.fallback_revision, percent=current,
-        reason=f"{reason}; InferenceService {s.kserve_isvc} canaryTrafficPercent "
-               f"{current} -> 0", cause_event_id=cause_event_id))
-    return Outcome(NAME, ACTED, f"canaryTrafficPercent of {s.kserve_isvc} {current} -> 0",
-                   reply=reply)
-
-
-def _restore_kserve(ctx: Context, reason: str, epoch: int) -> Outcome:
-    s = ctx.settings
-    canary = _canary(ctx)
-    raw = ctx.redis.get(_saved_canary_key(ctx))
-    before = canary.canary_percent(s.kserve_isvc)
-    if raw is None and before != 0:
-        return Outcome(NAME, NOOP, f"InferenceService {s.kserve_isvc} was not rerouted; "
-                                   "nothing to restore")
-    normal = int(raw) if raw is not None else 100
-    last: Event | None = None
-    for i, step in enumerate(s.restore_steps, start=1):
-        if i > 1:
-            ctx.sleep(s.restore_step_wait_s)
-        if _epoch(ctx) != epoch:
-            return Outcome(NAME, NOOP, "restore superseded by a newer breaker event", reply=last)
-        healthy, detail = _wait_healthy(ctx, epoch)
-        if not healthy:
-            with locked(ctx, f"traffic:{s.service}"):
-                canary.set_canary_percent(s.kserve_isvc, 0)
-            defer(ctx, _restore_member(ctx), ctx.clock() + s.restore_step_wait_s)
-            return Outcome(NAME, DEFERRED, f"restore paused before step {i} ({detail})",
-                           reply=last)
-        want = normal if step >= 100 else round(normal * step / 100)
-        with locked(ctx, f"traffic:{s.service}"):
-            now = canary.canary_percent(s.kserve_isvc)
-            have = 100 if now is None else int(now)
-            want = max(want, have)  # never lower the primary's share during a restore
-            if have != want:
-                canary.set_canary_percent(s.kserve_isvc, want)
-        event = ctx.event(NAME, TrafficRestored(
-            service=s.service, namespace=s.namespace, revision=s.primary_revision, percent=want,
-            step=i, reason=f"{reason}; InferenceService {s.kserve_isvc} canaryTrafficPercent "
-                           f"{want}"))
-        if last is not None:
-            ctx.emit(last)
-        last = event
-    ctx.redis.delete(_saved_canary_key(ctx))
-    return Outcome(NAME, ACTED, f"canaryTrafficPercent of {s.kserve_isvc} back to {normal}",
-                   reply=last)
+    @staticmethod
+    def restore_member(ctx: Context) -> str:
+        return _restore_member(ctx)

@@ -13,7 +13,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from knative.platforms import PermanentPlatformError, PlatformError
+from knative.platforms import NotFound, PermanentPlatformError, PlatformError
 from knative.platforms.kube import KnativePlatform, KubeSettings, map_api_error
 
 log = logging.getLogger(__name__)
@@ -35,6 +35,7 @@ KINDS: dict[tuple[str, str], tuple[str, bool]] = {
     ("rbac.authorization.k8s.io/v1", "ClusterRoleBinding"): ("clusterrolebindings", False),
     ("serving.knative.dev/v1", "Service"): ("services", True),
     ("serving.knative.dev/v1", "Configuration"): ("configurations", True),
+    ("serving.knative.dev/v1", "Route"): ("routes", True),
     ("eventing.knative.dev/v1", "Broker"): ("brokers", True),
     ("eventing.knative.dev/v1", "Trigger"): ("triggers", True),
     ("sources.knative.dev/v1", "ApiServerSource"): ("apiserversources", True),
@@ -58,7 +59,9 @@ def object_path(obj: dict[str, Any]) -> str:
     """The API path of one object (``/apis/<group>/<version>/namespaces/<ns>/<plural>/<name>``)."""
     key = (str(obj.get("apiVersion")), str(obj.get("kind")))
     if key not in KINDS:
-        raise PermanentPlatformError(f"apply: kind {key[1]} of {key[0]} is not one Surefoot renders")
+        raise PermanentPlatformError(
+            f"apply: kind {key[1]} of {key[0]} is not one Surefoot renders"
+        )
     plural, namespaced = KINDS[key]
     meta = obj.get("metadata") or {}
     base = "/api/v1" if key[0] == "v1" else f"/apis/{key[0]}"
@@ -92,7 +95,8 @@ def apply_objects(
             query.append(("force", "true"))
         if dry_run:
             query.append(("dryRun", "All"))
-        what = f"apply {obj['kind']} {meta.get('namespace', '') + '/' if meta.get('namespace') else ''}{meta['name']}"
+        where = f"{meta['namespace']}/" if meta.get("namespace") else ""
+        what = f"apply {obj['kind']} {where}{meta['name']}"
         try:
             params = api_client.param_serialize(
                 method="PATCH",
@@ -118,7 +122,52 @@ def apply_objects(
     return results
 
 
-def knative_status(settings: KubeSettings, platform: KnativePlatform | None = None) -> dict[str, Any]:
+def _live_traffic(api_client: Any, obj: dict[str, Any], request_timeout: float) -> Any:
+    from kubernetes import client
+
+    meta = obj["metadata"]
+    what = f"read Route {meta['namespace']}/{meta['name']}"
+    live: Any
+    try:
+        live = client.CustomObjectsApi(api_client).get_namespaced_custom_object(
+            "serving.knative.dev", "v1", meta["namespace"], "routes", meta["name"],
+            _request_timeout=request_timeout,
+        )
+    except Exception as exc:
+        err = map_api_error(exc, what)
+        if isinstance(err, NotFound):
+            return None
+        raise err from exc
+    return (live.get("spec") or {}).get("traffic")
+
+
+def keep_live_traffic(
+    api_client: Any, objects: list[dict[str, Any]], *, request_timeout: float = 30.0
+) -> list[dict[str, Any]]:
+    """``objects`` with each Route's rendered traffic replaced by the split live on the
+    cluster, when the live one names the same revisions: a re-deploy (server-side apply with
+    force) would otherwise reset a rerouted split to the rendered 100/0. A Route that does not
+    exist yet, or whose revisions changed (a new ``revision`` in the config), keeps the
+    rendered split."""
+    out = []
+    for obj in objects:
+        if obj.get("apiVersion") == "serving.knative.dev/v1" and obj.get("kind") == "Route":
+            live = _live_traffic(api_client, obj, request_timeout)
+            rendered = obj["spec"]["traffic"]
+            if live and _revisions(live) == _revisions(rendered):
+                obj = {**obj, "spec": {**obj["spec"], "traffic": live}}
+                log.info("route %s keeps its live traffic split", obj["metadata"]["name"])
+        out.append(obj)
+    return out
+
+
+def _revisions(traffic: list[dict[str, Any]]) -> set[str]:
+    return {str(t.get("revisionName")) for t in traffic}
+
+
+def knative_status(
+    settings: KubeSettings, platform: KnativePlatform | None = None
+) -> dict[str, Any]:
     """What ``surefoot status --platform knative`` shows: the inference service's readiness and
     URL, the traffic it asks for and the traffic in effect, its replicas, and the nodes.
 
@@ -142,7 +191,9 @@ def knative_status(settings: KubeSettings, platform: KnativePlatform | None = No
         ],
         "latest_ready_revision": status.get("latestReadyRevisionName"),
         "traffic": [dataclasses.asdict(t) for t in platform.traffic(settings.service)],
-        "traffic_status": [dataclasses.asdict(t) for t in platform.traffic_status(settings.service)],
+        "traffic_status": [
+            dataclasses.asdict(t) for t in platform.traffic_status(settings.service)
+        ],
         "replicas": [],
         "nodes": [],
         "errors": [],
@@ -166,7 +217,10 @@ def format_knative_status(status: dict[str, Any]) -> str:
     ]
     for c in status["conditions"]:
         if c.get("status") != "True":
-            lines.append(f"  {c['type']}={c.get('status')} {c.get('reason', '')} {c.get('message', '')}".rstrip())
+            lines.append(
+                f"  {c['type']}={c.get('status')} {c.get('reason', '')} "
+                f"{c.get('message', '')}".rstrip()
+            )
     lines.append(format_traffic(status["traffic"], status["traffic_status"]))
     lines.append(f"{'REPLICA':<40} {'REVISION':<28} {'NODE':<20} {'READY':<6} PHASE")
     for r in status["replicas"]:
@@ -178,7 +232,8 @@ def format_knative_status(status: dict[str, Any]) -> str:
         lines.append(f"{'NODE':<30} {'READY':<6} SCHEDULABLE")
         for n in status["nodes"]:
             lines.append(
-                f"{n['name']:<30} {'yes' if n['ready'] else 'no':<6} {'no' if n['unschedulable'] else 'yes'}"
+                f"{n['name']:<30} {'yes' if n['ready'] else 'no':<6} "
+                f"{'no' if n['unschedulable'] else 'yes'}"
             )
     for e in status.get("errors") or []:
         lines.append(f"warning: {e}")

@@ -82,6 +82,7 @@ class EvictionReport:
     skipped: tuple[str, ...] = ()
     refused: tuple[str, ...] = ()  # still blocked (429) when the drain timeout ran out
     seconds: float = 0.0
+    messages: tuple[str, ...] = ()  # why each refused pod was refused, as the server said
 
     @property
     def complete(self) -> bool:

@@ -22,24 +22,32 @@ from functions import (
 from functions._state import deferred
 from knative import Target
 from knative.breakers import node_key, revision_key
-from tests.functions._helpers import (
-    KSVC_PATH,
-    FakeTime,
-    Sink,
-    closed,
-    opened,
-    ping,
-    traffic_of,
-)
+from tests.conftest import FakeTime
+from tests.functions._helpers import KSVC_PATH, Sink, closed, make_cluster, opened, ping, traffic_of
 from tests.kube_fake import FakeKubeServer
 
 REROUTED = [("surefoot-primary", 0, "primary"), ("surefoot-fallback", 100, "fallback")]
 NORMAL = [("surefoot-primary", 100, "primary"), ("surefoot-fallback", 0, "fallback")]
 
 
+FALLBACK_POD = {"serving.knative.dev/revision": "surefoot-fallback", "app": "surefoot-fallback"}
+
+
+@pytest.fixture
+def cluster(kube: FakeKubeServer) -> FakeKubeServer:
+    """The functions' test cluster, with the fallback at its boosted min-scale (3) of ready
+    replicas, so a reroute moves the traffic without waiting."""
+    make_cluster(kube)
+    for i in (2, 3):
+        kube.add_pod(f"fallback-{i}", node=f"gpu-{i}", labels=dict(FALLBACK_POD))
+    return kube
+
+
 def scale_of(kube: FakeKubeServer, revision: str) -> tuple[str | None, str | None]:
     ann = kube.get("revisions.serving.knative.dev", revision)["metadata"].get("annotations", {})
-    return ann.get("autoscaling.knative.dev/min-scale"), ann.get("autoscaling.knative.dev/max-scale")
+    return ann.get("autoscaling.knative.dev/min-scale"), ann.get(
+        "autoscaling.knative.dev/max-scale"
+    )
 
 
 def patches(kube: FakeKubeServer) -> int:
@@ -56,7 +64,10 @@ def test_primary_breaker_opened_reroutes_to_fallback(cluster: FakeKubeServer, ct
     data = ev.payload_of(out.reply)
     assert isinstance(data, ev.TrafficRerouted)
     assert (data.from_revision, data.to_revision, data.percent) == (
-        "surefoot-primary", "surefoot-fallback", 100)
+        "surefoot-primary",
+        "surefoot-fallback",
+        100,
+    )
     assert data.cause_event_id == event.id
     assert {"revisionName": "surefoot-primary", "percent": 0, "tag": "primary"} in data.targets
 
@@ -88,8 +99,9 @@ def test_a_second_open_event_keeps_the_split(cluster: FakeKubeServer, ctx: Conte
     assert traffic_of(cluster) == REROUTED
 
 
-def test_concurrent_deliveries_patch_once(cluster: FakeKubeServer,
-                                          make_ctx: Callable[..., Context]) -> None:
+def test_concurrent_deliveries_patch_once(
+    cluster: FakeKubeServer, make_ctx: Callable[..., Context]
+) -> None:
     contexts = [make_ctx() for _ in range(4)]
     event = opened()
     barrier = threading.Barrier(len(contexts))
@@ -118,8 +130,9 @@ def test_stale_patch_409_rereads_and_retries(cluster: FakeKubeServer, ctx: Conte
     assert len(reads) >= 4  # traffic re-read after the conflict
 
 
-def test_api_5xx_is_temporary_and_redelivery_succeeds(cluster: FakeKubeServer,
-                                                      ctx: Context) -> None:
+def test_api_5xx_is_temporary_and_redelivery_succeeds(
+    cluster: FakeKubeServer, ctx: Context
+) -> None:
     event = opened()
     cluster.fail_next(KSVC_PATH, 503, method="PATCH")
     with pytest.raises(TemporaryFunctionError):
@@ -142,8 +155,9 @@ def test_api_403_is_permanent(cluster: FakeKubeServer, ctx: Context) -> None:
         reroute_traffic.handle(opened(), ctx)
 
 
-def test_restore_in_steps_with_health_checks(cluster: FakeKubeServer, ctx: Context,
-                                             fake_time: FakeTime, sink: Sink) -> None:
+def test_restore_in_steps_with_health_checks(
+    cluster: FakeKubeServer, ctx: Context, fake_time: FakeTime, sink: Sink
+) -> None:
     reroute_traffic.handle(opened(), ctx)
     seen: list[list[Any]] = []
     fake_time.on_sleep = lambda s: seen.append(traffic_of(cluster))
@@ -162,8 +176,9 @@ def test_restore_in_steps_with_health_checks(cluster: FakeKubeServer, ctx: Conte
     assert reroute_traffic.handle(closed(), ctx).status == NOOP
 
 
-def test_restore_steps_are_configurable(cluster: FakeKubeServer, make_ctx: Callable[..., Context],
-                                        fake_time: FakeTime) -> None:
+def test_restore_steps_are_configurable(
+    cluster: FakeKubeServer, make_ctx: Callable[..., Context], fake_time: FakeTime
+) -> None:
     ctx = make_ctx(restore_steps=(25, 100), restore_step_wait_s=5.0)
     reroute_traffic.handle(opened(), ctx)
     seen: list[Any] = []
@@ -173,19 +188,25 @@ def test_restore_steps_are_configurable(cluster: FakeKubeServer, make_ctx: Calla
     assert fake_time.sleeps == [5.0]
 
 
-def test_restore_returns_to_the_split_before_the_reroute(cluster: FakeKubeServer,
-                                                         ctx: Context) -> None:
-    ctx.platform.set_traffic("surefoot", [Target("surefoot-primary", 80, "primary"),
-                                          Target("surefoot-fallback", 20, "fallback")])
+def test_restore_returns_to_the_split_before_the_reroute(
+    cluster: FakeKubeServer, ctx: Context
+) -> None:
+    ctx.platform.set_traffic(
+        "surefoot",
+        [Target("surefoot-primary", 80, "primary"), Target("surefoot-fallback", 20, "fallback")],
+    )
     reroute_traffic.handle(opened(), ctx)
     assert traffic_of(cluster) == REROUTED
     reroute_traffic.handle(closed(), ctx)
-    assert traffic_of(cluster) == [("surefoot-primary", 80, "primary"),
-                                   ("surefoot-fallback", 20, "fallback")]
+    assert traffic_of(cluster) == [
+        ("surefoot-primary", 80, "primary"),
+        ("surefoot-fallback", 20, "fallback"),
+    ]
 
 
-def test_unhealthy_primary_pauses_the_restore(cluster: FakeKubeServer, ctx: Context,
-                                              fake_time: FakeTime) -> None:
+def test_unhealthy_primary_pauses_the_restore(
+    cluster: FakeKubeServer, ctx: Context, fake_time: FakeTime
+) -> None:
     reroute_traffic.handle(opened(), ctx)
     for i in (1, 2, 3):
         cluster.set_pod_ready(f"primary-{i}", False)
@@ -202,8 +223,9 @@ def test_unhealthy_primary_pauses_the_restore(cluster: FakeKubeServer, ctx: Cont
     assert traffic_of(cluster) == NORMAL
 
 
-def test_replicas_on_nodes_with_open_breakers_do_not_count(cluster: FakeKubeServer,
-                                                           make_ctx: Callable[..., Context]) -> None:
+def test_replicas_on_nodes_with_open_breakers_do_not_count(
+    cluster: FakeKubeServer, make_ctx: Callable[..., Context]
+) -> None:
     ctx = make_ctx(restore_min_ready=2)
     reroute_traffic.handle(opened(), ctx)
     ctx.breakers.open(node_key("gpu-1"), "xid")
@@ -214,8 +236,9 @@ def test_replicas_on_nodes_with_open_breakers_do_not_count(cluster: FakeKubeServ
     assert reroute_traffic.handle(closed(), ctx).status == DEFERRED
 
 
-def test_health_recovering_during_the_wait(cluster: FakeKubeServer, ctx: Context,
-                                           fake_time: FakeTime) -> None:
+def test_health_recovering_during_the_wait(
+    cluster: FakeKubeServer, ctx: Context, fake_time: FakeTime
+) -> None:
     reroute_traffic.handle(opened(), ctx)
     for i in (1, 2, 3):
         cluster.set_pod_ready(f"primary-{i}", False)
@@ -224,9 +247,9 @@ def test_health_recovering_during_the_wait(cluster: FakeKubeServer, ctx: Context
     assert traffic_of(cluster) == NORMAL
 
 
-def test_a_new_open_supersedes_a_restore_in_progress(cluster: FakeKubeServer, ctx: Context,
-                                                     make_ctx: Callable[..., Context],
-                                                     fake_time: FakeTime) -> None:
+def test_a_new_open_supersedes_a_restore_in_progress(
+    cluster: FakeKubeServer, ctx: Context, make_ctx: Callable[..., Context], fake_time: FakeTime
+) -> None:
     other = make_ctx()
     reroute_traffic.handle(opened(), ctx)
     calls = []
@@ -263,29 +286,47 @@ def test_restore_never_lowers_the_primary(cluster: FakeKubeServer, ctx: Context)
 def test_missing_fallback_target_is_added(kube: FakeKubeServer, ctx: Context) -> None:
     kube.add_revision("surefoot-primary", service="surefoot")
     kube.add_revision("surefoot-fallback", configuration="surefoot-fallback")
-    kube.create({"apiVersion": "serving.knative.dev/v1", "kind": "Service",
-                 "metadata": {"name": "surefoot", "namespace": "default"},
-                 "spec": {"template": {"metadata": {"name": "surefoot-primary"},
-                                       "spec": {"containers": [{"image": "x/y:1"}]}},
-                          "traffic": [{"revisionName": "surefoot-primary", "percent": 100,
-                                       "tag": "primary"}]}})
+    kube.create(
+        {
+            "apiVersion": "serving.knative.dev/v1",
+            "kind": "Service",
+            "metadata": {"name": "surefoot", "namespace": "default"},
+            "spec": {
+                "template": {
+                    "metadata": {"name": "surefoot-primary"},
+                    "spec": {"containers": [{"image": "x/y:1"}]},
+                },
+                "traffic": [{"revisionName": "surefoot-primary", "percent": 100, "tag": "primary"}],
+            },
+        }
+    )
     assert reroute_traffic.handle(opened(), ctx).status == ACTED
     assert traffic_of(kube) == REROUTED
 
 
 def test_service_without_the_primary_is_permanent(kube: FakeKubeServer, ctx: Context) -> None:
-    kube.add_revision("other", service="surefoot")
-    kube.create({"apiVersion": "serving.knative.dev/v1", "kind": "Service",
-                 "metadata": {"name": "surefoot", "namespace": "default"},
-                 "spec": {"template": {"metadata": {"name": "other"},
-                                       "spec": {"containers": [{"image": "x/y:1"}]}},
-                          "traffic": [{"revisionName": "other", "percent": 100}]}})
+    kube.add_revision("surefoot-other", service="surefoot")
+    kube.create(
+        {
+            "apiVersion": "serving.knative.dev/v1",
+            "kind": "Service",
+            "metadata": {"name": "surefoot", "namespace": "default"},
+            "spec": {
+                "template": {
+                    "metadata": {"name": "surefoot-other"},
+                    "spec": {"containers": [{"image": "x/y:1"}]},
+                },
+                "traffic": [{"revisionName": "surefoot-other", "percent": 100}],
+            },
+        }
+    )
     with pytest.raises(PermanentFunctionError, match="not in the traffic"):
         reroute_traffic.handle(opened(), ctx)
 
 
-def test_ping_runs_a_due_restore(cluster: FakeKubeServer, ctx: Context,
-                                 fake_time: FakeTime) -> None:
+def test_ping_runs_a_due_restore(
+    cluster: FakeKubeServer, ctx: Context, fake_time: FakeTime
+) -> None:
     reroute_traffic.handle(opened(), ctx)
     for i in (1, 2, 3):
         cluster.set_pod_ready(f"primary-{i}", False)
@@ -317,8 +358,9 @@ class FakeCanary:
         self.history.append(percent)
 
 
-def test_kserve_is_steered_by_canary_percent(cluster: FakeKubeServer,
-                                             make_ctx: Callable[..., Context]) -> None:
+def test_kserve_is_steered_by_canary_percent(
+    cluster: FakeKubeServer, make_ctx: Callable[..., Context]
+) -> None:
     canary = FakeCanary()
     ctx = make_ctx(kserve_isvc="llm", canary=canary)
     out = reroute_traffic.handle(opened(), ctx)
@@ -331,8 +373,9 @@ def test_kserve_is_steered_by_canary_percent(cluster: FakeKubeServer,
     assert patches(cluster) == 0
 
 
-def test_kserve_restores_a_canary_in_progress(cluster: FakeKubeServer,
-                                              make_ctx: Callable[..., Context]) -> None:
+def test_kserve_restores_a_canary_in_progress(
+    cluster: FakeKubeServer, make_ctx: Callable[..., Context]
+) -> None:
     canary = FakeCanary(40)
     ctx = make_ctx(kserve_isvc="llm", canary=canary)
     reroute_traffic.handle(opened(), ctx)
@@ -351,11 +394,17 @@ def test_kserve_against_the_api_server_maps_errors(kube: FakeKubeServer) -> None
 
 def test_split_arithmetic_keeps_other_targets(ctx: Context) -> None:
     s = ctx.settings
-    cur = [Target("surefoot-primary", 70, "primary"), Target("surefoot-fallback", 10, "fallback"),
-           Target("canary-x", 20, "canary")]
+    cur = [
+        Target("surefoot-primary", 70, "primary"),
+        Target("surefoot-fallback", 10, "fallback"),
+        Target("canary-x", 20, "canary"),
+    ]
     out = reroute_traffic.rerouted_split(cur, s)
-    assert out == [Target("surefoot-primary", 0, "primary"),
-                   Target("surefoot-fallback", 80, "fallback"), Target("canary-x", 20, "canary")]
+    assert out == [
+        Target("surefoot-primary", 0, "primary"),
+        Target("surefoot-fallback", 80, "fallback"),
+        Target("canary-x", 20, "canary"),
+    ]
     step = reroute_traffic.restored_split(out, s, 70, 50)
     assert step[0].percent == 35
     assert step[1].percent == 45
@@ -363,26 +412,33 @@ def test_split_arithmetic_keeps_other_targets(ctx: Context) -> None:
     assert sum(t.percent for t in step) == 100
 
 
-def test_scale_failure_does_not_undo_the_reroute(cluster: FakeKubeServer, ctx: Context,
-                                                 fake_time: FakeTime) -> None:
-    cluster.fail_next("/apis/serving.knative.dev/v1/namespaces/default/revisions/"
-                      "surefoot-fallback", 503, method="PATCH")
+def test_scale_failure_does_not_undo_the_reroute(
+    cluster: FakeKubeServer, ctx: Context, fake_time: FakeTime
+) -> None:
+    cluster.fail_next(
+        "/apis/serving.knative.dev/v1/namespaces/default/revisions/surefoot-fallback",
+        503,
+        method="PATCH",
+    )
     out = reroute_traffic.handle(opened(), ctx)
     assert out.status == ACTED
     assert "retrying" in out.reason
     assert traffic_of(cluster) == REROUTED
-    assert scale_of(cluster, "surefoot-fallback") == (None,
-                                                                                         None)
+    assert scale_of(cluster, "surefoot-fallback") == (None, None)
     fake_time.advance(6)
     reroute_traffic.sweep(ctx)
     assert scale_of(cluster, "surefoot-fallback") == ("3", "0")
     assert deferred(ctx) == []
 
 
-def test_permanent_scale_failure_is_reported_not_retried(cluster: FakeKubeServer,
-                                                         ctx: Context) -> None:
-    cluster.fail_next("/apis/serving.knative.dev/v1/namespaces/default/revisions/"
-                      "surefoot-fallback", 403, method="GET")
+def test_permanent_scale_failure_is_reported_not_retried(
+    cluster: FakeKubeServer, ctx: Context
+) -> None:
+    cluster.fail_next(
+        "/apis/serving.knative.dev/v1/namespaces/default/revisions/surefoot-fallback",
+        403,
+        method="GET",
+    )
     out = reroute_traffic.handle(opened(), ctx)
     assert out.status == ACTED
     assert "not set" in out.reason
@@ -391,19 +447,24 @@ def test_permanent_scale_failure_is_reported_not_retried(cluster: FakeKubeServer
 
 
 def halfopened(revision: str = "surefoot-primary") -> ev.Event:
-    return ev.build(ev.BreakerHalfOpened(scope="revision", name=revision, reason="wait over"),
-                    source="/test/breakers")
+    return ev.build(
+        ev.BreakerHalfOpened(scope="revision", name=revision, reason="wait over"),
+        source="/test/breakers",
+    )
 
 
-def test_half_open_gives_the_primary_trial_traffic(cluster: FakeKubeServer, ctx: Context,
-                                                   fake_time: FakeTime) -> None:
+def test_half_open_gives_the_primary_trial_traffic(
+    cluster: FakeKubeServer, ctx: Context, fake_time: FakeTime
+) -> None:
     """Gateways probe a half-open revision only with requests routed to it: at 0% it would get
     none and never close. The trial step gives it the first restore step."""
     reroute_traffic.handle(opened(), ctx)
     out = reroute_traffic.handle(halfopened(), ctx)
     assert out.status == ACTED
-    assert traffic_of(cluster) == [("surefoot-primary", 10, "primary"),
-                                   ("surefoot-fallback", 90, "fallback")]
+    assert traffic_of(cluster) == [
+        ("surefoot-primary", 10, "primary"),
+        ("surefoot-fallback", 90, "fallback"),
+    ]
     p = ev.payload_of(out.reply) if out.reply else None
     assert isinstance(p, ev.TrafficRestored)
     assert (p.step, p.percent) == (1, 10)
@@ -417,7 +478,8 @@ def test_half_open_gives_the_primary_trial_traffic(cluster: FakeKubeServer, ctx:
 
 
 def test_half_open_without_a_reroute_or_ready_primary_does_nothing(
-        cluster: FakeKubeServer, ctx: Context) -> None:
+    cluster: FakeKubeServer, ctx: Context
+) -> None:
     assert reroute_traffic.handle(halfopened(), ctx).status == NOOP  # never rerouted
     reroute_traffic.handle(opened(), ctx)
     for i in (1, 2, 3):
@@ -428,8 +490,7 @@ def test_half_open_without_a_reroute_or_ready_primary_does_nothing(
     assert traffic_of(cluster) == REROUTED
 
 
-def test_kserve_half_open_trial(cluster: FakeKubeServer,
-                                make_ctx: Callable[..., Context]) -> None:
+def test_kserve_half_open_trial(cluster: FakeKubeServer, make_ctx: Callable[..., Context]) -> None:
     canary = FakeCanary()
     ctx = make_ctx(kserve_isvc="llm", canary=canary)
     reroute_traffic.handle(opened(), ctx)
@@ -440,12 +501,15 @@ def test_kserve_half_open_trial(cluster: FakeKubeServer,
 
 
 def node_event(kind: type[ev.EventData], node: str) -> ev.Event:
-    return ev.build(kind(scope="node", name=node, reason="test"),  # type: ignore[call-arg]
-                    source="/test/breakers")
+    return ev.build(
+        kind(scope="node", name=node, reason="test"),  # type: ignore[call-arg]
+        source="/test/breakers",
+    )
 
 
-def test_node_breakers_below_the_primary_minimum_reroute(cluster: FakeKubeServer,
-                                                         ctx: Context) -> None:
+def test_node_breakers_below_the_primary_minimum_reroute(
+    cluster: FakeKubeServer, ctx: Context
+) -> None:
     ctx.breakers.open(node_key("gpu-1"), "xid")
     assert reroute_traffic.handle(node_event(ev.BreakerOpened, "gpu-1"), ctx).status == NOOP
     ctx.breakers.open(node_key("gpu-2"), "xid")
@@ -473,10 +537,62 @@ def test_capacity_restore_by_the_sweep(cluster: FakeKubeServer, ctx: Context) ->
     assert traffic_of(cluster) == NORMAL
 
 
-def test_a_breaker_reroute_is_not_undone_by_node_capacity(cluster: FakeKubeServer,
-                                                          ctx: Context) -> None:
+def test_a_breaker_reroute_is_not_undone_by_node_capacity(
+    cluster: FakeKubeServer, ctx: Context
+) -> None:
     reroute_traffic.handle(opened(), ctx)
     out = reroute_traffic.handle(node_event(ev.BreakerClosed, "gpu-1"), ctx)
     assert out.status == NOOP
     assert traffic_of(cluster) == REROUTED
     assert reroute_traffic.sweep(ctx) == []
+
+
+# --- the fallback scales up before it takes the share ---------------------------------------
+
+
+def test_reroute_raises_the_fallback_first_and_waits_for_its_replicas(
+    kube: FakeKubeServer, ctx: Context, fake_time: FakeTime
+) -> None:
+    make_cluster(kube)  # one ready fallback replica; the boosted min-scale is 3
+    order: list[str] = []
+
+    def on_sleep(_: float) -> None:
+        if not order:
+            assert scale_of(kube, "surefoot-fallback") == ("3", "0")  # raised first
+            assert traffic_of(kube) == NORMAL  # traffic not moved yet
+        order.append("wait")
+        if len(order) == 2:
+            for i in (2, 3):
+                kube.add_pod(f"fallback-{i}", node=f"gpu-{i}", labels=dict(FALLBACK_POD))
+
+    fake_time.on_sleep = on_sleep
+    out = reroute_traffic.handle(opened(), ctx)
+    assert out.status == ACTED
+    assert traffic_of(kube) == REROUTED
+    assert order == ["wait", "wait"]
+    assert "fallback had 3 ready replicas" in out.reason
+
+
+def test_reroute_wait_is_bounded(
+    kube: FakeKubeServer, make_ctx: Callable[..., Context], fake_time: FakeTime
+) -> None:
+    make_cluster(kube)
+    ctx = make_ctx(fallback_ready_timeout_s=10.0, restore_health_poll_s=2.0)
+    out = reroute_traffic.handle(opened(), ctx)
+    assert out.status == ACTED
+    assert traffic_of(kube) == REROUTED
+    assert sum(fake_time.sleeps) == pytest.approx(10.0)
+    assert "1 of 3 ready replicas after 10s, moved anyway" in out.reason
+
+
+def test_reroute_moves_at_once_when_the_primary_has_no_ready_replica(
+    kube: FakeKubeServer, ctx: Context, fake_time: FakeTime
+) -> None:
+    make_cluster(kube)
+    for i in (1, 2, 3):
+        kube.set_pod_ready(f"primary-{i}", False)
+    out = reroute_traffic.handle(opened(), ctx)
+    assert out.status == ACTED
+    assert traffic_of(kube) == REROUTED
+    assert fake_time.sleeps == []
+    assert "moved at once" in out.reason

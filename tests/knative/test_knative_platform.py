@@ -3,7 +3,6 @@ to the platform's error types."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,45 +26,11 @@ from knative.platforms.kube import (
     KubeSettingsError,
     map_api_error,
 )
+from tests.conftest import FakeTime
 from tests.kube_fake import FakeKubeServer
 from tests.kube_fake._state import PODAUTOSCALER, resource_named
 
 KSVC_PATH = "/apis/serving.knative.dev/v1/namespaces/default/services/llm"
-
-
-class FakeTime:
-    """A clock that only moves when the code under test sleeps."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.sleeps: list[float] = []
-        self.on_sleep: Callable[[int], None] | None = None
-
-    def clock(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        assert seconds >= 0
-        self.sleeps.append(seconds)
-        self.now += seconds
-        if self.on_sleep:
-            self.on_sleep(len(self.sleeps))
-
-
-@pytest.fixture
-def kube() -> Iterator[FakeKubeServer]:
-    with FakeKubeServer() as server:
-        yield server
-
-
-@pytest.fixture
-def fake_time() -> FakeTime:
-    return FakeTime()
-
-
-@pytest.fixture
-def platform(kube: FakeKubeServer, fake_time: FakeTime) -> KnativePlatform:
-    return KnativePlatform(kube.api_client(), "default", sleep=fake_time.sleep, clock=fake_time.clock)
 
 
 def _ksvc(traffic: list[dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -87,10 +52,10 @@ def _ksvc(traffic: list[dict[str, Any]] | None = None) -> dict[str, Any]:
 
 @pytest.fixture
 def llm(kube: FakeKubeServer) -> dict[str, Any]:
-    """The inference service: primary revision llm-v1 (own), fallback llm-fallback-v1 from a
-    separate Configuration, primary 100%."""
+    """The inference service: primary revision llm-v1 and fallback llm-fallback-v1, both its
+    own (a Service-owned Route may name no other), primary 100%."""
     kube.add_revision("llm-v1", service="llm")
-    kube.add_revision("llm-fallback-v1", configuration="llm-fallback")
+    kube.add_revision("llm-fallback-v1", service="llm")
     return kube.create(
         _ksvc(
             [
@@ -114,7 +79,9 @@ def test_traffic_reads_spec(platform: KnativePlatform, llm: dict[str, Any]) -> N
     assert platform.traffic_status("llm") == platform.traffic("llm")
 
 
-def test_traffic_without_spec_traffic_is_latest(platform: KnativePlatform, kube: FakeKubeServer) -> None:
+def test_traffic_without_spec_traffic_is_latest(
+    platform: KnativePlatform, kube: FakeKubeServer
+) -> None:
     kube.add_revision("llm-v1", service="llm")
     kube.create(_ksvc())
     assert platform.traffic("llm") == [Target("llm-v1", 100, None)]
@@ -137,7 +104,10 @@ def test_set_traffic_replaces_the_whole_list(
         }
     }
     status = kube.get("services.serving.knative.dev", "llm")["status"]["traffic"]
-    assert [(t["revisionName"], t["percent"]) for t in status] == [("llm-v1", 0), ("llm-fallback-v1", 100)]
+    assert [(t["revisionName"], t["percent"]) for t in status] == [
+        ("llm-v1", 0),
+        ("llm-fallback-v1", 100),
+    ]
     platform.set_traffic("llm", [Target(LATEST, 100)])
     assert kube.get("services.serving.knative.dev", "llm")["spec"]["traffic"] == [
         {"latestRevision": True, "percent": 100}
@@ -145,7 +115,7 @@ def test_set_traffic_replaces_the_whole_list(
 
 
 @pytest.mark.parametrize(
-    "targets, fragment",
+    ("targets", "fragment"),
     [
         ([Target("llm-v1", 60), Target("llm-fallback-v1", 30)], "sum to 90"),
         ([Target("llm-v1", 120), Target("llm-fallback-v1", -20)], "not within 0..100"),
@@ -154,19 +124,30 @@ def test_set_traffic_replaces_the_whole_list(
     ],
 )
 def test_set_traffic_rejects_bad_splits_before_sending(
-    platform: KnativePlatform, kube: FakeKubeServer, llm: dict[str, Any], targets: list[Target], fragment: str
+    platform: KnativePlatform,
+    kube: FakeKubeServer,
+    llm: dict[str, Any],
+    targets: list[Target],
+    fragment: str,
 ) -> None:
     with pytest.raises(PermanentPlatformError, match=fragment):
         platform.set_traffic("llm", targets)
     assert kube.requests_to(KSVC_PATH, "PATCH") == []
 
 
-def test_set_traffic_refuses_a_kserve_managed_service(platform: KnativePlatform, kube: FakeKubeServer) -> None:
+def test_set_traffic_refuses_a_kserve_managed_service(
+    platform: KnativePlatform, kube: FakeKubeServer
+) -> None:
     kube.add_revision("llm-v1", service="llm")
     svc = _ksvc()
     svc["metadata"]["ownerReferences"] = [
-        {"apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService", "name": "llm",
-         "uid": "u-1", "controller": True}
+        {
+            "apiVersion": "serving.kserve.io/v1beta1",
+            "kind": "InferenceService",
+            "name": "llm",
+            "uid": "u-1",
+            "controller": True,
+        }
     ]
     kube.create(svc)
     with pytest.raises(PermanentPlatformError, match="canaryTrafficPercent"):
@@ -200,7 +181,7 @@ def test_set_scale_without_podautoscaler_still_annotates(
 
 
 @pytest.mark.parametrize(
-    "minimum, maximum, fragment",
+    ("minimum", "maximum", "fragment"),
     [(-1, 3, "min_scale"), (2, -1, "max_scale"), (5, 3, "below min_scale")],
 )
 def test_set_scale_rejects_bad_bounds(
@@ -229,23 +210,36 @@ def test_replicas_cover_own_and_fallback_revisions(
     kube.add_pod("llm-v1-b", node="n2", labels=own, ready=False, ip="10.1.0.2")
     kube.add_pod("llm-v1-c", labels=own, phase="Pending", ready=False)
     kube.add_pod(
-        "llm-fallback-v1-a", node="n3", ip="10.1.0.3",
+        "llm-fallback-v1-a",
+        node="n3",
+        ip="10.1.0.3",
         labels={"serving.knative.dev/revision": "llm-fallback-v1"},
     )
     kube.add_pod("unrelated", node="n1", labels={"serving.knative.dev/revision": "zzz"})
     reps = {r.name: r for r in platform.replicas("llm")}
     assert sorted(reps) == ["llm-fallback-v1-a", "llm-v1-a", "llm-v1-b", "llm-v1-c"]
     a = reps["llm-v1-a"]
-    assert (a.node, a.revision, a.url, a.ready, a.phase) == ("n1", "llm-v1", "http://10.1.0.1:8012", True, "Running")
+    assert (a.node, a.revision, a.url, a.ready, a.phase) == (
+        "n1",
+        "llm-v1",
+        "http://10.1.0.1:8012",
+        True,
+        "Running",
+    )
     assert not reps["llm-v1-b"].ready
     assert reps["llm-v1-c"].phase == "Pending"
     assert reps["llm-v1-c"].url is None
     assert reps["llm-fallback-v1-a"].revision == "llm-fallback-v1"
 
 
-def test_replicas_of_terminating_pod(platform: KnativePlatform, kube: FakeKubeServer, llm: dict[str, Any]) -> None:
-    pod = kube.add_pod("llm-v1-a", node="n1", labels={"serving.knative.dev/service": "llm",
-                                                      "serving.knative.dev/revision": "llm-v1"})
+def test_replicas_of_terminating_pod(
+    platform: KnativePlatform, kube: FakeKubeServer, llm: dict[str, Any]
+) -> None:
+    pod = kube.add_pod(
+        "llm-v1-a",
+        node="n1",
+        labels={"serving.knative.dev/service": "llm", "serving.knative.dev/revision": "llm-v1"},
+    )
     pod["metadata"]["deletionTimestamp"] = "2025-01-01T00:00:00Z"
     kube.state.put_direct(resource_named("pods"), pod)
     (rep,) = platform.replicas("llm")
@@ -280,17 +274,24 @@ def test_nodes_cordon_uncordon_label(platform: KnativePlatform, kube: FakeKubeSe
     platform.uncordon("gpu-1")
     assert "unschedulable" not in kube.get("nodes", "gpu-1", None)["spec"]
     platform.label("gpu-1", "surefoot.dev/gpu-error", "true")
-    assert kube.get("nodes", "gpu-1", None)["metadata"]["labels"]["surefoot.dev/gpu-error"] == "true"
+    assert (
+        kube.get("nodes", "gpu-1", None)["metadata"]["labels"]["surefoot.dev/gpu-error"] == "true"
+    )
     platform.label("gpu-1", "surefoot.dev/gpu-error", None)
     assert "surefoot.dev/gpu-error" not in kube.get("nodes", "gpu-1", None)["metadata"]["labels"]
-    assert all(r.content_type == "application/merge-patch+json" for r in kube.requests_to("/api/v1/nodes/", "PATCH"))
+    assert all(
+        r.content_type == "application/merge-patch+json"
+        for r in kube.requests_to("/api/v1/nodes/", "PATCH")
+    )
     with pytest.raises(NotFound, match="gpu-9"):
         platform.cordon("gpu-9")
     with pytest.raises(PermanentPlatformError, match="key"):
         platform.label("gpu-1", "", "x")
 
 
-def test_taint_is_read_modify_write_retrying_conflicts(platform: KnativePlatform, kube: FakeKubeServer) -> None:
+def test_taint_is_read_modify_write_retrying_conflicts(
+    platform: KnativePlatform, kube: FakeKubeServer
+) -> None:
     kube.add_node("gpu-1", taints=[{"key": "other", "effect": "NoSchedule"}])
     kube.fail_next("/api/v1/nodes/gpu-1", 409, method="PATCH")
     platform.taint("gpu-1", "surefoot.dev/gpu-error", "true")
@@ -304,7 +305,9 @@ def test_taint_is_read_modify_write_retrying_conflicts(platform: KnativePlatform
         platform.taint("gpu-1", "x")
 
 
-def test_stale_taint_write_is_refused_by_the_server(platform: KnativePlatform, kube: FakeKubeServer) -> None:
+def test_stale_taint_write_is_refused_by_the_server(
+    platform: KnativePlatform, kube: FakeKubeServer
+) -> None:
     """The resourceVersion in the taint patch is a real precondition: a concurrent writer in
     between makes the server answer 409 and the platform re-reads."""
     kube.add_node("gpu-1")
@@ -320,21 +323,28 @@ def test_stale_taint_write_is_refused_by_the_server(platform: KnativePlatform, k
 
     platform._core.read_node = read_then_race  # type: ignore[method-assign]
     platform.taint("gpu-1", "mine")
-    assert {t["key"] for t in kube.get("nodes", "gpu-1", None)["spec"]["taints"]} == {"racer", "mine"}
+    assert {t["key"] for t in kube.get("nodes", "gpu-1", None)["spec"]["taints"]} == {
+        "racer",
+        "mine",
+    }
     assert [r.status for r in kube.requests_to("/api/v1/nodes/gpu-1", "PATCH")] == [409, 200]
 
 
 # ---------------------------------------------------------------- eviction
 def _pdb(kube: FakeKubeServer, name: str, **spec: Any) -> None:
-    kube.create({
-        "apiVersion": "policy/v1",
-        "kind": "PodDisruptionBudget",
-        "metadata": {"name": name, "namespace": "default"},
-        "spec": {"selector": {"matchLabels": {"app": "llm"}}, **spec},
-    })
+    kube.create(
+        {
+            "apiVersion": "policy/v1",
+            "kind": "PodDisruptionBudget",
+            "metadata": {"name": name, "namespace": "default"},
+            "spec": {"selector": {"matchLabels": {"app": "llm"}}, **spec},
+        }
+    )
 
 
-def test_evict_skips_daemonset_and_mirror_pods(platform: KnativePlatform, kube: FakeKubeServer) -> None:
+def test_evict_skips_daemonset_and_mirror_pods(
+    platform: KnativePlatform, kube: FakeKubeServer
+) -> None:
     kube.add_node("gpu-1")
     kube.add_pod("llm-a", node="gpu-1", labels={"app": "llm"})
     kube.add_pod("job-x", node="gpu-1", namespace="batch")
@@ -348,7 +358,9 @@ def test_evict_skips_daemonset_and_mirror_pods(platform: KnativePlatform, kube: 
     assert report.complete
     assert kube.find("pods", "llm-a") is None
     assert kube.find("pods", "elsewhere") is not None
-    assert kube.requests_to("/api/v1/namespaces/default/pods/llm-a/eviction", "POST")[0].status == 201
+    assert (
+        kube.requests_to("/api/v1/namespaces/default/pods/llm-a/eviction", "POST")[0].status == 201
+    )
 
 
 def test_evict_retries_429_with_backoff_until_budget_allows(
@@ -359,8 +371,8 @@ def test_evict_retries_429_with_backoff_until_budget_allows(
     kube.add_pod("llm-b", node="gpu-2", labels={"app": "llm"})
     _pdb(kube, "llm", minAvailable=2)
 
-    def replacement_ready(n: int) -> None:
-        if n == 3:  # the replacement becomes ready after the third wait
+    def replacement_ready(_: float) -> None:
+        if len(fake_time.sleeps) == 3:  # the replacement becomes ready after the third wait
             kube.add_pod("llm-c", node="gpu-3", labels={"app": "llm"})
 
     fake_time.on_sleep = replacement_ready
@@ -369,11 +381,15 @@ def test_evict_retries_429_with_backoff_until_budget_allows(
     assert report.complete
     assert fake_time.sleeps == [0.5, 1.0, 2.0]
     assert report.seconds == pytest.approx(3.5)
-    statuses = [r.status for r in kube.requests_to("/api/v1/namespaces/default/pods/llm-a/eviction")]
+    statuses = [
+        r.status for r in kube.requests_to("/api/v1/namespaces/default/pods/llm-a/eviction")
+    ]
     assert statuses == [429, 429, 429, 201]
 
 
-def test_evict_honours_retry_after(platform: KnativePlatform, kube: FakeKubeServer, fake_time: FakeTime) -> None:
+def test_evict_honours_retry_after(
+    platform: KnativePlatform, kube: FakeKubeServer, fake_time: FakeTime
+) -> None:
     kube.add_node("gpu-1")
     kube.add_pod("llm-a", node="gpu-1")
     kube.fail_next("/api/v1/namespaces/default/pods/llm-a/eviction", 429, retry_after=4)
@@ -399,7 +415,9 @@ def test_evict_gives_up_at_the_drain_timeout(
     assert kube.find("pods", "llm-a") is not None
 
 
-def test_evict_pod_under_two_budgets_is_permanent_error(platform: KnativePlatform, kube: FakeKubeServer) -> None:
+def test_evict_pod_under_two_budgets_is_permanent_error(
+    platform: KnativePlatform, kube: FakeKubeServer
+) -> None:
     kube.add_node("gpu-1")
     kube.add_pod("llm-a", node="gpu-1", labels={"app": "llm"})
     _pdb(kube, "one", maxUnavailable=1)
@@ -408,7 +426,9 @@ def test_evict_pod_under_two_budgets_is_permanent_error(platform: KnativePlatfor
         platform.evict("gpu-1")
 
 
-def test_evict_pod_gone_meanwhile_counts_as_evicted(platform: KnativePlatform, kube: FakeKubeServer) -> None:
+def test_evict_pod_gone_meanwhile_counts_as_evicted(
+    platform: KnativePlatform, kube: FakeKubeServer
+) -> None:
     kube.add_node("gpu-1")
     kube.add_pod("llm-a", node="gpu-1")
     kube.fail_next("/api/v1/namespaces/default/pods/llm-a/eviction", 404)
@@ -430,7 +450,7 @@ def test_evict_unknown_node(platform: KnativePlatform) -> None:
 
 # ---------------------------------------------------------------- error mapping
 @pytest.mark.parametrize(
-    "status, kind, words",
+    ("status", "kind", "words"),
     [
         (401, Unauthorized, "credentials were rejected"),
         (403, Unauthorized, "RBAC"),
@@ -444,7 +464,12 @@ def test_evict_unknown_node(platform: KnativePlatform) -> None:
     ],
 )
 def test_api_errors_map_to_platform_errors(
-    platform: KnativePlatform, kube: FakeKubeServer, llm: dict[str, Any], status: int, kind: type, words: str
+    platform: KnativePlatform,
+    kube: FakeKubeServer,
+    llm: dict[str, Any],
+    status: int,
+    kind: type,
+    words: str,
 ) -> None:
     kube.fail_next(KSVC_PATH, status, message="the server said no")
     with pytest.raises(kind) as err:
@@ -472,7 +497,9 @@ def test_map_api_error_passes_platform_errors_through() -> None:
 
 
 # ---------------------------------------------------------------- settings
-def test_from_settings_with_kubeconfig(kube: FakeKubeServer, tmp_path: Path, llm: dict[str, Any]) -> None:
+def test_from_settings_with_kubeconfig(
+    kube: FakeKubeServer, tmp_path: Path, llm: dict[str, Any]
+) -> None:
     path = kube.write_kubeconfig(tmp_path / "config", namespace="default")
     settings = KubeSettings.from_env({"SUREFOOT_KUBECONFIG": path, "SUREFOOT_SERVICE": "llm"})
     platform = KnativePlatform.from_settings(settings)
@@ -489,3 +516,50 @@ def test_settings_errors_name_the_variable(tmp_path: Path) -> None:
     assert KubeSettings.from_env({"KUBERNETES_SERVICE_HOST": "10.0.0.1"}).in_cluster
     with pytest.raises(PlatformError, match="cannot load Kubernetes credentials"):
         KnativePlatform.from_settings(KubeSettings(kubeconfig=str(tmp_path / "missing")))
+
+
+def test_settings_reject_a_bool_that_is_not_one() -> None:
+    with pytest.raises(KubeSettingsError, match="SUREFOOT_IN_CLUSTER"):
+        KubeSettings.from_env({"SUREFOOT_IN_CLUSTER": "ture"})
+    assert KubeSettings.from_env({"SUREFOOT_IN_CLUSTER": "off"}).in_cluster is False
+    assert KubeSettings.from_env({"SUREFOOT_IN_CLUSTER": "Yes"}).in_cluster is True
+
+
+def test_evict_waits_until_the_pod_is_gone(
+    platform: KnativePlatform, kube: FakeKubeServer, fake_time: FakeTime
+) -> None:
+    kube.add_node("gpu-1")
+    kube.add_pod("llm-a", node="gpu-1")
+    kube.state.graceful_eviction = True
+    fake_time.on_sleep = lambda _: kube.delete_pod("llm-a") if len(fake_time.sleeps) == 3 else None
+    report = platform.evict("gpu-1", timeout=60)
+    assert report.evicted == ("llm-a",)
+    assert len(fake_time.sleeps) == 3  # polled while it was terminating
+
+
+def test_evict_of_a_pod_that_never_goes_is_refused_in_time(
+    platform: KnativePlatform, kube: FakeKubeServer, fake_time: FakeTime
+) -> None:
+    kube.add_node("gpu-1")
+    kube.add_pod("llm-a", node="gpu-1")
+    kube.state.graceful_eviction = True
+    report = platform.evict("gpu-1", timeout=10)
+    assert report.evicted == ()
+    assert report.refused == ("llm-a",)
+    assert "still terminating" in report.messages[0]
+    assert sum(fake_time.sleeps) == pytest.approx(10)
+
+
+def test_evict_403_is_a_refusal_with_the_servers_message(
+    platform: KnativePlatform, kube: FakeKubeServer, fake_time: FakeTime
+) -> None:
+    kube.add_node("gpu-1")
+    kube.add_pod("llm-a", node="gpu-1")
+    kube.fail_next(
+        "/api/v1/namespaces/default/pods/llm-a/eviction", 403,
+        message="pdb disruptions allowed is negative",
+    )
+    report = platform.evict("gpu-1")
+    assert report.refused == ("llm-a",)
+    assert "pdb disruptions allowed is negative" in report.messages[0]
+    assert fake_time.sleeps == []  # not retried

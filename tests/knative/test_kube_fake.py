@@ -127,7 +127,9 @@ def test_label_and_field_selectors(v1: client.CoreV1Api, kube: FakeKubeServer) -
     assert "field label not supported" in _msg(err)
 
 
-def test_stale_put_is_409_and_fresh_put_succeeds(v1: client.CoreV1Api, kube: FakeKubeServer) -> None:
+def test_stale_put_is_409_and_fresh_put_succeeds(
+    v1: client.CoreV1Api, kube: FakeKubeServer
+) -> None:
     kube.add_node("n1")
     node = v1.read_node("n1")
     v1.patch_node("n1", {"metadata": {"labels": {"x": "1"}}})  # someone else writes
@@ -144,7 +146,9 @@ def test_stale_put_is_409_and_fresh_put_succeeds(v1: client.CoreV1Api, kube: Fak
     assert int(out.metadata.resource_version) > int(fresh.metadata.resource_version)
 
 
-def test_patch_carrying_stale_resource_version_is_409(v1: client.CoreV1Api, kube: FakeKubeServer) -> None:
+def test_patch_carrying_stale_resource_version_is_409(
+    v1: client.CoreV1Api, kube: FakeKubeServer
+) -> None:
     kube.add_node("n1")
     rv = v1.read_node("n1").metadata.resource_version
     v1.patch_node("n1", {"spec": {"unschedulable": True}})
@@ -157,7 +161,9 @@ def test_patch_carrying_stale_resource_version_is_409(v1: client.CoreV1Api, kube
     assert err.value.status == 409
 
 
-def test_custom_resource_put_needs_resource_version(co: client.CustomObjectsApi, kube: FakeKubeServer) -> None:
+def test_custom_resource_put_needs_resource_version(
+    co: client.CustomObjectsApi, kube: FakeKubeServer
+) -> None:
     co.create_namespaced_custom_object(*KSVC, "default", "services", _ksvc("llm"))
     body = kube.get("services.serving.knative.dev", "llm")
     del body["metadata"]["resourceVersion"]
@@ -167,60 +173,91 @@ def test_custom_resource_put_needs_resource_version(co: client.CustomObjectsApi,
     assert "resourceVersion" in _msg(err)
 
 
-def test_generation_bumps_on_spec_change_only(co: client.CustomObjectsApi, kube: FakeKubeServer) -> None:
+def test_generation_bumps_on_spec_change_only(
+    co: client.CustomObjectsApi, kube: FakeKubeServer
+) -> None:
     co.create_namespaced_custom_object(*KSVC, "default", "services", _ksvc("llm"))
     assert kube.get("services.serving.knative.dev", "llm")["metadata"]["generation"] == 1
-    co.patch_namespaced_custom_object(*KSVC, "default", "services", "llm", {"metadata": {"labels": {"a": "b"}}})
+    co.patch_namespaced_custom_object(
+        *KSVC, "default", "services", "llm", {"metadata": {"labels": {"a": "b"}}}
+    )
     assert kube.get("services.serving.knative.dev", "llm")["metadata"]["generation"] == 1
     co.patch_namespaced_custom_object(
-        *KSVC, "default", "services", "llm",
+        *KSVC,
+        "default",
+        "services",
+        "llm",
         {"spec": {"template": {"metadata": {"name": "llm-v2"}}}},
     )
     assert kube.get("services.serving.knative.dev", "llm")["metadata"]["generation"] == 2
 
 
 # ---------------------------------------------------------------- patches
-def test_merge_json_and_strategic_patches_on_core_kinds(v1: client.CoreV1Api, kube: FakeKubeServer) -> None:
+def test_merge_json_and_strategic_patches_on_core_kinds(
+    v1: client.CoreV1Api, kube: FakeKubeServer
+) -> None:
     kube.add_pod("a", labels={"keep": "1", "drop": "1"})
     v1.patch_namespaced_pod(
-        "a", "default", {"metadata": {"labels": {"drop": None}}},
+        "a",
+        "default",
+        {"metadata": {"labels": {"drop": None}}},
         _content_type="application/merge-patch+json",
     )
     assert kube.get("pods", "a")["metadata"]["labels"] == {"keep": "1"}
     v1.patch_namespaced_pod(
-        "a", "default", [{"op": "add", "path": "/metadata/labels/new", "value": "2"}],
+        "a",
+        "default",
+        [{"op": "add", "path": "/metadata/labels/new", "value": "2"}],
         _content_type="application/json-patch+json",
     )
     assert kube.get("pods", "a")["metadata"]["labels"] == {"keep": "1", "new": "2"}
     # strategic merge: containers merge by name instead of replacing the list
     v1.patch_namespaced_pod(
-        "a", "default", {"spec": {"containers": [{"name": "side", "image": "x"}]}},
+        "a",
+        "default",
+        {"spec": {"containers": [{"name": "side", "image": "x"}]}},
         _content_type="application/strategic-merge-patch+json",
     )
     assert [c["name"] for c in kube.get("pods", "a")["spec"]["containers"]] == ["main", "side"]
     v1.patch_namespaced_pod(
-        "a", "default", {"spec": {"containers": [{"name": "side", "$patch": "delete"}]}},
+        "a",
+        "default",
+        {"spec": {"containers": [{"name": "side", "$patch": "delete"}]}},
         _content_type="application/strategic-merge-patch+json",
     )
     assert [c["name"] for c in kube.get("pods", "a")["spec"]["containers"]] == ["main"]
     with pytest.raises(client.ApiException) as err:
         v1.patch_namespaced_pod(
-            "a", "default", [{"op": "test", "path": "/metadata/labels/keep", "value": "9"}],
+            "a",
+            "default",
+            [{"op": "test", "path": "/metadata/labels/keep", "value": "9"}],
             _content_type="application/json-patch+json",
         )
     assert err.value.status == 422
 
 
-def test_merge_patch_replaces_lists_whole(co: client.CustomObjectsApi, kube: FakeKubeServer) -> None:
+def test_merge_patch_replaces_lists_whole(
+    co: client.CustomObjectsApi, kube: FakeKubeServer
+) -> None:
     kube.add_revision("llm-v1", service="llm")
     kube.add_revision("llm-fb", configuration="llm-fallback")
     co.create_namespaced_custom_object(
-        *KSVC, "default", "services",
-        _ksvc("llm", [{"revisionName": "llm-v1", "percent": 100, "tag": "primary"},
-                      {"revisionName": "llm-fb", "percent": 0, "tag": "fallback"}]),
+        *KSVC,
+        "default",
+        "services",
+        _ksvc(
+            "llm",
+            [
+                {"revisionName": "llm-v1", "percent": 100, "tag": "primary"},
+                {"revisionName": "llm-fb", "percent": 0, "tag": "fallback"},
+            ],
+        ),
     )
     co.patch_namespaced_custom_object(
-        *KSVC, "default", "services", "llm",
+        *KSVC,
+        "default",
+        "services",
+        "llm",
         {"spec": {"traffic": [{"revisionName": "llm-fb", "percent": 100}]}},
     )
     assert kube.get("services.serving.knative.dev", "llm")["spec"]["traffic"] == [
@@ -232,7 +269,11 @@ def test_strategic_merge_on_custom_resource_is_415(co: client.CustomObjectsApi) 
     co.create_namespaced_custom_object(*KSVC, "default", "services", _ksvc("llm"))
     with pytest.raises(client.ApiException) as err:
         co.patch_namespaced_custom_object(
-            *KSVC, "default", "services", "llm", {"metadata": {"labels": {"a": "b"}}},
+            *KSVC,
+            "default",
+            "services",
+            "llm",
+            {"metadata": {"labels": {"a": "b"}}},
             _content_type="application/strategic-merge-patch+json",
         )
     assert err.value.status == 415
@@ -242,7 +283,9 @@ def test_strategic_merge_on_custom_resource_is_415(co: client.CustomObjectsApi) 
 # ---------------------------------------------------------------- CRD schema and webhook
 def test_custom_resource_failing_its_schema_is_422(co: client.CustomObjectsApi) -> None:
     bad = _ksvc("llm")
-    bad["spec"]["template"]["spec"]["containers"][0]["resources"] = {"limits": {"nvidia.com/gpu": "one"}}
+    bad["spec"]["template"]["spec"]["containers"][0]["resources"] = {
+        "limits": {"nvidia.com/gpu": "one"}
+    }
     with pytest.raises(client.ApiException) as err:
         co.create_namespaced_custom_object(*KSVC, "default", "services", bad)
     assert err.value.status == 422
@@ -273,8 +316,12 @@ def test_unknown_fields_pruned_with_warning_or_rejected_when_strict(
 def test_knative_webhook_rejects_traffic_not_summing_to_100(co: client.CustomObjectsApi) -> None:
     with pytest.raises(client.ApiException) as err:
         co.create_namespaced_custom_object(
-            *KSVC, "default", "services",
-            _ksvc("llm", [{"revisionName": "a", "percent": 60}, {"revisionName": "b", "percent": 30}]),
+            *KSVC,
+            "default",
+            "services",
+            _ksvc(
+                "llm", [{"revisionName": "a", "percent": 60}, {"revisionName": "b", "percent": 30}]
+            ),
         )
     assert err.value.status == 400
     assert "sum to 90" in _msg(err)
@@ -284,22 +331,29 @@ def test_service_status_traffic_follows_spec_for_existing_revisions(
     co: client.CustomObjectsApi, kube: FakeKubeServer
 ) -> None:
     kube.add_revision("llm-v1", service="llm")
-    traffic = [{"revisionName": "llm-v1", "percent": 100, "tag": "primary"},
-               {"revisionName": "llm-fb", "percent": 0, "tag": "fallback"}]
+    traffic = [
+        {"revisionName": "llm-v1", "percent": 100, "tag": "primary"},
+        {"revisionName": "llm-fb", "percent": 0, "tag": "fallback"},
+    ]
     co.create_namespaced_custom_object(*KSVC, "default", "services", _ksvc("llm", traffic))
     status = kube.get("services.serving.knative.dev", "llm")["status"]
     assert "traffic" not in status
     routes = next(c for c in status["conditions"] if c["type"] == "RoutesReady")
     assert routes["status"] == "False"
     assert routes["reason"] == "RevisionMissing"
-    kube.add_revision("llm-fb", configuration="llm-fallback")
+    kube.add_revision("llm-fb", service="llm")
     status = kube.get("services.serving.knative.dev", "llm")["status"]
     assert [(t["revisionName"], t["percent"], t["tag"]) for t in status["traffic"]] == [
-        ("llm-v1", 100, "primary"), ("llm-fb", 0, "fallback")]
+        ("llm-v1", 100, "primary"),
+        ("llm-fb", 0, "fallback"),
+    ]
     assert status["latestReadyRevisionName"] == "llm-v1"
     # a later spec naming a missing revision leaves the old status traffic in place
     co.patch_namespaced_custom_object(
-        *KSVC, "default", "services", "llm",
+        *KSVC,
+        "default",
+        "services",
+        "llm",
         {"spec": {"traffic": [{"revisionName": "llm-v9", "percent": 100}]}},
     )
     status = kube.get("services.serving.knative.dev", "llm")["status"]
@@ -312,7 +366,9 @@ def test_service_status_traffic_follows_spec_for_existing_revisions(
 
 
 def test_add_revision_makes_its_podautoscaler(kube: FakeKubeServer) -> None:
-    kube.add_revision("llm-v1", service="llm", annotations={"autoscaling.knative.dev/min-scale": "3"})
+    kube.add_revision(
+        "llm-v1", service="llm", annotations={"autoscaling.knative.dev/min-scale": "3"}
+    )
     pa = kube.get("podautoscalers.autoscaling.internal.knative.dev", "llm-v1")
     assert pa["metadata"]["annotations"]["autoscaling.knative.dev/min-scale"] == "3"
 
@@ -377,7 +433,11 @@ def test_watch_streams_changes_with_selector(v1: client.CoreV1Api, kube: FakeKub
     events: list[tuple[str, str]] = []
     errors: list[Exception] = []
     w = watch.Watch()
-    t = _collect(w.stream(v1.list_namespaced_pod, "default", label_selector="app=llm", timeout_seconds=30), events, errors)
+    t = _collect(
+        w.stream(v1.list_namespaced_pod, "default", label_selector="app=llm", timeout_seconds=30),
+        events,
+        errors,
+    )
     _wait_for(lambda: events == [("ADDED", "a")])
     kube.set_pod_ready("a", False)
     kube.add_pod("b", labels={"app": "llm"})
@@ -399,7 +459,9 @@ def test_watch_resumes_from_resource_version(v1: client.CoreV1Api, kube: FakeKub
     errors: list[Exception] = []
     w = watch.Watch()
     t = _collect(
-        w.stream(v1.list_namespaced_pod, "default", resource_version=rv, timeout_seconds=30), events, errors
+        w.stream(v1.list_namespaced_pod, "default", resource_version=rv, timeout_seconds=30),
+        events,
+        errors,
     )
     _wait_for(lambda: len(events) == 2)
     kube.end_watches()
@@ -424,7 +486,11 @@ def test_watch_from_compacted_version_is_410(v1: client.CoreV1Api, kube: FakeKub
     kube.add_pod("b")
     kube.compact()
     with pytest.raises(client.ApiException) as err:
-        list(watch.Watch().stream(v1.list_namespaced_pod, "default", resource_version=rv, timeout_seconds=5))
+        list(
+            watch.Watch().stream(
+                v1.list_namespaced_pod, "default", resource_version=rv, timeout_seconds=5
+            )
+        )
     assert err.value.status == 410
 
 
@@ -434,15 +500,22 @@ def test_watch_history_is_bounded(v1: client.CoreV1Api, kube: FakeKubeServer) ->
     for i in range(60):  # history=50 in this fixture
         kube.set_pod_ready("a", i % 2 == 0)
     with pytest.raises(client.ApiException) as err:
-        list(watch.Watch().stream(v1.list_namespaced_pod, "default", resource_version=rv, timeout_seconds=5))
+        list(
+            watch.Watch().stream(
+                v1.list_namespaced_pod, "default", resource_version=rv, timeout_seconds=5
+            )
+        )
     assert err.value.status == 410
     # a version still in the history works
     recent = str(int(kube.resource_version) - 3)
     events: list[tuple[str, str]] = []
     errors: list[Exception] = []
     t = _collect(
-        watch.Watch().stream(v1.list_namespaced_pod, "default", resource_version=recent, timeout_seconds=30),
-        events, errors,
+        watch.Watch().stream(
+            v1.list_namespaced_pod, "default", resource_version=recent, timeout_seconds=30
+        ),
+        events,
+        errors,
     )
     _wait_for(lambda: len(events) == 3)
     kube.end_watches()
@@ -455,7 +528,10 @@ def test_watch_with_raw_http_sees_error_event(kube: FakeKubeServer) -> None:
 
     kube.compact()
     kube.add_pod("a")
-    r = httpx.get(f"{kube.url}/api/v1/namespaces/default/pods", params={"watch": "true", "resourceVersion": "1"})
+    r = httpx.get(
+        f"{kube.url}/api/v1/namespaces/default/pods",
+        params={"watch": "true", "resourceVersion": "1"},
+    )
     assert r.status_code == 200
     assert '"type": "ERROR"' in r.text
     assert '"code": 410' in r.text
@@ -463,11 +539,16 @@ def test_watch_with_raw_http_sees_error_event(kube: FakeKubeServer) -> None:
 
 # ---------------------------------------------------------------- eviction
 def _pdb(name: str, **spec: Any) -> dict[str, Any]:
-    return {"metadata": {"name": name}, "spec": {"selector": {"matchLabels": {"app": "llm"}}, **spec}}
+    return {
+        "metadata": {"name": name},
+        "spec": {"selector": {"matchLabels": {"app": "llm"}}, **spec},
+    }
 
 
 def _evict(v1: client.CoreV1Api, name: str) -> None:
-    v1.create_namespaced_pod_eviction(name, "default", {"metadata": {"name": name, "namespace": "default"}})
+    v1.create_namespaced_pod_eviction(
+        name, "default", {"metadata": {"name": name, "namespace": "default"}}
+    )
 
 
 def test_eviction_honours_disruption_budget(v1: client.CoreV1Api, kube: FakeKubeServer) -> None:
@@ -486,7 +567,9 @@ def test_eviction_honours_disruption_budget(v1: client.CoreV1Api, kube: FakeKube
     _evict(v1, "b")
 
 
-def test_eviction_of_unready_pod_allowed_while_budget_holds(v1: client.CoreV1Api, kube: FakeKubeServer) -> None:
+def test_eviction_of_unready_pod_allowed_while_budget_holds(
+    v1: client.CoreV1Api, kube: FakeKubeServer
+) -> None:
     policy = client.PolicyV1Api(kube.api_client())
     kube.add_pod("a", labels={"app": "llm"})
     kube.add_pod("b", labels={"app": "llm"})
@@ -513,7 +596,9 @@ def test_eviction_of_missing_pod_is_404(v1: client.CoreV1Api) -> None:
 
 
 # ---------------------------------------------------------------- faults
-def test_fail_next_answers_injected_status_then_recovers(v1: client.CoreV1Api, kube: FakeKubeServer) -> None:
+def test_fail_next_answers_injected_status_then_recovers(
+    v1: client.CoreV1Api, kube: FakeKubeServer
+) -> None:
     kube.add_node("n1")
     kube.fail_next("/api/v1/nodes", 429, times=2, retry_after=1)
     for _ in range(2):
@@ -533,7 +618,9 @@ def test_stop_closes_open_watches(kube: FakeKubeServer) -> None:
     v1 = client.CoreV1Api(kube.api_client())
     events: list[tuple[str, str]] = []
     errors: list[Exception] = []
-    t = _collect(watch.Watch().stream(v1.list_namespaced_pod, "default", timeout_seconds=60), events, errors)
+    t = _collect(
+        watch.Watch().stream(v1.list_namespaced_pod, "default", timeout_seconds=60), events, errors
+    )
     _wait_for(lambda: kube.open_connections() >= 1)
     kube.stop()
     t.join(5)
@@ -543,10 +630,21 @@ def test_stop_closes_open_watches(kube: FakeKubeServer) -> None:
 def test_status_hooks_are_seen_by_watchers(v1: client.CoreV1Api, kube: FakeKubeServer) -> None:
     kube.add_pod("a")
     rv = kube.resource_version
-    kube.set_pod_status("a", {"containerStatuses": [
-        {"name": "main", "image": "example/main:1", "imageID": "sha256:0", "ready": False, "restartCount": 2,
-         "lastState": {"terminated": {"reason": "OOMKilled", "exitCode": 137}}}
-    ]})
+    kube.set_pod_status(
+        "a",
+        {
+            "containerStatuses": [
+                {
+                    "name": "main",
+                    "image": "example/main:1",
+                    "imageID": "sha256:0",
+                    "ready": False,
+                    "restartCount": 2,
+                    "lastState": {"terminated": {"reason": "OOMKilled", "exitCode": 137}},
+                }
+            ]
+        },
+    )
     kube.add_node("n1")
     kube.patch_object("nodes", "n1", {"metadata": {"labels": {"x": "y"}}}, None)
     pod = v1.read_namespaced_pod("a", "default")
@@ -555,7 +653,13 @@ def test_status_hooks_are_seen_by_watchers(v1: client.CoreV1Api, kube: FakeKubeS
     assert v1.read_node("n1").metadata.labels["x"] == "y"
     events: list[tuple[str, str]] = []
     errors: list[Exception] = []
-    t = _collect(watch.Watch().stream(v1.list_namespaced_pod, "default", resource_version=rv, timeout_seconds=30), events, errors)
+    t = _collect(
+        watch.Watch().stream(
+            v1.list_namespaced_pod, "default", resource_version=rv, timeout_seconds=30
+        ),
+        events,
+        errors,
+    )
     _wait_for(lambda: events == [("MODIFIED", "a")])
     kube.end_watches()
     t.join(5)

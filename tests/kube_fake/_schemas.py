@@ -2,10 +2,11 @@
 
 The files are structural OpenAPI v3 schemas. A JSON-Schema validator accepts them as they are;
 to reject unknown fields the way an API server does under ``fieldValidation=Strict``, every
-object schema that lists ``properties`` and does not set ``x-kubernetes-preserve-unknown-fields``
-gets ``additionalProperties: false`` (the recipe in that folder's README). ``apiVersion``, ``kind`` and
-``metadata`` are left out: the API server handles TypeMeta and ObjectMeta itself (some of these
-schemas do not even list them), and so does the fake.
+object schema that lists ``properties`` and does not set
+``x-kubernetes-preserve-unknown-fields`` gets ``additionalProperties: false`` (the recipe in that
+folder's README). ``apiVersion``, ``kind`` and ``metadata`` are left out: the API server handles
+TypeMeta and ObjectMeta itself (some of these schemas do not even list them), and so does the
+fake.
 """
 
 from __future__ import annotations

@@ -99,7 +99,9 @@ _FIELDS: dict[str, dict[str, Callable[[dict[str, Any]], str]]] = {
         "status.podIP": lambda o: str((o.get("status") or {}).get("podIP") or ""),
     },
     "nodes": {
-        "spec.unschedulable": lambda o: str(bool((o.get("spec") or {}).get("unschedulable"))).lower(),
+        "spec.unschedulable": lambda o: str(
+            bool((o.get("spec") or {}).get("unschedulable"))
+        ).lower(),
     },
 }
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import socket
@@ -90,10 +91,8 @@ class FakeKubeServer:
         self._httpd.server_close()
         with self._lock:
             for s in list(self._sockets):
-                try:
+                with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
         if self._thread:
             self._thread.join(timeout=5)
         self._httpd = None
@@ -132,7 +131,10 @@ class FakeKubeServer:
             "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
             "users": [{"name": "fake", "user": {"token": "fake-token"}}],
             "contexts": [
-                {"name": "fake", "context": {"cluster": "fake", "user": "fake", "namespace": namespace}}
+                {
+                    "name": "fake",
+                    "context": {"cluster": "fake", "user": "fake", "namespace": namespace},
+                }
             ],
             "current-context": "fake",
         }
@@ -192,10 +194,14 @@ class FakeKubeServer:
         """An object by ``plural[.group]`` (``pods``, ``services.serving.knative.dev``)."""
         return self.state.get(resource_named(resource), namespace, name)
 
-    def find(self, resource: str, name: str, namespace: str | None = "default") -> dict[str, Any] | None:
+    def find(
+        self, resource: str, name: str, namespace: str | None = "default"
+    ) -> dict[str, Any] | None:
         return self.state.find(resource_named(resource), namespace, name)
 
-    def list(self, resource: str, namespace: str | None = None, labels: str | None = None) -> list[dict[str, Any]]:
+    def list(
+        self, resource: str, namespace: str | None = None, labels: str | None = None
+    ) -> list[dict[str, Any]]:
         return self.state.list(resource_named(resource), namespace, labels)[0]
 
     def create(self, obj: dict[str, Any]) -> dict[str, Any]:
@@ -228,7 +234,10 @@ class FakeKubeServer:
         return self.state.put_direct(
             resource_named("nodes"),
             {
-                "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name, **(labels or {})}},
+                "metadata": {
+                    "name": name,
+                    "labels": {"kubernetes.io/hostname": name, **(labels or {})},
+                },
                 "spec": spec,
                 "status": {
                     "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
@@ -244,7 +253,7 @@ class FakeKubeServer:
         ] + [{"type": "Ready", "status": "True" if ready else "False"}]
         return self.state.put_direct(resource_named("nodes"), node)
 
-    def add_pod(
+    def add_pod(  # noqa: PLR0913 - one keyword per pod field a test sets
         self,
         name: str,
         *,
@@ -279,7 +288,9 @@ class FakeKubeServer:
                     "controller": True,
                 }
             ]
-        spec: dict[str, Any] = {"containers": containers or [{"name": "main", "image": "example/main:1"}]}
+        spec: dict[str, Any] = {
+            "containers": containers or [{"name": "main", "image": "example/main:1"}]
+        }
         if node:
             spec["nodeName"] = node
         status: dict[str, Any] = {
@@ -288,7 +299,9 @@ class FakeKubeServer:
         }
         if phase == "Running":
             status["podIP"] = ip or f"10.0.{len(self.state.objects) % 250}.{(hash(name) % 250) + 1}"
-        return self.state.put_direct(resource_named("pods"), {"metadata": meta, "spec": spec, "status": status})
+        return self.state.put_direct(
+            resource_named("pods"), {"metadata": meta, "spec": spec, "status": status}
+        )
 
     def set_pod_ready(self, name: str, ready: bool, namespace: str = "default") -> dict[str, Any]:
         pod = self.state.get(resource_named("pods"), namespace, name)
@@ -303,10 +316,13 @@ class FakeKubeServer:
         pod.setdefault("status", {})["phase"] = phase
         return self.state.put_direct(resource_named("pods"), pod)
 
-    def set_pod_status(self, name: str, status: dict[str, Any], namespace: str = "default") -> dict[str, Any]:
+    def set_pod_status(
+        self, name: str, status: dict[str, Any], namespace: str = "default"
+    ) -> dict[str, Any]:
         """Merge ``status`` into the pod's status as the kubelet would report it, e.g.
         ``{"containerStatuses": [{"name": "main", "image": "x", "imageID": "x", "ready": False,
-        "restartCount": 3, "lastState": {"terminated": {"reason": "OOMKilled", "exitCode": 137}}}]}``
+        "restartCount": 3,
+        "lastState": {"terminated": {"reason": "OOMKilled", "exitCode": 137}}}]}``
         (the official client's models insist on name, image, imageID, ready and restartCount)."""
         return self.patch_object("pods", name, {"status": status}, namespace)
 
@@ -339,7 +355,12 @@ class FakeKubeServer:
         labels = {"serving.knative.dev/configuration": configuration or service or name}
         if service:
             labels["serving.knative.dev/service"] = service
-        meta = {"name": name, "namespace": namespace, "labels": labels, "annotations": dict(annotations or {})}
+        meta = {
+            "name": name,
+            "namespace": namespace,
+            "labels": labels,
+            "annotations": dict(annotations or {}),
+        }
         rev = self.state.put_direct(
             REVISION,
             {
@@ -404,243 +425,304 @@ def _parse_path(path: str) -> tuple[Resource, str | None, str | None, str | None
     return res, ns, name, sub
 
 
-def _make_handler(server: FakeKubeServer) -> type[BaseHTTPRequestHandler]:
-    state = server.state
+_NOT_ALLOWED = "the server does not allow this method on the requested resource"
 
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
 
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
+class _Handler(BaseHTTPRequestHandler):
+    """One API request against the fake's state; ``fake`` is set on a per-server subclass."""
 
-        def setup(self) -> None:
-            super().setup()
-            # headers and body go out in separate writes: without this, Nagle's algorithm and
-            # the client's delayed ACK add 40 ms to every response
-            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            server._track(self.connection, True)
+    protocol_version = "HTTP/1.1"
+    fake: FakeKubeServer
+    _path = ""
+    _query: dict[str, str]
 
-        def finish(self) -> None:
-            try:
-                super().finish()
-            finally:
-                server._track(self.connection, False)
+    @property
+    def state(self) -> State:
+        return self.fake.state
 
-        # -------------------------------------------------------------- plumbing
-        def _body(self) -> bytes:
-            n = int(self.headers.get("Content-Length") or 0)
-            return self.rfile.read(n) if n else b""
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
 
-        def _send(self, code: int, obj: Any, warnings: list[str] | None = None, extra: dict[str, str] | None = None) -> None:
-            data = json.dumps(obj).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            for w in warnings or []:
-                self.send_header("Warning", f'299 - "{w}"')
-            for k, v in (extra or {}).items():
-                self.send_header(k, v)
-            self.end_headers()
-            self.wfile.write(data)
+    def setup(self) -> None:
+        super().setup()
+        # headers and body go out in separate writes: without this, Nagle's algorithm and
+        # the client's delayed ACK add 40 ms to every response
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.fake._track(self.connection, True)
 
-        def _record(self, status: int, body: Any = None) -> None:
-            server._log(
-                RequestRecord(
-                    self.command,
-                    self._path,
-                    self._query,
-                    self.headers.get("Content-Type", ""),
-                    status,
-                    body,
-                )
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            self.fake._track(self.connection, False)
+
+    # ------------------------------------------------------------------ plumbing
+    def _body(self) -> bytes:
+        n = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(n) if n else b""
+
+    def _send(
+        self,
+        code: int,
+        obj: Any,
+        warnings: list[str] | None = None,
+        extra: dict[str, str] | None = None,
+    ) -> None:
+        data = json.dumps(obj).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for w in warnings or []:
+            self.send_header("Warning", f'299 - "{w}"')
+        for k, v in (extra or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _record(self, status: int, body: Any = None) -> None:
+        self.fake._log(
+            RequestRecord(
+                self.command,
+                self._path,
+                self._query,
+                self.headers.get("Content-Type", ""),
+                status,
+                body,
             )
+        )
 
-        def _handle(self) -> None:
-            split = urlsplit(self.path)
-            self._path = split.path
-            self._query = {k: v[-1] for k, v in parse_qs(split.query).items()}
-            raw = self._body() if self.command in ("POST", "PUT", "PATCH", "DELETE") else b""
-            body: Any = None
-            fault = server._take_fault(self.command, self._path)
-            if fault is not None:
-                err = ApiError(fault.status, fault.message)
-                extra = {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else None
-                self._record(fault.status)
-                self._send(fault.status, err.status(), extra=extra)
-                return
-            try:
-                if raw:
-                    ctype = self.headers.get("Content-Type", "")
-                    try:
-                        body = yaml.safe_load(raw) if "yaml" in ctype else json.loads(raw)
-                    except (ValueError, yaml.YAMLError) as exc:
-                        raise ApiError(400, f"the request body is not valid: {exc}") from None
-                code, obj, warnings = self._dispatch(body)
-            except ApiError as err:
-                self._record(err.code, body)
-                self._send(err.code, err.status())
-                return
-            except SelectorError as err:
-                self._record(400, body)
-                self._send(400, ApiError(400, str(err)).status())
-                return
-            if code == 0:  # a watch wrote its own response
-                self._record(200, body)
-                return
-            self._record(code, body)
-            self._send(code, obj, warnings)
+    def _send_fault(self, fault: _Fault) -> None:
+        err = ApiError(fault.status, fault.message)
+        extra = {"Retry-After": str(fault.retry_after)} if fault.retry_after is not None else None
+        self._record(fault.status)
+        self._send(fault.status, err.status(), extra=extra)
 
-        do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
+    def _parse_body(self, raw: bytes) -> Any:
+        if not raw:
+            return None
+        ctype = self.headers.get("Content-Type", "")
+        try:
+            return yaml.safe_load(raw) if "yaml" in ctype else json.loads(raw)
+        except (ValueError, yaml.YAMLError) as exc:
+            raise ApiError(400, f"the request body is not valid: {exc}") from None
 
-        # -------------------------------------------------------------- routing
-        def _dispatch(self, body: Any) -> tuple[int, Any, list[str]]:
-            q = self._query
-            if self._path == "/version":
-                return 200, {"major": "1", "minor": "31", "gitVersion": "v1.31.0-surefoot-fake"}, []
-            res, ns, name, sub = _parse_path(self._path)
-            dry_run = q.get("dryRun") == "All"
-            fv = q.get("fieldValidation", "Warn")
-            m = self.command
-            if name is None:
-                if m == "GET":
-                    if q.get("watch") in ("true", "1"):
-                        self._watch(res, ns)
-                        return 0, None, []
-                    items, rv = state.list(res, ns, q.get("labelSelector"), q.get("fieldSelector"))
-                    return 200, {
-                        "apiVersion": res.api_version,
-                        "kind": f"{res.kind}List",
-                        "metadata": {"resourceVersion": rv},
-                        "items": items,
-                    }, []
-                if m == "POST":
-                    if res.namespaced and ns is None:
-                        raise ApiError(405, "the server does not allow this method on the requested resource")
-                    obj, warnings = state.create(res, ns, body, dry_run=dry_run, field_validation=fv)
-                    return 201, obj, warnings
-                raise ApiError(405, "the server does not allow this method on the requested resource")
+    def _handle(self) -> None:
+        split = urlsplit(self.path)
+        self._path = split.path
+        self._query = {k: v[-1] for k, v in parse_qs(split.query).items()}
+        raw = self._body() if self.command in ("POST", "PUT", "PATCH", "DELETE") else b""
+        body: Any = None
+        fault = self.fake._take_fault(self.command, self._path)
+        if fault is not None:
+            self._send_fault(fault)
+            return
+        try:
+            body = self._parse_body(raw)
+            code, obj, warnings = self._dispatch(body)
+        except ApiError as err:
+            self._record(err.code, body)
+            self._send(err.code, err.status())
+            return
+        except SelectorError as err:
+            self._record(400, body)
+            self._send(400, ApiError(400, str(err)).status())
+            return
+        if code == 0:  # a watch wrote its own response
+            self._record(200, body)
+            return
+        self._record(code, body)
+        self._send(code, obj, warnings)
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _handle
+
+    # ------------------------------------------------------------------ routing
+    def _dispatch(self, body: Any) -> tuple[int, Any, list[str]]:
+        if self._path == "/version":
+            return 200, {"major": "1", "minor": "31", "gitVersion": "v1.31.0-surefoot-fake"}, []
+        res, ns, name, sub = _parse_path(self._path)
+        if name is None:
+            return self._collection(res, ns, body)
+        if res.namespaced and ns is None:
+            raise ApiError(404, f"the server could not find the requested resource ({self._path})")
+        if sub == "eviction":
+            if res.plural != "pods" or res.group or self.command != "POST":
+                raise ApiError(405, "eviction is a POST on pods only")
+            return 201, self.state.evict(ns or "", name, body, dry_run=self._dry_run), []
+        if sub not in (None, "status"):
+            raise ApiError(404, f"the server could not find the requested resource ({self._path})")
+        if sub == "status" and not res.status_subresource:
+            raise ApiError(404, f"{res.key} has no status subresource")
+        return self._object(res, ns, name, sub, body)
+
+    @property
+    def _dry_run(self) -> bool:
+        return self._query.get("dryRun") == "All"
+
+    @property
+    def _field_validation(self) -> str:
+        return self._query.get("fieldValidation", "Warn")
+
+    def _collection(
+        self, res: Resource, ns: str | None, body: Any
+    ) -> tuple[int, Any, list[str]]:
+        q = self._query
+        if self.command == "GET":
+            if q.get("watch") in ("true", "1"):
+                self._watch(res, ns)
+                return 0, None, []
+            items, rv = self.state.list(res, ns, q.get("labelSelector"), q.get("fieldSelector"))
+            listing = {
+                "apiVersion": res.api_version,
+                "kind": f"{res.kind}List",
+                "metadata": {"resourceVersion": rv},
+                "items": items,
+            }
+            return 200, listing, []
+        if self.command == "POST":
             if res.namespaced and ns is None:
-                raise ApiError(404, f"the server could not find the requested resource ({self._path})")
-            if sub == "eviction":
-                if res.plural != "pods" or res.group or m != "POST":
-                    raise ApiError(405, "eviction is a POST on pods only")
-                return 201, state.evict(ns or "", name, body, dry_run=dry_run), []
-            if sub not in (None, "status"):
-                raise ApiError(404, f"the server could not find the requested resource ({self._path})")
-            if sub == "status" and not res.status_subresource:
-                raise ApiError(404, f"{res.key} has no status subresource")
-            if m == "GET":
-                return 200, state.get(res, ns, name), []
-            if m == "PUT":
-                obj, warnings = state.replace(res, ns, name, body, subresource=sub, dry_run=dry_run, field_validation=fv)
-                return 200, obj, warnings
-            if m == "PATCH":
-                obj, warnings, created = state.patch(
-                    res,
-                    ns,
-                    name,
-                    self.headers.get("Content-Type", ""),
-                    body,
-                    subresource=sub,
-                    field_manager=q.get("fieldManager"),
-                    force=q.get("force") == "true",
-                    dry_run=dry_run,
-                    field_validation=fv,
-                )
-                return (201 if created else 200), obj, warnings
-            if m == "DELETE":
-                return 200, state.delete(res, ns, name, dry_run=dry_run), []
-            raise ApiError(405, "the server does not allow this method on the requested resource")
+                raise ApiError(405, _NOT_ALLOWED)
+            obj, warnings = self.state.create(
+                res, ns, body, dry_run=self._dry_run, field_validation=self._field_validation
+            )
+            return 201, obj, warnings
+        raise ApiError(405, _NOT_ALLOWED)
 
-        # -------------------------------------------------------------- watch
-        def _chunk(self, data: bytes) -> None:
-            self.wfile.write(f"{len(data):X}\r\n".encode() + data + b"\r\n")
-            self.wfile.flush()
+    def _object(
+        self, res: Resource, ns: str | None, name: str, sub: str | None, body: Any
+    ) -> tuple[int, Any, list[str]]:
+        m, q, state = self.command, self._query, self.state
+        if m == "GET":
+            return 200, state.get(res, ns, name), []
+        if m == "PUT":
+            obj, warnings = state.replace(
+                res, ns, name, body, subresource=sub, dry_run=self._dry_run,
+                field_validation=self._field_validation,
+            )
+            return 200, obj, warnings
+        if m == "PATCH":
+            obj, warnings, created = state.patch(
+                res,
+                ns,
+                name,
+                self.headers.get("Content-Type", ""),
+                body,
+                subresource=sub,
+                field_manager=q.get("fieldManager"),
+                force=q.get("force") == "true",
+                dry_run=self._dry_run,
+                field_validation=self._field_validation,
+            )
+            return (201 if created else 200), obj, warnings
+        if m == "DELETE":
+            return 200, state.delete(res, ns, name, dry_run=self._dry_run), []
+        raise ApiError(405, _NOT_ALLOWED)
 
-        def _watch(self, res: Resource, ns: str | None) -> None:
-            q = self._query
-            lsel = label_selector(q.get("labelSelector"))
-            fsel = field_selector(res.plural, q.get("fieldSelector"))
-            try:
-                seconds = float(q.get("timeoutSeconds") or DEFAULT_WATCH_SECONDS)
-            except ValueError:
-                raise ApiError(400, "timeoutSeconds must be a number") from None
-            rv_param = q.get("resourceVersion") or ""
+    # ------------------------------------------------------------------ watch
+    def _chunk(self, data: bytes) -> None:
+        self.wfile.write(f"{len(data):X}\r\n".encode() + data + b"\r\n")
+        self.wfile.flush()
 
-            def matches(obj: dict[str, Any] | None) -> bool:
-                if obj is None:
-                    return False
-                if res.namespaced and ns is not None and obj["metadata"].get("namespace") != ns:
-                    return False
-                return lsel(obj["metadata"].get("labels") or {}) and fsel(obj)
+    def _watch_start(
+        self, res: Resource, ns: str | None
+    ) -> tuple[list[dict[str, Any]], int, bool, int]:
+        """(initial events, last resourceVersion, too old, watch epoch), under the lock."""
+        q, state = self._query, self.state
+        rv_param = q.get("resourceVersion") or ""
+        with state.cond:
+            gone = False
+            initial: list[dict[str, Any]] = []
+            if rv_param in ("", "0"):
+                listed = state.list(res, ns, q.get("labelSelector"), q.get("fieldSelector"))[0]
+                initial = [{"type": "ADDED", "object": o} for o in listed]
+                last = state.rv
+            else:
+                try:
+                    last = int(rv_param)
+                except ValueError:
+                    raise ApiError(400, f"invalid resourceVersion {rv_param!r}") from None
+                gone = last < state.floor
+            return initial, last, gone, state.watch_epoch
 
-            with state.cond:
-                gone = False
-                initial: list[dict[str, Any]] = []
-                if rv_param in ("", "0"):
-                    initial = [
-                        {"type": "ADDED", "object": o}
-                        for o in state.list(res, ns, q.get("labelSelector"), q.get("fieldSelector"))[0]
-                    ]
-                    last = state.rv
-                else:
-                    try:
-                        last = int(rv_param)
-                    except ValueError:
-                        raise ApiError(400, f"invalid resourceVersion {rv_param!r}") from None
-                    gone = last < state.floor
-                epoch = state.watch_epoch
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Transfer-Encoding", "chunked")
-            self.end_headers()
-            deadline = time.monotonic() + seconds * server.time_scale
-            try:
-                if gone:
-                    self._send_gone(last)
-                    return
-                for ev in initial:
-                    self._chunk(json.dumps(ev).encode() + b"\n")
-                while True:
-                    batch: list[Event] = []
-                    with state.cond:
-                        while True:
-                            if state.closing or state.watch_epoch != epoch:
-                                break
-                            if last < state.floor:
-                                gone = True
-                                break
-                            batch = [e for e in state.events if e.rv > last and e.resource == res]
-                            newest = state.events[-1].rv if state.events else last
-                            last = max(last, newest)
-                            if batch:
-                                break
-                            remaining = deadline - time.monotonic()
-                            if remaining <= 0:
-                                break
-                            state.cond.wait(min(remaining, 0.5))
-                    if gone:
-                        self._send_gone(last)
-                        return
-                    if not batch:
-                        break
-                    for e in batch:
-                        for out in _watch_events(e, matches):
-                            self._chunk(json.dumps(out).encode() + b"\n")
-                self.wfile.write(b"0\r\n\r\n")
-                self.wfile.flush()
-            except (BrokenPipeError, ConnectionResetError, OSError):
-                self.close_connection = True
+    def _next_batch(
+        self, res: Resource, last: int, epoch: int, deadline: float
+    ) -> tuple[list[Event], int, bool]:
+        """Wait for changes after ``last``: (batch, new last, too old)."""
+        state = self.state
+        with state.cond:
+            while not (state.closing or state.watch_epoch != epoch):
+                if last < state.floor:
+                    return [], last, True
+                batch = [e for e in state.events if e.rv > last and e.resource == res]
+                newest = state.events[-1].rv if state.events else last
+                last = max(last, newest)
+                if batch:
+                    return batch, last, False
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                state.cond.wait(min(remaining, 0.5))
+        return [], last, False
 
-        def _send_gone(self, rv: int) -> None:
-            status = ApiError(
-                410, f"too old resource version: {rv} ({state.floor})", reason="Expired"
-            ).status()
-            self._chunk(json.dumps({"type": "ERROR", "object": status}).encode() + b"\n")
-            self.wfile.write(b"0\r\n\r\n")
-            self.wfile.flush()
+    def _watch(self, res: Resource, ns: str | None) -> None:
+        q = self._query
+        lsel = label_selector(q.get("labelSelector"))
+        fsel = field_selector(res.plural, q.get("fieldSelector"))
+        try:
+            seconds = float(q.get("timeoutSeconds") or DEFAULT_WATCH_SECONDS)
+        except ValueError:
+            raise ApiError(400, "timeoutSeconds must be a number") from None
 
-    return Handler
+        def matches(obj: dict[str, Any] | None) -> bool:
+            if obj is None:
+                return False
+            if res.namespaced and ns is not None and obj["metadata"].get("namespace") != ns:
+                return False
+            return lsel(obj["metadata"].get("labels") or {}) and fsel(obj)
+
+        initial, last, gone, epoch = self._watch_start(res, ns)
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        deadline = time.monotonic() + seconds * self.fake.time_scale
+        try:
+            self._stream(res, initial, last, gone, epoch, deadline, matches)
+        except (BrokenPipeError, ConnectionResetError, OSError):
+            self.close_connection = True
+
+    def _stream(
+        self, res: Resource, initial: list[dict[str, Any]], last: int, gone: bool, epoch: int,
+        deadline: float, matches: Any,
+    ) -> None:
+        if gone:
+            self._send_gone(last)
+            return
+        for ev in initial:
+            self._chunk(json.dumps(ev).encode() + b"\n")
+        while True:
+            batch, last, gone = self._next_batch(res, last, epoch, deadline)
+            if gone:
+                self._send_gone(last)
+                return
+            if not batch:
+                break
+            for e in batch:
+                for out in _watch_events(e, matches):
+                    self._chunk(json.dumps(out).encode() + b"\n")
+        self.wfile.write(b"0\r\n\r\n")
+        self.wfile.flush()
+
+    def _send_gone(self, rv: int) -> None:
+        status = ApiError(
+            410, f"too old resource version: {rv} ({self.state.floor})", reason="Expired"
+        ).status()
+        self._chunk(json.dumps({"type": "ERROR", "object": status}).encode() + b"\n")
+        self.wfile.write(b"0\r\n\r\n")
+        self.wfile.flush()
+
+
+def _make_handler(server: FakeKubeServer) -> type[BaseHTTPRequestHandler]:
+    return type("Handler", (_Handler,), {"fake": server})
 
 
 def _watch_events(e: Event, matches: Any) -> Iterator[dict[str, Any]]:

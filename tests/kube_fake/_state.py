@@ -15,9 +15,9 @@ import threading
 import uuid
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
-from tests.kube_fake import _patch, _schemas
+from tests.kube_fake import _knative, _patch, _schemas
 from tests.kube_fake._selectors import field_selector, label_selector, match_label_selector_object
 
 
@@ -65,10 +65,20 @@ RESOURCES: tuple[Resource, ...] = (
     _r("policy/v1", "poddisruptionbudgets", "PodDisruptionBudget"),
     _r("rbac.authorization.k8s.io/v1", "roles", "Role", status_subresource=False),
     _r("rbac.authorization.k8s.io/v1", "rolebindings", "RoleBinding", status_subresource=False),
-    _r("rbac.authorization.k8s.io/v1", "clusterroles", "ClusterRole", namespaced=False,
-       status_subresource=False),
-    _r("rbac.authorization.k8s.io/v1", "clusterrolebindings", "ClusterRoleBinding",
-       namespaced=False, status_subresource=False),
+    _r(
+        "rbac.authorization.k8s.io/v1",
+        "clusterroles",
+        "ClusterRole",
+        namespaced=False,
+        status_subresource=False,
+    ),
+    _r(
+        "rbac.authorization.k8s.io/v1",
+        "clusterrolebindings",
+        "ClusterRoleBinding",
+        namespaced=False,
+        status_subresource=False,
+    ),
     _r("serving.knative.dev/v1", "services", "Service", custom=True),
     _r("serving.knative.dev/v1", "configurations", "Configuration", custom=True),
     _r("serving.knative.dev/v1", "revisions", "Revision", custom=True),
@@ -87,6 +97,8 @@ _BY_KIND = {(r.api_version, r.kind): r for r in RESOURCES}
 KSVC = _BY_KEY["services.serving.knative.dev"]
 REVISION = _BY_KEY["revisions.serving.knative.dev"]
 PODAUTOSCALER = _BY_KEY["podautoscalers.autoscaling.internal.knative.dev"]
+CONFIGURATION = _BY_KEY["configurations.serving.knative.dev"]
+ROUTE = _BY_KEY["routes.serving.knative.dev"]
 
 
 def resource_for_path(group: str, version: str, plural: str) -> Resource | None:
@@ -110,7 +122,7 @@ def resource_for_kind(api_version: str, kind: str) -> Resource | None:
 class ApiError(Exception):
     """An API answer other than success, rendered as a ``Status`` object."""
 
-    REASONS = {
+    REASONS: ClassVar[dict[int, str]] = {
         400: "BadRequest",
         401: "Unauthorized",
         403: "Forbidden",
@@ -186,6 +198,9 @@ class State:
         self.floor = 1  # watches from a resourceVersion below this one get 410 Gone
         self.watch_epoch = 0  # bumped by end_watches(): open watches close
         self.closing = False
+        # True: an accepted eviction leaves the pod terminating (deletionTimestamp) until the
+        # test deletes it, as a kubelet stopping it would
+        self.graceful_eviction = False
         self._applied: dict[tuple[str, str, str, str], dict[str, Any]] = {}
         for ns in ("default", "kube-system", "knative-serving", "knative-eventing"):
             self.put_direct(_BY_KEY["namespaces"], {"metadata": {"name": ns}})
@@ -229,7 +244,11 @@ class State:
 
     def _not_found(self, res: Resource, name: str) -> ApiError:
         what = res.key
-        return ApiError(404, f'{what} "{name}" not found', details={"name": name, "group": res.group, "kind": res.plural})
+        return ApiError(
+            404,
+            f'{what} "{name}" not found',
+            details={"name": name, "group": res.group, "kind": res.plural},
+        )
 
     def get(self, res: Resource, ns: str | None, name: str) -> dict[str, Any]:
         with self.cond:
@@ -310,8 +329,16 @@ class State:
                 obj, removed = _schemas.prune(obj)
                 if field_validation != "Ignore":
                     warnings += [f'unknown field "{u}"' for u in removed]
-        if res.key == KSVC.key:
+        if res.key in (KSVC.key, ROUTE.key):
             self._knative_webhook(obj)
+        if res.key in (KSVC.key, CONFIGURATION.key):
+            errors = _knative.template_errors(res.kind, obj)
+            if errors:
+                raise ApiError(
+                    400,
+                    'admission webhook "validation.webhook.serving.knative.dev" denied the '
+                    "request: validation failed: " + "; ".join(errors),
+                )
         return obj, warnings
 
     @staticmethod
@@ -332,7 +359,10 @@ class State:
             if t.get("revisionName") and t.get("latestRevision"):
                 errors.append(f"may not set revisionName with latestRevision: spec.traffic[{i}]")
             if not t.get("revisionName") and not t.get("latestRevision"):
-                errors.append(f"expected exactly one, got neither: spec.traffic[{i}].revisionName, spec.traffic[{i}].latestRevision")
+                errors.append(
+                    f"expected exactly one, got neither: spec.traffic[{i}].revisionName, "
+                    f"spec.traffic[{i}].latestRevision"
+                )
             tag = t.get("tag")
             if tag:
                 if tag in tags:
@@ -388,8 +418,9 @@ class State:
                 meta["name"] = meta["generateName"] + secrets.token_hex(3)[:5]
             else:
                 raise ApiError(
-                    422, f"{res.kind} is invalid: metadata.name: Required value: name or "
-                    "generateName is required"
+                    422,
+                    f"{res.kind} is invalid: metadata.name: Required value: name or "
+                    "generateName is required",
                 )
         if (res.status_subresource and res.custom) or res.plural in _NO_STATUS_ON_CREATE:
             obj = _strip_status(obj)
@@ -434,8 +465,9 @@ class State:
         name = old["metadata"]["name"]
         if meta.get("name", name) != name:
             raise ApiError(
-                400, f'the name of the object ({meta.get("name")}) does not match the name on '
-                f"the URL ({name})"
+                400,
+                f"the name of the object ({meta.get('name')}) does not match the name on "
+                f"the URL ({name})",
             )
         rv = meta.get("resourceVersion")
         if rv not in (None, "") and rv != old["metadata"]["resourceVersion"]:
@@ -589,7 +621,9 @@ class State:
             )
         meta = body.get("metadata") or {}
         if meta.get("name") not in (None, name):
-            raise ApiError(400, f"apply: metadata.name {meta.get('name')!r} does not match {name!r}")
+            raise ApiError(
+                400, f"apply: metadata.name {meta.get('name')!r} does not match {name!r}"
+            )
         applied = copy.deepcopy(body)
         applied.setdefault("metadata", {})["name"] = name
         key = (*self._k(res, ns, name), field_manager)
@@ -608,7 +642,9 @@ class State:
             self._applied[key] = applied
         return obj, warnings, False
 
-    def delete(self, res: Resource, ns: str | None, name: str, *, dry_run: bool = False) -> dict[str, Any]:
+    def delete(
+        self, res: Resource, ns: str | None, name: str, *, dry_run: bool = False
+    ) -> dict[str, Any]:
         with self.cond:
             key = self._k(res, ns, name)
             old = self.objects.get(key)
@@ -652,68 +688,61 @@ class State:
 
     # ------------------------------------------------------------------ controllers
     def _after_write(self, res: Resource, obj: dict[str, Any], deleted: bool = False) -> None:
-        if res.key in (KSVC.key, REVISION.key):
-            ns = obj["metadata"].get("namespace")
+        ns = obj["metadata"].get("namespace")
+        if res.key in (REVISION.key, PODAUTOSCALER.key) and not deleted:
+            self._sync_podautoscaler(ns, obj["metadata"]["name"])
+        for kind in (KSVC, ROUTE):
+            if res.key not in (kind.key, REVISION.key):
+                continue
             names = (
                 [obj["metadata"]["name"]]
-                if res.key == KSVC.key and not deleted
-                else [k[2] for k in self.objects if k[0] == KSVC.key and k[1] == ns]
+                if res.key == kind.key and not deleted
+                else [k[2] for k in self.objects if k[0] == kind.key and k[1] == ns]
             )
             for name in names:
-                self._reconcile_ksvc(ns, name)
+                self._reconcile_ksvc(ns, name, kind)
 
-    def _reconcile_ksvc(self, ns: str | None, name: str) -> None:
+    def _sync_podautoscaler(self, ns: str | None, name: str) -> None:
+        """The revision reconciler: the Revision's autoscaling annotations onto its PA."""
+        rev = self.objects.get(self._k(REVISION, ns, name))
+        pa = self.objects.get(self._k(PODAUTOSCALER, ns, name))
+        if rev is None or pa is None:
+            return
+        new = _knative.with_revision_scale(pa, rev)
+        if new is None:
+            return
+        new["metadata"]["resourceVersion"] = self._next_rv()
+        self.objects[self._k(PODAUTOSCALER, ns, name)] = new
+        self._record("MODIFIED", PODAUTOSCALER, new, pa)
+
+    def _reconcile_ksvc(self, ns: str | None, name: str, kind: Resource = KSVC) -> None:
         """Knative's route reconciler, reduced to what Surefoot relies on: ``status.traffic``
-        follows ``spec.traffic`` once every revision it names exists; until then the old
-        status stays and RoutesReady is False with reason RevisionMissing."""
-        key = self._k(KSVC, ns, name)
+        follows ``spec.traffic`` once every revision it names exists (and, for a Service,
+        belongs to it); until then the old status stays and RoutesReady is False with reason
+        RevisionMissing (or RevisionNotOwned). A standalone Route may name any revision."""
+        key = self._k(kind, ns, name)
         svc = self.objects.get(key)
         if svc is None:
             return
         spec = svc.get("spec") or {}
-        revs = {
-            k[2]: o for k, o in self.objects.items() if k[0] == REVISION.key and k[1] == ns
-        }
-        template_name = ((spec.get("template") or {}).get("metadata") or {}).get("name")
-        own = sorted(
-            (o for o in revs.values()
-             if (o["metadata"].get("labels") or {}).get("serving.knative.dev/service") == name),
-            key=lambda o: int(o["metadata"]["resourceVersion"]),
-        )
-        latest = template_name if template_name in revs else (own[-1]["metadata"]["name"] if own else None)
-        wanted = spec.get("traffic") or [{"latestRevision": True, "percent": 100}]
+        revs = {k[2]: o for k, o in self.objects.items() if k[0] == REVISION.key and k[1] == ns}
+        latest = self._latest_revision(kind, name, spec, revs)
         status = copy.deepcopy(svc.get("status") or {})
-        missing = []
-        traffic = []
-        for t in wanted:
-            rev = latest if t.get("latestRevision") else t.get("revisionName")
-            if not rev or rev not in revs:
-                missing.append(rev or "(latest)")
-                continue
-            entry = {"revisionName": rev, "latestRevision": bool(t.get("latestRevision")),
-                     "percent": t.get("percent", 0)}
-            if t.get("tag"):
-                entry["tag"] = t["tag"]
-                entry["url"] = f"http://{t['tag']}-{name}.{ns}.example.com"
-            traffic.append(entry)
-        routes_ready: dict[str, Any] = {"type": "RoutesReady", "status": "True"}
-        if missing:
-            routes_ready = {
-                "type": "RoutesReady",
-                "status": "False",
-                "reason": "RevisionMissing",
-                "message": "Revision " + ", ".join(repr(m) for m in missing) + " referenced in traffic not found.",
-            }
-        else:
+        traffic, missing, foreign = self._resolve_traffic(kind, ns, name, spec, revs, latest)
+        routes_ready = _routes_ready(name, missing, foreign)
+        if not missing and not foreign:
             status["traffic"] = traffic
-        config_ready = {"type": "ConfigurationsReady", "status": "True" if latest else "Unknown"}
-        ready = {"type": "Ready", "status": "True" if not missing and latest else "False"}
+        ready_ok = not missing and not foreign and (latest is not None or kind is ROUTE)
+        conditions = [{"type": "Ready", "status": "True" if ready_ok else "False"}, routes_ready]
+        if kind is KSVC:
+            configs = {"type": "ConfigurationsReady", "status": "True" if latest else "Unknown"}
+            conditions.insert(0, configs)
         status.update(
             {
                 "observedGeneration": svc["metadata"].get("generation", 1),
                 "url": f"http://{name}.{ns}.example.com",
                 "address": {"url": f"http://{name}.{ns}.svc.cluster.local"},
-                "conditions": [config_ready, ready, routes_ready],
+                "conditions": conditions,
             }
         )
         if latest:
@@ -724,7 +753,51 @@ class State:
             new["status"] = status
             new["metadata"]["resourceVersion"] = self._next_rv()
             self.objects[key] = new
-            self._record("MODIFIED", KSVC, new, svc)
+            self._record("MODIFIED", kind, new, svc)
+
+    @staticmethod
+    def _latest_revision(
+        kind: Resource, name: str, spec: dict[str, Any], revs: dict[str, dict[str, Any]]
+    ) -> str | None:
+        if kind is not KSVC:
+            return None
+        template_name = ((spec.get("template") or {}).get("metadata") or {}).get("name")
+        if template_name in revs:
+            return str(template_name)
+        own = sorted(
+            (o for o in revs.values() if not _knative.not_owned(o, name)),
+            key=lambda o: int(o["metadata"]["resourceVersion"]),
+        )
+        return str(own[-1]["metadata"]["name"]) if own else None
+
+    @staticmethod
+    def _resolve_traffic(
+        kind: Resource, ns: str | None, name: str, spec: dict[str, Any],
+        revs: dict[str, dict[str, Any]], latest: str | None,
+    ) -> tuple[list[dict[str, Any]], list[str], list[str]]:
+        """(status.traffic, missing revisions, revisions not owned by the Service)."""
+        wanted = spec.get("traffic") or [{"latestRevision": True, "percent": 100}]
+        missing: list[str] = []
+        foreign: list[str] = []
+        traffic = []
+        for t in wanted:
+            rev = latest if t.get("latestRevision") else t.get("revisionName")
+            if not rev or rev not in revs:
+                missing.append(rev or "(latest)")
+                continue
+            if kind is KSVC and _knative.not_owned(revs[rev], name):
+                foreign.append(rev)
+                continue
+            entry = {
+                "revisionName": rev,
+                "latestRevision": bool(t.get("latestRevision")),
+                "percent": t.get("percent", 0),
+            }
+            if t.get("tag"):
+                entry["tag"] = t["tag"]
+                entry["url"] = f"http://{t['tag']}-{name}.{ns}.example.com"
+            traffic.append(entry)
+        return traffic, missing, foreign
 
     # ------------------------------------------------------------------ eviction
     def evict(self, ns: str, name: str, body: Any, *, dry_run: bool = False) -> dict[str, Any]:
@@ -759,7 +832,12 @@ class State:
                     )
                 if pdbs:
                     self._check_budget(ns, pdbs[0], pod)
-            if not dry_run:
+            if not dry_run and self.graceful_eviction:
+                # the kubelet has yet to stop it: terminating until a test deletes it
+                pod = copy.deepcopy(pod)
+                pod["metadata"]["deletionTimestamp"] = _now()
+                self.put_direct(pods, pod)
+            elif not dry_run:
                 self.delete(pods, ns, name)
             return {
                 "kind": "Status",
@@ -820,3 +898,23 @@ def pod_ready(pod: dict[str, Any]) -> bool:
         if cond.get("type") == "Ready":
             return bool(cond.get("status") == "True")
     return False
+
+
+def _routes_ready(name: str, missing: list[str], foreign: list[str]) -> dict[str, Any]:
+    if missing:
+        return {
+            "type": "RoutesReady",
+            "status": "False",
+            "reason": "RevisionMissing",
+            "message": "Revision "
+            + ", ".join(repr(m) for m in missing)
+            + " referenced in traffic not found.",
+        }
+    if foreign:
+        return {
+            "type": "RoutesReady",
+            "status": "False",
+            "reason": "RevisionNotOwned",
+            "message": f'Revision "{foreign[0]}" does not belong to Service "{name}"',
+        }
+    return {"type": "RoutesReady", "status": "True"}

@@ -8,29 +8,27 @@ being done and what the API server answered.
 
 Choices that follow from how Knative and Kubernetes behave:
 
+- The "service" the seam names is the object that holds the traffic block: a Knative Service,
+  or (the rendered shape, see docs/knative.md) a standalone Route over two Configurations,
+  used when no Knative Service has that name. Which one it is, is learned once per name.
 - Traffic is one merge patch of the whole ``spec.traffic`` list (a JSON merge patch replaces
   lists whole, so there is no half-applied split); the split is checked to sum to 100 first,
   because Knative's webhook rejects anything else.
 - Scale bounds of an existing revision: a revision's template is immutable (a changed template
   is a new revision, and with our own revision names a new name), so ``set_scale`` writes the
-  ``autoscaling.knative.dev/{min,max}-scale`` annotations on the Revision *and* on its
-  PodAutoscaler (same name), which is what the autoscaler reads; the revision controller copies
-  annotations into the PodAutoscaler only when it creates it.
+  ``autoscaling.knative.dev/{min,max}-scale`` annotations on the Revision. Since Serving v1.21
+  the revision reconciler copies them onto the PodAutoscaler on every reconcile, so the
+  Revision is the place to write (a direct PodAutoscaler patch is reverted).
 - A Knative Service owned by a KServe InferenceService is left alone: KServe reconciles its
   traffic back, so ``set_traffic`` refuses it (KServe is steered by ``canaryTrafficPercent``).
-- Eviction goes through ``policy/v1`` Eviction so PodDisruptionBudgets hold; 429 is "not now"
-  and is retried with exponential backoff until the drain timeout; 500 for a pod under several
-  budgets cannot succeed and is reported as a permanent error.
+- Eviction goes through ``policy/v1`` Eviction so PodDisruptionBudgets hold (see ``_drain``).
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields, replace
+from collections.abc import Callable
 from typing import Any
 
 from knative.platforms import (
@@ -39,177 +37,22 @@ from knative.platforms import (
     Node,
     NotFound,
     PermanentPlatformError,
-    PlatformError,
     Replica,
     Target,
-    TemporaryPlatformError,
-    TooManyRequests,
-    Unauthorized,
     validate_traffic,
 )
+from knative.platforms.kube._drain import Drain, DrainTiming
+from knative.platforms.kube._errors import map_api_error
+from knative.platforms.kube._settings import KubeSettings, api_client_for
 
 log = logging.getLogger(__name__)
 
 SERVING = ("serving.knative.dev", "v1")
-AUTOSCALING = ("autoscaling.internal.knative.dev", "v1alpha1")
 LATEST = "@latest"  # a traffic target that follows the latest ready revision (kn's spelling)
 MIN_SCALE = "autoscaling.knative.dev/min-scale"
 MAX_SCALE = "autoscaling.knative.dev/max-scale"
 REVISION_LABEL = "serving.knative.dev/revision"
 SERVICE_LABEL = "serving.knative.dev/service"
-MIRROR_ANNOTATION = "kubernetes.io/config.mirror"
-
-
-class KubeSettingsError(ValueError):
-    """A Kubernetes access setting that cannot work; the message names it."""
-
-
-@dataclass(frozen=True)
-class KubeSettings:
-    """How to reach the cluster and which objects are Surefoot's.
-
-    Every field has a ``SUREFOOT_*`` variable (``SUREFOOT_NAMESPACE``, ``SUREFOOT_SERVICE``,
-    ``SUREFOOT_KUBECONFIG``, ``SUREFOOT_KUBE_CONTEXT``, ...); an empty ``kubeconfig`` means the
-    client's default (``$KUBECONFIG`` or ``~/.kube/config``), or the in-cluster service account
-    when running in a pod.
-    """
-
-    namespace: str = ""  # "" = the kubeconfig context's namespace, else "default"
-    service: str = "surefoot-llm"
-    kubeconfig: str = ""
-    kube_context: str = ""
-    in_cluster: bool = False
-    request_timeout: float = 10.0
-    replica_port: int = 8012  # the queue-proxy port of a Knative pod
-    drain_timeout: float = 120.0
-
-    def validate(self) -> KubeSettings:
-        errors = []
-        if not self.service:
-            errors.append("service: is required")
-        if self.request_timeout <= 0:
-            errors.append(f"request_timeout: must be positive, got {self.request_timeout}")
-        if not 0 < self.replica_port < 65536:
-            errors.append(f"replica_port: {self.replica_port} is not a TCP port")
-        if self.drain_timeout < 0:
-            errors.append(f"drain_timeout: must not be negative, got {self.drain_timeout}")
-        if errors:
-            raise KubeSettingsError("; ".join(errors))
-        return self
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> KubeSettings:
-        """Settings from ``SUREFOOT_<FIELD>`` variables, then ``overrides`` (those not None).
-        Inside a pod (``KUBERNETES_SERVICE_HOST`` set, no kubeconfig) it uses the in-cluster
-        service account."""
-        env = os.environ if env is None else env
-        values: dict[str, Any] = {}
-        errors = []
-        for f in fields(cls):
-            key = f"SUREFOOT_{f.name.upper()}"
-            if key not in env:
-                continue
-            raw = env[key]
-            try:
-                if f.type == "float":
-                    values[f.name] = float(raw)
-                elif f.type == "int":
-                    values[f.name] = int(raw)
-                elif f.type == "bool":
-                    values[f.name] = raw.strip().lower() in ("1", "true", "yes", "on")
-                else:
-                    values[f.name] = raw
-            except ValueError:
-                errors.append(f"{key}: {raw!r} is not a valid {f.type}")
-        if errors:
-            raise KubeSettingsError("; ".join(errors))
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        if (
-            "in_cluster" not in values
-            and not values.get("kubeconfig")
-            and env.get("KUBERNETES_SERVICE_HOST")
-            and not env.get("KUBECONFIG")
-        ):
-            values["in_cluster"] = True
-        return replace(cls(), **values).validate()
-
-
-def api_client_for(settings: KubeSettings) -> tuple[Any, str]:
-    """A ``kubernetes.client.ApiClient`` and the namespace to use, from the settings."""
-    from kubernetes import client, config
-
-    cfg = client.Configuration()
-    namespace = settings.namespace
-    try:
-        if settings.in_cluster:
-            config.load_incluster_config(client_configuration=cfg)
-            if not namespace:
-                try:
-                    with open("/var/run/secrets/kubernetes.io/serviceaccount/namespace") as f:
-                        namespace = f.read().strip()
-                except OSError:
-                    namespace = ""
-        else:
-            path = settings.kubeconfig or None
-            config.load_kube_config(
-                config_file=path, context=settings.kube_context or None, client_configuration=cfg
-            )
-            if not namespace:
-                _, active = config.list_kube_config_contexts(config_file=path)
-                if settings.kube_context:
-                    contexts, _ = config.list_kube_config_contexts(config_file=path)
-                    active = next((c for c in contexts if c["name"] == settings.kube_context), active)
-                namespace = ((active or {}).get("context") or {}).get("namespace", "")
-    except (config.ConfigException, OSError, TypeError, ValueError) as exc:
-        where = "in-cluster service account" if settings.in_cluster else (
-            settings.kubeconfig or "the default kubeconfig"
-        )
-        raise PermanentPlatformError(f"cannot load Kubernetes credentials from {where}: {exc}") from exc
-    return client.ApiClient(cfg), namespace or "default"
-
-
-def _status_message(exc: Any) -> str:
-    body = getattr(exc, "body", None)
-    if body:
-        try:
-            data = json.loads(body)
-        except (TypeError, ValueError):
-            text = str(body).strip()
-            return text[:300]
-        if isinstance(data, dict):
-            msg = str(data.get("message") or data.get("reason") or "")
-            causes = (data.get("details") or {}).get("causes") or []
-            extra = "; ".join(str(c.get("message")) for c in causes if c.get("message"))
-            return f"{msg} ({extra})" if extra else msg
-    return str(getattr(exc, "reason", "") or exc)
-
-
-def map_api_error(exc: BaseException, what: str) -> PlatformError:
-    """The platform error for an exception from the kubernetes client while doing ``what``."""
-    from kubernetes.client.exceptions import ApiException
-
-    if isinstance(exc, PlatformError):
-        return exc
-    if isinstance(exc, ApiException) and exc.status:
-        code = int(exc.status)
-        message = f"{what}: HTTP {code}: {_status_message(exc)}"
-        if code in (401, 403):
-            hint = (
-                "the credentials were rejected"
-                if code == 401
-                else "the service account's RBAC rules do not allow it"
-            )
-            return Unauthorized(f"{message} ({hint})")
-        if code == 404:
-            return NotFound(message)
-        if code == 409:
-            return Conflict(message)
-        if code == 429:
-            return TooManyRequests(message)
-        if code >= 500 or code == 408:
-            return TemporaryPlatformError(message)
-        return PermanentPlatformError(message)
-    return TemporaryPlatformError(f"{what}: cannot reach the Kubernetes API: {exc}")
 
 
 def _ready(pod_or_node: Any) -> bool:
@@ -251,6 +94,7 @@ class KnativePlatform:
         self._conflict_retries = conflict_retries
         self._core = client.CoreV1Api(api_client)
         self._custom = client.CustomObjectsApi(api_client)
+        self._plural: dict[str, str] = {}  # name -> "services" or "routes"
 
     @classmethod
     def from_settings(cls, settings: KubeSettings, **kwargs: Any) -> KnativePlatform:
@@ -270,15 +114,35 @@ class KnativePlatform:
         except Exception as exc:  # the client raises ApiException, urllib3 and socket errors
             raise map_api_error(exc, what) from exc
 
-    def _ksvc(self, service: str) -> dict[str, Any]:
-        return self._call(
-            f"read Knative Service {self.namespace}/{service}",
+    def _get(self, plural: str, name: str) -> dict[str, Any]:
+        kind = "Knative Service" if plural == "services" else "Knative Route"
+        obj: dict[str, Any] = self._call(
+            f"read {kind} {self.namespace}/{name}",
             self._custom.get_namespaced_custom_object,
             *SERVING,
             self.namespace,
-            "services",
-            service,
+            plural,
+            name,
         )
+        return obj
+
+    def _ksvc(self, service: str) -> dict[str, Any]:
+        """The object holding ``service``'s traffic: its Knative Service, else a standalone
+        Route of that name."""
+        plural = self._plural.get(service)
+        if plural is not None:
+            return self._get(plural, service)
+        try:
+            obj = self._get("services", service)
+            plural = "services"
+        except NotFound as no_service:
+            try:
+                obj = self._get("routes", service)
+            except NotFound:
+                raise no_service from None
+            plural = "routes"
+        self._plural[service] = plural
+        return obj
 
     def service(self, service: str) -> dict[str, Any]:
         """The Knative Service object as the API returns it (spec and status)."""
@@ -328,11 +192,15 @@ class KnativePlatform:
         if errors:
             raise PermanentPlatformError("; ".join(errors))
         owners = (self._ksvc(service).get("metadata") or {}).get("ownerReferences") or []
-        kserve = next((o for o in owners if str(o.get("apiVersion", "")).startswith("serving.kserve.io/")), None)
+        kserve = next(
+            (o for o in owners if str(o.get("apiVersion", "")).startswith("serving.kserve.io/")),
+            None,
+        )
         if kserve is not None:
             raise PermanentPlatformError(
-                f"set traffic of Knative Service {self.namespace}/{service}: it is managed by KServe "
-                f"{kserve.get('kind')} {kserve.get('name')!r}, which reverts direct traffic patches; "
+                f"set traffic of Knative Service {self.namespace}/{service}: it is managed by "
+                f"KServe {kserve.get('kind')} {kserve.get('name')!r}, which reverts direct "
+                "traffic patches; "
                 "steer it through the InferenceService's canaryTrafficPercent instead"
             )
         entries = []
@@ -349,7 +217,7 @@ class KnativePlatform:
             self._custom.patch_namespaced_custom_object,
             *SERVING,
             self.namespace,
-            "services",
+            self._plural.get(service, "services"),
             service,
             {"spec": {"traffic": entries}},
             _content_type="application/merge-patch+json",
@@ -375,16 +243,24 @@ class KnativePlatform:
             raise PermanentPlatformError("; ".join(errors))
         what = f"set scale of revision {self.namespace}/{revision}"
         rev = self._call(
-            what, self._custom.get_namespaced_custom_object, *SERVING, self.namespace, "revisions", revision
+            what,
+            self._custom.get_namespaced_custom_object,
+            *SERVING,
+            self.namespace,
+            "revisions",
+            revision,
         )
         labels = (rev.get("metadata") or {}).get("labels") or {}
         if labels.get(SERVICE_LABEL) != service and revision not in {
             t.revision for t in self.traffic(service)
         }:
             raise NotFound(
-                f"{what}: revision {revision!r} is neither owned by nor routed from service {service!r}"
+                f"{what}: revision {revision!r} is neither owned by nor routed from "
+                f"service {service!r}"
             )
-        patch = {"metadata": {"annotations": {MIN_SCALE: str(min_scale), MAX_SCALE: str(max_scale)}}}
+        patch = {
+            "metadata": {"annotations": {MIN_SCALE: str(min_scale), MAX_SCALE: str(max_scale)}}
+        }
         self._call(
             what,
             self._custom.patch_namespaced_custom_object,
@@ -395,27 +271,16 @@ class KnativePlatform:
             patch,
             _content_type="application/merge-patch+json",
         )
-        try:
-            self._call(
-                what,
-                self._custom.patch_namespaced_custom_object,
-                *AUTOSCALING,
-                self.namespace,
-                "podautoscalers",
-                revision,
-                patch,
-                _content_type="application/merge-patch+json",
-            )
-        except NotFound:
-            log.warning("%s: no PodAutoscaler yet; the revision's annotations will apply", what)
         log.info("scale of %s/%s set to %d..%d", self.namespace, revision, min_scale, max_scale)
 
     # ------------------------------------------------------------------ replicas
     def _replica(self, pod: Any) -> Replica:
         labels = pod.metadata.labels or {}
         ip = pod.status.pod_ip if pod.status else None
-        phase = "Terminating" if pod.metadata.deletion_timestamp else (
-            (pod.status.phase if pod.status else None) or "Pending"
+        phase = (
+            "Terminating"
+            if pod.metadata.deletion_timestamp
+            else ((pod.status.phase if pod.status else None) or "Pending")
         )
         return Replica(
             name=pod.metadata.name,
@@ -441,17 +306,27 @@ class KnativePlatform:
         pods = {
             p.metadata.name: p
             for p in self._call(
-                what, self._core.list_namespaced_pod, self.namespace, label_selector=f"{SERVICE_LABEL}={service}"
+                what,
+                self._core.list_namespaced_pod,
+                self.namespace,
+                label_selector=f"{SERVICE_LABEL}={service}",
             ).items
         }
         if revisions:
             selector = f"{REVISION_LABEL} in ({','.join(sorted(str(r) for r in revisions))})"
-            for p in self._call(what, self._core.list_namespaced_pod, self.namespace, label_selector=selector).items:
+            for p in self._call(
+                what, self._core.list_namespaced_pod, self.namespace, label_selector=selector
+            ).items:
                 pods[p.metadata.name] = p
         return [self._replica(pods[name]) for name in sorted(pods)]
 
     def delete_replica(self, name: str) -> None:
-        self._call(f"delete pod {self.namespace}/{name}", self._core.delete_namespaced_pod, name, self.namespace)
+        self._call(
+            f"delete pod {self.namespace}/{name}",
+            self._core.delete_namespaced_pod,
+            name,
+            self.namespace,
+        )
         log.info("deleted pod %s/%s", self.namespace, name)
 
     # ------------------------------------------------------------------ nodes
@@ -483,18 +358,29 @@ class KnativePlatform:
     def label(self, node: str, key: str, value: str | None) -> None:
         if not key:
             raise PermanentPlatformError("label: key must not be empty")
-        what = f"label node {node} {key}={value}" if value is not None else f"unlabel node {node} {key}"
+        what = (
+            f"label node {node} {key}={value}"
+            if value is not None
+            else f"unlabel node {node} {key}"
+        )
         self._patch_node(what, node, {"metadata": {"labels": {key: value}}})
 
-    def _update_taints(self, node: str, what: str, change: Callable[[list[dict[str, Any]]], list[dict[str, Any]]]) -> None:
+    def _update_taints(
+        self, node: str, what: str, change: Callable[[list[dict[str, Any]]], list[dict[str, Any]]]
+    ) -> None:
         """Read-modify-write of ``spec.taints`` guarded by resourceVersion; a 409 re-reads."""
         for attempt in range(self._conflict_retries + 1):
             obj = self._call(what, self._core.read_node, node)
-            taints = [self.api_client.sanitize_for_serialization(t) for t in (obj.spec.taints or [])]
+            taints = [
+                self.api_client.sanitize_for_serialization(t) for t in (obj.spec.taints or [])
+            ]
             new = change([dict(t) for t in taints])
             if new == taints:
                 return
-            body = {"metadata": {"resourceVersion": obj.metadata.resource_version}, "spec": {"taints": new}}
+            body = {
+                "metadata": {"resourceVersion": obj.metadata.resource_version},
+                "spec": {"taints": new},
+            }
             try:
                 self._patch_node(what, node, body)
                 return
@@ -507,16 +393,27 @@ class KnativePlatform:
     def taint(self, node: str, key: str, value: str = "", effect: str = "NoSchedule") -> None:
         """Add or replace the taint ``key`` (keeps every other taint)."""
         if effect not in ("NoSchedule", "PreferNoSchedule", "NoExecute"):
-            raise PermanentPlatformError(f"taint: effect {effect!r} is not NoSchedule, PreferNoSchedule or NoExecute")
-        wanted = {"key": key, "value": value, "effect": effect} if value else {"key": key, "effect": effect}
+            raise PermanentPlatformError(
+                f"taint: effect {effect!r} is not NoSchedule, PreferNoSchedule or NoExecute"
+            )
+        wanted = (
+            {"key": key, "value": value, "effect": effect}
+            if value
+            else {"key": key, "effect": effect}
+        )
         self._update_taints(
             node,
             f"taint node {node} {key}:{effect}",
-            lambda ts: [t for t in ts if not (t.get("key") == key and t.get("effect") == effect)] + [wanted],
+            lambda ts: (
+                [t for t in ts if not (t.get("key") == key and t.get("effect") == effect)]
+                + [wanted]
+            ),
         )
 
     def untaint(self, node: str, key: str) -> None:
-        self._update_taints(node, f"untaint node {node} {key}", lambda ts: [t for t in ts if t.get("key") != key])
+        self._update_taints(
+            node, f"untaint node {node} {key}", lambda ts: [t for t in ts if t.get("key") != key]
+        )
 
     # ------------------------------------------------------------------ eviction
     def evict(self, node: str, timeout: float = 120.0) -> EvictionReport:
@@ -524,85 +421,7 @@ class KnativePlatform:
         mirror (static) pods, across namespaces. A 429 (a disruption budget says not now) is
         retried with exponential backoff until ``timeout``; what is still refused then is in
         the report. The node should be cordoned first, or evicted pods may land on it again."""
-        start = self._clock()
-        deadline = start + timeout
-        self._call(f"evict pods from node {node}", self._core.read_node, node)
-        pods = self._call(
-            f"list pods on node {node}",
-            self._core.list_pod_for_all_namespaces,
-            field_selector=f"spec.nodeName={node}",
-        ).items
-        skipped: list[str] = []
-        pending: list[tuple[str, str]] = []
-        for p in pods:
-            owners = p.metadata.owner_references or []
-            ann = p.metadata.annotations or {}
-            label = self._pod_label(p.metadata.namespace, p.metadata.name)
-            if any(o.kind == "DaemonSet" and o.controller for o in owners) or MIRROR_ANNOTATION in ann:
-                skipped.append(label)
-            else:
-                pending.append((p.metadata.namespace, p.metadata.name))
-        evicted: list[str] = []
-        delay = self._backoff_initial
-        while pending:
-            blocked: list[tuple[str, str]] = []
-            wait = delay
-            for ns, name in pending:
-                outcome, retry_after = self._evict_pod(node, ns, name)
-                if outcome == "evicted":
-                    evicted.append(self._pod_label(ns, name))
-                else:
-                    blocked.append((ns, name))
-                    if retry_after:
-                        wait = max(wait, retry_after)
-            pending = blocked
-            now = self._clock()
-            if not pending or now >= deadline:
-                break
-            self._sleep(min(wait, self._backoff_max, deadline - now))
-            delay = min(delay * 2, self._backoff_max)
-        report = EvictionReport(
-            node=node,
-            evicted=tuple(evicted),
-            skipped=tuple(skipped),
-            refused=tuple(self._pod_label(ns, n) for ns, n in pending),
-            seconds=self._clock() - start,
+        timing = DrainTiming(
+            self._sleep, self._clock, self._backoff_initial, self._backoff_max, self._timeout
         )
-        log.info(
-            "drained node %s: %d evicted, %d skipped, %d refused in %.1fs",
-            node, len(report.evicted), len(report.skipped), len(report.refused), report.seconds,
-        )
-        return report
-
-    def _pod_label(self, ns: str, name: str) -> str:
-        return name if ns == self.namespace else f"{ns}/{name}"
-
-    def _evict_pod(self, node: str, ns: str, name: str) -> tuple[str, float | None]:
-        from kubernetes import client
-        from kubernetes.client.exceptions import ApiException
-
-        body = client.V1Eviction(metadata=client.V1ObjectMeta(name=name, namespace=ns))
-        what = f"evict pod {ns}/{name} from node {node}"
-        try:
-            self._core.create_namespaced_pod_eviction(name, ns, body, _request_timeout=self._timeout)
-            return "evicted", None
-        except ApiException as exc:
-            if exc.status == 404:
-                return "evicted", None  # already gone
-            if exc.status == 429:
-                retry_after = None
-                headers = exc.headers or {}
-                try:
-                    retry_after = float(headers.get("Retry-After", ""))
-                except (TypeError, ValueError):
-                    pass
-                log.info("%s: not now (%s)", what, _status_message(exc))
-                return "blocked", retry_after
-            if exc.status == 500 and "more than one PodDisruptionBudget" in _status_message(exc):
-                raise PermanentPlatformError(
-                    f"{what}: more than one PodDisruptionBudget selects this pod, and the "
-                    "Eviction API refuses such pods; make the budgets' selectors disjoint"
-                ) from exc
-            raise map_api_error(exc, what) from exc
-        except Exception as exc:
-            raise map_api_error(exc, what) from exc
+        return Drain(self._core, self.namespace, timing).run(node, timeout)
