@@ -45,6 +45,7 @@ from functions._faults import Fault, assess
 from functions._once import once
 from functions._state import admit, cancel, defer, discharge, locked, quarantined
 from knative import Node, PermanentPlatformError
+from knative.breakers import node_key
 
 log = logging.getLogger(__name__)
 
@@ -264,8 +265,28 @@ def status(ctx: Context) -> list[dict[str, str]]:
     return out
 
 
+def readmit(ctx: Context) -> list[Outcome]:
+    """Nodes the platform labels quarantined that Redis does not hold (it came back empty):
+    the label is their durable home, so they go back into the quarantined set, and their node
+    breaker is opened again if Redis lost it. The set is read before the nodes: a release
+    unlabels before it discharges, so a node being released is never taken back."""
+    members = set(quarantined(ctx))
+    label = ctx.settings.quarantine_label
+    out = []
+    for node in ctx.platform.nodes():
+        if node.labels.get(label) != "true" or node.name in members:
+            continue
+        ctx.redis.sadd(ctx.key("quarantined"), node.name)
+        ctx.redis.hset(_meta_key(ctx, node.name), "restored", "from the node label")
+        key = node_key(node.name)
+        if ctx.breakers.status(key).state == "closed":
+            ctx.breakers.open(key, "node quarantined (restored from its label)")
+        out.append(Outcome(NAME, ACTED, f"node {node.name}: quarantine restored from its label"))
+    return out
+
+
 def sweep(ctx: Context) -> list[Outcome]:
-    """Run the due releases and the deferred drains."""
+    """Restore quarantines Redis lost, run the due releases and the deferred drains."""
     def run_release(name: str) -> Outcome:
         return release(ctx, name, reason=f"GPU healthy for {ctx.settings.release_hold_s:g}s")
 
@@ -284,5 +305,5 @@ def sweep(ctx: Context) -> list[Outcome]:
         reply = ctx.event(NAME, NodeQuarantined(node=name, reason=note, evicted_pods=evicted))
         return Outcome(NAME, ACTED, f"node {name}: {note}", reply=reply)
 
-    return run_deferred(ctx, NAME, "release", run_release) + run_deferred(
+    return readmit(ctx) + run_deferred(ctx, NAME, "release", run_release) + run_deferred(
         ctx, NAME, "drain", run_drain)

