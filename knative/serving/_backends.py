@@ -9,19 +9,23 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from knative.serving._engine import BatchEngine, EngineFault, EngineTimeout
 from knative.serving._openai import ChatMessage, SamplingParams
+from knative.serving._sampling import SeqSpec, chat_spec, completion_spec, sampler_factory
+from knative.serving._serial import SerialEngine as _Engine
 
 log = logging.getLogger(__name__)
 
 DEFAULT_GENERATION_MODEL = "gemma-3-270m"
 DEFAULT_EMBEDDING_MODEL = "all-minilm-l6-v2"
+# sequences decoded together (SUREFOOT_SLOTS); 1, the default, runs one request at a time on
+# the single-sequence engine, whose greedy output depends on the request alone
+DEFAULT_SLOTS = 1
 
 
 class BackendError(Exception):
@@ -51,6 +55,7 @@ class Delta:
     text: str
     finish_reason: str | None = None
     usage: tuple[int, int] | None = None  # (prompt, completion) tokens, on the last delta
+    tokens: tuple[int, ...] = ()  # the completion token ids it adds (resumable streams)
 
 
 @dataclass(frozen=True)
@@ -137,108 +142,12 @@ def resolve_embedding_dir(model: str) -> Path:
     return path
 
 
-class _Job:
-    """A unit of engine work; it is either started by the engine or cancelled, never both."""
-
-    _DONE = object()
-
-    def __init__(self, fn: Callable[[], Any], stream: bool) -> None:
-        self.fn = fn
-        self.stream = stream
-        self.out: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._state = "queued"  # queued | started | cancelled
-        self._lock = threading.Lock()
-
-    def try_start(self) -> bool:
-        with self._lock:
-            if self._state == "queued":
-                self._state = "started"
-                return True
-            return False
-
-    def cancel(self) -> bool:
-        """Cancel; True when the engine had not started it yet."""
-        with self._lock:
-            was_queued = self._state == "queued"
-            self._state = "cancelled"
-            return was_queued
-
-    @property
-    def cancelled(self) -> bool:
-        return self._state == "cancelled"
-
-
-class _Engine:
-    """One thread makes every call into a native engine.
-
-    llama.cpp runs its matrix work on an OpenMP team that belongs to the calling thread; calls
-    from a server's many request threads would each grow a team of their own, competing for
-    the cores. One engine thread keeps one team, serialises the non-reentrant engine, and
-    bounds the wait: work not started within ``queue_timeout`` is dropped with EngineBusy.
-    """
-
-    def __init__(self, name: str, queue_timeout: float) -> None:
-        self.queue_timeout = queue_timeout
-        self._jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
-        self._thread.start()
-
-    def _loop(self) -> None:
-        while True:
-            job = self._jobs.get()
-            if not job.try_start():
-                continue
-            job.out.put(("started", None))
-            try:
-                if job.stream:
-                    for item in job.fn():
-                        if job.cancelled:
-                            break
-                        job.out.put(("item", item))
-                    job.out.put(("done", None))
-                else:
-                    job.out.put(("done", job.fn()))
-            except BaseException as exc:  # handed to the caller's thread
-                job.out.put(("error", exc))
-
-    def _submit(self, fn: Callable[[], Any], stream: bool) -> _Job:
-        job = _Job(fn, stream)
-        self._jobs.put(job)
-        try:
-            kind, _ = job.out.get(timeout=self.queue_timeout)
-        except queue.Empty:
-            if job.cancel():
-                raise EngineBusy(
-                    f"engine busy for more than {self.queue_timeout:.0f} s"
-                ) from None
-            kind, _ = job.out.get()  # started at the last moment
-        assert kind == "started"
-        return job
-
-    def call(self, fn: Callable[[], Any]) -> Any:
-        job = self._submit(fn, stream=False)
-        kind, value = job.out.get()
-        if kind == "error":
-            raise value
-        return value
-
-    def stream(self, fn: Callable[[], Iterator[Any]]) -> Iterator[Any]:
-        job = self._submit(fn, stream=True)
-        try:
-            while True:
-                kind, value = job.out.get()
-                if kind == "item":
-                    yield value
-                elif kind == "error":
-                    raise value
-                else:
-                    return
-        finally:
-            job.cancel()  # a consumer that stops early frees the engine at the next token
-
-
 class LlamaCppBackend:
-    """GGUF generation on llama-cpp-python; ``n_gpu_layers`` offloads to a GPU node."""
+    """GGUF generation on llama-cpp-python; ``n_gpu_layers`` offloads to a GPU node.
+
+    With ``slots`` above 1, requests run on a :class:`BatchEngine` that decodes up to that
+    many sequences in each step; with 1, each request has the engine to itself.
+    """
 
     def __init__(
         self,
@@ -249,14 +158,18 @@ class LlamaCppBackend:
         n_gpu_layers: int = 0,
         queue_timeout: float = 60.0,
         chat_format: str = "",
+        slots: int = DEFAULT_SLOTS,
     ) -> None:
         self.model = model
+        self.slots = slots
         self.chat_format = chat_format
         self.model_id = model_id or generation_model_id(model)
         self._n_ctx = n_ctx
         self.n_threads = n_threads or os.cpu_count() or 1
         self.n_gpu_layers = n_gpu_layers
         self._engine = _Engine(f"engine-{self.model_id}", queue_timeout)
+        self._batcher = (BatchEngine(f"batch-{self.model_id}", slots, queue_timeout)
+                         if slots > 1 else None)
         self._llm: Any = None
         self.model_path: Path | None = None
 
@@ -271,6 +184,8 @@ class LlamaCppBackend:
             raise ModelLoadError("llama-cpp-python is not installed (make install)") from exc
         self.model_path = resolve_gguf(self.model)
         self._engine.call(lambda: self._load(Llama))
+        if self._batcher is not None:
+            self._batcher.attach(self._llm, self._n_ctx)
 
     def _load(self, Llama: Any) -> None:
         assert self.model_path is not None
@@ -329,9 +244,57 @@ class LlamaCppBackend:
             "frequency_penalty": params.frequency_penalty,
         }
 
+    def engine_stats(self) -> dict[str, int]:
+        """Slots in use, requests waiting for one, the last step's batch, prompt tokens
+        computed and reused (all zero without a batching engine)."""
+        from dataclasses import asdict
+
+        return asdict(self._batcher.stats) if self._batcher is not None else {}
+
+    def _batched(self, spec: SeqSpec, sampler: Any = None) -> Iterator[Delta]:
+        """The deltas of ``spec`` on the batching engine; closing it frees the slot."""
+        assert self._batcher is not None
+        try:
+            pieces = self._batcher.generate(spec, sampler or sampler_factory(self.llm, spec))
+        except EngineTimeout as exc:
+            raise EngineBusy(str(exc)) from None
+        try:
+            for text, finish, counts in pieces:
+                yield Delta(text, finish, counts)
+        except EngineFault as exc:
+            raise BackendError(str(exc)) from exc
+        finally:
+            pieces.close()
+
+    def generate(self, spec: SeqSpec) -> Iterator[Delta]:
+        """The deltas of one engine request (say, with a grammar) on the batching engine."""
+        return self._batched(spec)
+
+    @staticmethod
+    def _joined(deltas: Iterator[Delta], prefix: str = "") -> Generation:
+        texts, last = [prefix], Delta("")
+        for d in deltas:
+            texts.append(d.text)
+            last = d
+        prompt, completion = last.usage or (0, 0)
+        return Generation("".join(texts), last.finish_reason or "stop", prompt, completion)
+
+    def _chat_spec(self, messages: tuple[ChatMessage, ...], params: SamplingParams) -> SeqSpec:
+        try:
+            spec = chat_spec(self.llm, self._messages(messages), self._kwargs(params))
+        except ValueError as exc:
+            raise BackendError(str(exc)) from exc
+        if len(spec.tokens) >= self._n_ctx:
+            raise ContextOverflow("messages", f"messages: {len(spec.tokens)} tokens exceed the "
+                                  f"context window of {self._n_ctx} tokens")
+        return spec
+
     def complete(self, prompt: str, params: SamplingParams, echo: bool = False) -> Generation:
         self._check_fits(prompt, params)
         kwargs = self._kwargs(params)
+        if self._batcher is not None:
+            spec = completion_spec(self.llm, prompt, kwargs)
+            return self._joined(self._batched(spec), prompt if echo else "")
         out = self._engine.call(lambda: self.llm.create_completion(prompt, echo=echo, **kwargs))
         choice = out["choices"][0]
         usage = out["usage"]
@@ -367,6 +330,8 @@ class LlamaCppBackend:
     def stream_complete(self, prompt: str, params: SamplingParams) -> Iterator[Delta]:
         n_prompt = self._check_fits(prompt, params)
         kwargs = self._kwargs(params)
+        if self._batcher is not None:
+            return self._batched(completion_spec(self.llm, prompt, kwargs))
 
         def run() -> Iterator[Delta]:
             chunks = self.llm.create_completion(prompt, stream=True, **kwargs)
@@ -394,6 +359,8 @@ class LlamaCppBackend:
             raise BackendError(str(exc)) from exc
 
     def chat(self, messages: tuple[ChatMessage, ...], params: SamplingParams) -> Generation:
+        if self._batcher is not None:
+            return self._joined(self._batched(self._chat_spec(messages, params)))
         out = self._engine.call(lambda: self._chat_call(messages, params, stream=False))
         choice = out["choices"][0]
         usage = out["usage"]
@@ -405,6 +372,9 @@ class LlamaCppBackend:
     def stream_chat(
         self, messages: tuple[ChatMessage, ...], params: SamplingParams
     ) -> Iterator[Delta]:
+        if self._batcher is not None:
+            return self._batched(self._chat_spec(messages, params))
+
         def deltas(chunks: Iterator[Any]) -> Iterator[Delta]:
             for chunk in chunks:
                 choice = chunk["choices"][0]
@@ -424,10 +394,43 @@ class LlamaCppBackend:
 
         return self._engine.stream(run)
 
+    def stream_tokens(self, prompt: str | tuple[ChatMessage, ...], params: SamplingParams,
+                      resumed: tuple[int, ...] = (), sent_chars: int = 0) -> Iterator[Delta]:
+        """A stream whose deltas carry the completion token ids they add, continuing from
+        ``resumed`` (of whose text the client has ``sent_chars`` characters): what lets the
+        gateway resume it on another replica (:mod:`knative.serving._continuation`)."""
+        from dataclasses import replace
+
+        from knative.serving import _continuation as cn
+
+        llm = self.llm
+        if isinstance(prompt, str):
+            self._check_fits(prompt, params)
+            spec = completion_spec(llm, prompt, self._kwargs(params))
+        else:
+            spec = self._chat_spec(prompt, params)
+        cont = cn.continuation(llm, spec.tokens, spec.stop, spec.max_tokens, resumed, sent_chars)
+        if cont.finish is not None:
+            return cn.deltas(cont, iter(()))
+        spec = replace(spec, tokens=spec.tokens + tuple(cont.generated),
+                       max_tokens=cont.remaining, stop=())
+        if self._batcher is None:
+            return cn.deltas(cont, self._engine.stream(lambda: cn.serial_ids(llm, spec)))
+        ids: list[int] = []
+        build = sampler_factory(llm, spec)
+        signals = self._batched(spec, lambda: cn.Recorder(build(), ids))
+        return cn.deltas(cont, cn.recorded(signals, ids))
+
     def save_state(self) -> dict[str, bytes]:
         """The engine's runtime state as raw bytes: llama.cpp's state (KV cache), the evaluated
         tokens, and the logits of the last one (all a continuation needs)."""
         import numpy as np
+
+        if self._batcher is not None:
+            try:
+                return self._batcher.save_state()
+            except EngineFault as exc:
+                raise BackendError(str(exc)) from exc
 
         def grab() -> dict[str, bytes]:
             # Llama.save_state would copy every evaluated token's logits (1 MB a token for
@@ -459,6 +462,9 @@ class LlamaCppBackend:
         """Put back a state from :meth:`save_state` (same model, same context size)."""
         import numpy as np
 
+        if self._batcher is not None:
+            self._load_batch_state(blobs)
+            return
         try:
             ids = np.frombuffer(blobs["input_ids"], dtype=np.int32).astype(np.intc)
             last = np.frombuffer(blobs["last_logits"], dtype=np.float32)
@@ -488,6 +494,17 @@ class LlamaCppBackend:
                 raise BackendError("llama.cpp refused the engine state")
 
         self._engine.call(put_back)
+
+    def _load_batch_state(self, blobs: dict[str, bytes]) -> None:
+        import json
+
+        assert self._batcher is not None
+        if "slot_tokens" not in blobs or "llama_state" not in blobs:
+            raise BackendError("engine state is not of a batching engine")
+        try:
+            self._batcher.load_state(blobs["llama_state"], json.loads(blobs["slot_tokens"]))
+        except (EngineFault, ValueError) as exc:
+            raise BackendError(str(exc)) from exc
 
 
 class SentenceTransformerBackend:
@@ -521,7 +538,8 @@ class SentenceTransformerBackend:
             self._st = SentenceTransformer(str(path), device="cuda" if self.cuda else "cpu")
         except (ImportError, OSError, ValueError, RuntimeError) as exc:
             raise ModelLoadError(f"could not load embedding model {path}: {exc}") from exc
-        get_dim = getattr(self._st, "get_embedding_dimension", None) or self._st.get_sentence_embedding_dimension
+        get_dim = (getattr(self._st, "get_embedding_dimension", None)
+                   or self._st.get_sentence_embedding_dimension)
         dim = get_dim()
         self.dimensions = int(dim or 0)
 

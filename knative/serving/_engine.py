@@ -1,0 +1,467 @@
+"""Continuous batching: every live sequence of a replica advances in one ``llama_decode`` a step.
+
+One engine thread owns a llama.cpp context whose KV cache holds one sequence per slot (the
+sequence id is the slot number, the cache is unified so sequences may share cells). Each step
+puts into one batch the next token of every decoding sequence and a bounded chunk of the
+prompts still being read, decodes once, then samples each sequence from its own row of logits
+with its own sampler chain. New requests take a free slot at the next step and finished or
+abandoned ones leave it; a long prompt is read a chunk a step so it does not stall the tokens
+of the others. A slot keeps the tokens whose KV it holds after its request ends: a new prompt
+sharing a prefix with a slot (a system prompt, a previous turn) starts past that prefix, taken
+from a free slot or copied from a live one, and a request whose prefix another is reading at
+that moment waits for it instead of reading it twice.
+
+The thread also runs the engine's other work (loading, state snapshots) between steps, so all
+calls into llama.cpp come from one thread and one OpenMP team.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import logging
+import queue
+import threading
+from collections import deque
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from typing import Any
+
+from knative.serving._sampling import SeqSpec, StopText
+
+log = logging.getLogger(__name__)
+
+# a prefix at least this long is worth waiting for while another sequence reads it
+FOLLOW_MIN_TOKENS = 32
+
+Piece = tuple[str, str | None, tuple[int, int] | None]  # text, finish reason, usage
+
+
+class EngineFault(Exception):
+    """llama.cpp failed a decode; the sequences in that batch end with this error."""
+
+
+class EngineTimeout(Exception):
+    """No slot became free within the queue timeout."""
+
+
+@dataclass
+class EngineStats:
+    """Counters of the engine for metrics (read without a lock: each is one int)."""
+
+    active: int = 0
+    waiting: int = 0
+    steps: int = 0
+    last_batch_tokens: int = 0
+    last_batch_seqs: int = 0
+    prompt_tokens_computed: int = 0
+    prompt_tokens_reused: int = 0
+
+
+class _Request:
+    """One sequence: queued, then started in a slot (or cancelled first), then done."""
+
+    def __init__(self, spec: SeqSpec, sampler: Callable[[], Any]) -> None:
+        self.spec = spec
+        self.make_sampler = sampler
+        self.out: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        self._state = "queued"
+        self._lock = threading.Lock()
+        # engine thread only, from here
+        self.slot = -1
+        self.sampler: Any = None
+        self.kv_tokens: list[int] = []  # tokens whose KV this slot holds
+        self.pending: list[int] = []  # tokens still to decode: prompt left, or the last sampled
+        self.prefilling = True
+        self.generated: list[int] = []
+        self.text = StopText(spec.stop)
+        self.follow: tuple[_Request, int] | None = None
+
+    def try_start(self) -> bool:
+        with self._lock:
+            if self._state == "queued":
+                self._state = "started"
+                return True
+            return False
+
+    def cancel(self) -> bool:
+        """Cancel; True when it had not started yet."""
+        with self._lock:
+            was_queued = self._state == "queued"
+            self._state = "cancelled"
+            return was_queued
+
+    @property
+    def cancelled(self) -> bool:
+        return self._state == "cancelled"
+
+
+class _Job:
+    def __init__(self, fn: Callable[[], Any]) -> None:
+        self.fn = fn
+        self.out: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+
+
+def _lcp(a: list[int] | tuple[int, ...], b: list[int] | tuple[int, ...]) -> int:
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+class BatchEngine:
+    """The engine thread and its slots; :meth:`attach` gives it a model to batch on."""
+
+    def __init__(self, name: str, n_slots: int, queue_timeout: float, chunk: int = 64,
+                 n_batch: int = 512) -> None:
+        self.n_slots = n_slots
+        self.queue_timeout = queue_timeout
+        self.chunk = chunk
+        self.n_batch = n_batch
+        self.stats = EngineStats()
+        self._inbox: queue.SimpleQueue[_Request | _Job] = queue.SimpleQueue()
+        self._waiting: deque[_Request] = deque()
+        self._slots: list[_Request | None] = [None] * n_slots
+        self._cache: list[list[int]] = [[] for _ in range(n_slots)]
+        self._llm: Any = None
+        self._model: Any = None
+        self._ctx: Any = None
+        self._batch: Any = None
+        self._mem: Any = None
+        self._n_swa = 0
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+
+    # --- caller side ------------------------------------------------------------------------
+    def call(self, fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` on the engine thread between two steps; its result or its exception."""
+        job = _Job(fn)
+        self._inbox.put(job)
+        kind, value = job.out.get()
+        if kind == "error":
+            raise value
+        return value
+
+    def attach(self, llm: Any, n_ctx: int) -> None:
+        """Make the batching context for ``llm``: ``n_ctx`` tokens for each slot."""
+        self.call(lambda: self._attach(llm, n_ctx))
+
+    def generate(self, spec: SeqSpec, sampler: Callable[[], Any]) -> Generator[Piece, None, None]:
+        """The pieces of one sequence once it has a slot (:class:`EngineTimeout` if none frees
+        within the queue timeout); closing the iterator early frees the slot."""
+        req = _Request(spec, sampler)
+        self._inbox.put(req)
+        try:
+            kind, value = req.out.get(timeout=self.queue_timeout)
+        except queue.Empty:
+            if req.cancel():
+                raise EngineTimeout(f"no free slot for {self.queue_timeout:.0f} s") from None
+            kind, value = req.out.get()
+        if kind == "error":
+            raise value
+        return self._pieces(req)
+
+    @staticmethod
+    def _pieces(req: _Request) -> Generator[Piece, None, None]:
+        try:
+            while True:
+                kind, value = req.out.get()
+                if kind == "piece":
+                    yield value
+                elif kind == "error":
+                    raise value
+                else:
+                    return
+        finally:
+            req.cancel()  # a consumer gone early frees the slot at the next step
+
+    # --- engine thread ----------------------------------------------------------------------
+    def _attach(self, llm: Any, n_ctx: int) -> None:
+        import llama_cpp
+        from llama_cpp import _internals
+
+        # the weights again, without the CPU's repacked layouts: their kernels take one path
+        # for fewer than four rows and another for more, which round differently, so a
+        # sequence's logits would depend on how many others share its step; the plain
+        # layouts give every row the same result in a batch of any size
+        mparams = llama_cpp.llama_model_params.from_buffer_copy(llm.model_params)
+        mparams.use_extra_bufts = False
+        self._model = _internals.LlamaModel(path_model=llm.model_path, params=mparams,
+                                            verbose=False)
+        params = llama_cpp.llama_context_params.from_buffer_copy(llm.context_params)
+        params.n_ctx = n_ctx * self.n_slots
+        params.n_seq_max = self.n_slots
+        # a KV stream per slot: a sequence's attention then never spans another's cells, so
+        # its logits do not depend on which other sequences share the cache
+        params.kv_unified = False
+        params.n_batch = self.n_batch
+        params.n_ubatch = self.n_batch
+        self._ctx = _internals.LlamaContext(model=self._model, params=params, verbose=False)
+        self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
+        self._mem = llama_cpp.llama_get_memory(self._ctx.ctx)
+        self._n_swa = int(llama_cpp.llama_model_n_swa(self._model.model))
+        self._llm = llm
+
+    def _reusable(self, slot: int, n: int) -> int:
+        """``n``, or 0 when the slot's sliding-window layers no longer hold what decoding past
+        ``n`` tokens of it needs (their cells before the window are gone)."""
+        import llama_cpp
+
+        if n <= 0 or self._n_swa <= 0:
+            return n
+        pos_min = int(llama_cpp.llama_memory_seq_pos_min(self._mem, slot))
+        return n if pos_min <= max(0, n - self._n_swa) else 0
+
+    def _loop(self) -> None:
+        while True:
+            idle = not self._waiting and all(s is None for s in self._slots)
+            self._take(block=idle)
+            self._drop_cancelled()
+            self._fill_slots()
+            self.stats.active = sum(s is not None for s in self._slots)
+            self.stats.waiting = len(self._waiting)
+            if self.stats.active:
+                self._step()
+                self.stats.active = sum(s is not None for s in self._slots)
+
+    def _take(self, block: bool) -> None:
+        try:
+            item = self._inbox.get() if block else self._inbox.get_nowait()
+        except queue.Empty:
+            return
+        while True:
+            if isinstance(item, _Job):
+                try:
+                    item.out.put(("done", item.fn()))
+                except BaseException as exc:  # handed to the caller's thread
+                    item.out.put(("error", exc))
+            elif not item.cancelled:
+                self._waiting.append(item)
+            try:
+                item = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+
+    def _drop_cancelled(self) -> None:
+        for slot, req in enumerate(self._slots):
+            if req is not None and req.cancelled:
+                self._leave(slot, req)
+
+    def _leave(self, slot: int, req: _Request) -> None:
+        self._slots[slot] = None
+        self._cache[slot] = req.kv_tokens
+        for other in self._slots:  # those waiting on its prefix read it themselves
+            if other is not None and other.follow is not None and other.follow[0] is req:
+                other.follow = None
+        req.out.put(("done", None))
+
+    def _fill_slots(self) -> None:
+        while self._waiting and None in self._slots:
+            req = self._waiting.popleft()
+            if not req.try_start():
+                continue
+            if self._llm is None:
+                req.out.put(("error", EngineFault("model not loaded")))
+                continue
+            try:
+                req.sampler = req.make_sampler()
+            except Exception as exc:
+                req.out.put(("error", exc))
+                continue
+            self._place(req)
+            req.out.put(("started", None))
+
+    def _place(self, req: _Request) -> None:
+        """Put ``req`` in the free slot whose cached tokens share the longest prefix with its
+        prompt, or copy a longer prefix a live sequence holds, or wait for one it reads."""
+        import llama_cpp
+
+        prompt = req.spec.tokens
+        limit = len(prompt) - 1  # the last prompt token is decoded for its logits
+        free = [i for i, s in enumerate(self._slots) if s is None]
+        slot = max(free, key=lambda i: _lcp(self._cache[i], prompt))
+        n = self._reusable(slot, min(_lcp(self._cache[slot], prompt), limit))
+        live = [r for r in self._slots if r is not None]
+        src = max(live, key=lambda r: _lcp(r.kv_tokens, prompt), default=None)
+        src_n = (self._reusable(src.slot, min(_lcp(src.kv_tokens, prompt), limit))
+                 if src is not None else 0)
+        if src is not None and src_n > n:
+            self._copy(src.slot, slot, src_n)
+            n = src_n
+        else:
+            llama_cpp.llama_memory_seq_rm(self._mem, slot, n, -1)
+        req.slot = slot
+        req.kv_tokens = list(prompt[:n])
+        req.pending = list(prompt[n:])
+        self.stats.prompt_tokens_reused += n
+        readers = [r for r in live if r.prefilling and r.follow is None]
+        lead = max(readers, key=lambda r: _lcp(r.spec.tokens, prompt), default=None)
+        if lead is not None:
+            lead_n = min(_lcp(lead.spec.tokens, prompt), limit)
+            if lead_n >= FOLLOW_MIN_TOKENS and lead_n > n:
+                req.follow = (lead, lead_n)
+        self._slots[slot] = req
+
+    def _copy(self, src: int, dst: int, n: int) -> None:
+        """The first ``n`` tokens of slot ``src`` into slot ``dst``: slots are separate
+        streams, which llama.cpp copies whole, so the copy is cut back to ``n`` after."""
+        import llama_cpp
+
+        llama_cpp.llama_memory_seq_rm(self._mem, dst, 0, -1)
+        llama_cpp.llama_memory_seq_cp(self._mem, src, dst, 0, -1)
+        llama_cpp.llama_memory_seq_rm(self._mem, dst, n, -1)
+
+    def _resolve_follows(self) -> None:
+        for req in self._slots:
+            if req is None or req.follow is None:
+                continue
+            lead, n = req.follow
+            if len(lead.kv_tokens) < n:
+                continue
+            req.follow = None
+            if not self._reusable(lead.slot, n):
+                continue
+            self._copy(lead.slot, req.slot, n)
+            self.stats.prompt_tokens_reused += n - len(req.kv_tokens)
+            req.kv_tokens = list(req.spec.tokens[:n])
+            req.pending = list(req.spec.tokens[n:])
+
+    def _plan(self) -> list[tuple[_Request, int, bool]]:
+        """This step's batch: (sequence, tokens it decodes, whether its logits are needed)."""
+        live = [r for r in self._slots if r is not None]
+        plan = [(r, 1, True) for r in live if not r.prefilling]
+        budget = self.n_batch - len(plan)
+        cap = self.chunk if plan else budget
+        for r in live:
+            if not r.prefilling or r.follow is not None:
+                continue
+            take = min(len(r.pending), cap, budget)
+            if take <= 0:
+                break
+            plan.append((r, take, take == len(r.pending)))
+            cap -= take
+            budget -= take
+        return plan
+
+    def _step(self) -> None:
+        import llama_cpp
+
+        self._resolve_follows()
+        plan = self._plan()
+        if not plan:
+            return
+        b = self._batch
+        i = 0
+        for req, take, want in plan:
+            pos = len(req.kv_tokens)
+            for k in range(take):
+                b.token[i] = req.pending[k]
+                b.pos[i] = pos + k
+                b.n_seq_id[i] = 1
+                b.seq_id[i][0] = req.slot
+                b.logits[i] = want and k == take - 1
+                i += 1
+        b.n_tokens = i
+        self.stats.steps += 1
+        self.stats.last_batch_tokens = i
+        self.stats.last_batch_seqs = len(plan)
+        rc = int(llama_cpp.llama_decode(self._ctx.ctx, b))
+        if rc != 0:
+            self._fail(plan, EngineFault(f"llama_decode returned {rc}"))
+            return
+        i = 0
+        for req, take, want in plan:
+            req.kv_tokens.extend(req.pending[:take])
+            if req.prefilling:
+                self.stats.prompt_tokens_computed += take
+            del req.pending[:take]
+            i += take
+            if want:
+                self._advance(req, int(req.sampler.sample(self._ctx, i - 1)))
+
+    def _fail(self, plan: list[tuple[_Request, int, bool]], exc: Exception) -> None:
+        import llama_cpp
+
+        log.error("%s", exc)
+        for req, _, _ in plan:
+            llama_cpp.llama_memory_seq_rm(self._mem, req.slot, 0, -1)
+            req.kv_tokens = []
+            req.out.put(("error", exc))
+            self._leave(req.slot, req)
+
+    def _advance(self, req: _Request, token: int) -> None:
+        """Take the sampled ``token`` as create_completion does: end of generation, stop
+        sequences on the bytes, then the length limit."""
+        import llama_cpp
+
+        llm = self._llm
+        req.prefilling = False
+        spec = req.spec
+        if llama_cpp.llama_vocab_is_eog(llm._model.vocab, token):
+            data = llm.detokenize(req.generated, prev_tokens=list(spec.tokens))
+            self._finish(req, req.text.finish(data), "stop")
+            return
+        req.generated.append(token)
+        data = llm.detokenize(req.generated, prev_tokens=list(spec.tokens))
+        text, stopped = req.text.update(data)
+        if stopped:
+            self._finish(req, text, "stop")
+        elif len(req.generated) >= spec.max_tokens:
+            self._finish(req, text + req.text.finish(data), "length")
+        else:
+            if text:
+                req.out.put(("piece", (text, None, None)))
+            req.pending = [token]
+
+    def _finish(self, req: _Request, text: str, reason: str) -> None:
+        usage = (len(req.spec.tokens), len(req.generated))
+        req.out.put(("piece", (text, reason, usage)))
+        self._leave(req.slot, req)
+
+    # --- state --------------------------------------------------------------------------------
+    def save_state(self) -> dict[str, bytes]:
+        """The whole KV state of the batching context and the tokens each slot holds.
+
+        One snapshot of the whole context rather than one per sequence: it is taken between
+        two steps, so every slot is at one consistent point, and cells that sequences share
+        (a common system prompt) are stored once instead of once per sequence.
+        """
+
+        def grab() -> dict[str, bytes]:
+            import llama_cpp
+
+            ctx = self._ctx.ctx
+            size = int(llama_cpp.llama_state_get_size(ctx))
+            buf = (ctypes.c_uint8 * size)()
+            n_bytes = int(llama_cpp.llama_state_get_data(ctx, buf, size))
+            if n_bytes > size:
+                raise EngineFault("llama.cpp returned more state than it announced")
+            held = [r.kv_tokens if r is not None else self._cache[i]
+                    for i, r in enumerate(self._slots)]
+            return {
+                "llama_state": ctypes.string_at(buf, n_bytes),
+                "input_ids": b"",
+                "last_logits": b"",
+                "slot_tokens": json.dumps(held).encode(),
+            }
+
+        blobs: dict[str, bytes] = self.call(grab)
+        return blobs
+
+    def load_state(self, raw: bytes, slot_tokens: list[list[int]]) -> None:
+        """Put back a state of :meth:`save_state` while no sequence is live: the slots then
+        hold their prefixes again, for the next requests to reuse."""
+
+        def put_back() -> None:
+            import llama_cpp
+
+            if len(slot_tokens) != self.n_slots or any(r is not None for r in self._slots):
+                raise EngineFault("engine state does not match the slots")
+            buf = (ctypes.c_uint8 * len(raw)).from_buffer_copy(raw)
+            if llama_cpp.llama_state_set_data(self._ctx.ctx, buf, len(raw)) != len(raw):
+                raise EngineFault("llama.cpp refused the engine state")
+            self._cache = [list(map(int, t)) for t in slot_tokens]
+
+        self.call(put_back)

@@ -1,0 +1,115 @@
+"""One thread for every call into a native engine that runs one request at a time.
+
+llama.cpp runs its matrix work on an OpenMP team that belongs to the calling thread; calls
+from a server's many request threads would each grow a team of their own, competing for the
+cores. One engine thread keeps one team and serialises the non-reentrant engine.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+
+class _Job:
+    """A unit of engine work; it is either started by the engine or cancelled, never both."""
+
+    _DONE = object()
+
+    def __init__(self, fn: Callable[[], Any], stream: bool) -> None:
+        self.fn = fn
+        self.stream = stream
+        self.out: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._state = "queued"  # queued | started | cancelled
+        self._lock = threading.Lock()
+
+    def try_start(self) -> bool:
+        with self._lock:
+            if self._state == "queued":
+                self._state = "started"
+                return True
+            return False
+
+    def cancel(self) -> bool:
+        """Cancel; True when the engine had not started it yet."""
+        with self._lock:
+            was_queued = self._state == "queued"
+            self._state = "cancelled"
+            return was_queued
+
+    @property
+    def cancelled(self) -> bool:
+        return self._state == "cancelled"
+
+
+class SerialEngine:
+    """One thread makes every call into a native engine.
+
+    llama.cpp runs its matrix work on an OpenMP team that belongs to the calling thread; calls
+    from a server's many request threads would each grow a team of their own, competing for
+    the cores. One engine thread keeps one team, serialises the non-reentrant engine, and
+    bounds the wait: work not started within ``queue_timeout`` is dropped with EngineBusy.
+    """
+
+    def __init__(self, name: str, queue_timeout: float) -> None:
+        self.queue_timeout = queue_timeout
+        self._jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if not job.try_start():
+                continue
+            job.out.put(("started", None))
+            try:
+                if job.stream:
+                    for item in job.fn():
+                        if job.cancelled:
+                            break
+                        job.out.put(("item", item))
+                    job.out.put(("done", None))
+                else:
+                    job.out.put(("done", job.fn()))
+            except BaseException as exc:  # handed to the caller's thread
+                job.out.put(("error", exc))
+
+    def _submit(self, fn: Callable[[], Any], stream: bool) -> _Job:
+        job = _Job(fn, stream)
+        self._jobs.put(job)
+        try:
+            kind, _ = job.out.get(timeout=self.queue_timeout)
+        except queue.Empty:
+            if job.cancel():
+                from knative.serving._backends import EngineBusy
+
+                raise EngineBusy(
+                    f"engine busy for more than {self.queue_timeout:.0f} s"
+                ) from None
+            kind, _ = job.out.get()  # started at the last moment
+        assert kind == "started"
+        return job
+
+    def call(self, fn: Callable[[], Any]) -> Any:
+        job = self._submit(fn, stream=False)
+        kind, value = job.out.get()
+        if kind == "error":
+            raise value
+        return value
+
+    def stream(self, fn: Callable[[], Iterator[Any]]) -> Iterator[Any]:
+        job = self._submit(fn, stream=True)
+        try:
+            while True:
+                kind, value = job.out.get()
+                if kind == "item":
+                    yield value
+                elif kind == "error":
+                    raise value
+                else:
+                    return
+        finally:
+            job.cancel()  # a consumer that stops early frees the engine at the next token

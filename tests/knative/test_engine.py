@@ -1,0 +1,123 @@
+"""The batching engine: sequences that share decode steps, join mid-batch, leave when their
+client goes, keep a shared prefix once, and sample under a grammar next to free ones."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import replace
+
+import pytest
+
+from knative.serving import LlamaCppBackend, ServeSettings
+from knative.serving._openai import SamplingParams
+from knative.serving._sampling import completion_spec
+from tests.knative.test_replica_process import _start
+
+openai = pytest.importorskip("openai")
+
+GREEDY = SamplingParams(max_tokens=6, temperature=0.0, top_p=1.0, seed=1)
+PROMPTS = ["The history of the printing press begins", "Once upon a time in a faraway kingdom",
+           "Photosynthesis is the process by which", "A recipe for bread needs flour, water,"]
+
+
+@pytest.fixture(scope="module")
+def batched() -> LlamaCppBackend:
+    backend = LlamaCppBackend(n_ctx=256, n_threads=2, queue_timeout=30, slots=2)
+    backend.load()
+    return backend
+
+
+def test_slots_setting_reads_the_environment():
+    assert ServeSettings.from_env({"SUREFOOT_SLOTS": "3"}).slots == 3
+    with pytest.raises(ValueError, match="slots"):
+        ServeSettings.from_env({"SUREFOOT_SLOTS": "0"})
+
+
+def test_concurrent_openai_streams_give_the_sequential_texts():
+    proc, url = _start(env={"SUREFOOT_SLOTS": "4"})
+    try:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused")
+
+        def run(prompt: str) -> str:
+            stream = client.completions.create(model="gemma-3-270m", prompt=prompt, max_tokens=6,
+                                               temperature=0, seed=1, stream=True)
+            return "".join(c.choices[0].text for c in stream)
+
+        alone = [run(p) for p in PROMPTS]
+        together: dict[int, str] = {}
+        threads = [threading.Thread(target=lambda i=i: together.__setitem__(i, run(PROMPTS[i])))
+                   for i in range(len(PROMPTS))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert [together[i] for i in range(len(PROMPTS))] == alone
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def test_a_request_joins_a_running_batch(batched):
+    long = batched.stream_complete(PROMPTS[0], replace(GREEDY, max_tokens=48))
+    first = next(long)
+    alone = batched.complete(PROMPTS[1], GREEDY).text  # runs while the long one is live
+    assert batched.engine_stats()["active"] >= 1
+    rest = list(long)
+    assert rest[-1].finish_reason == "length"
+    assert first.text + "".join(d.text for d in rest)
+    assert alone
+    assert batched.complete(PROMPTS[1], GREEDY).text == alone
+
+
+def test_a_stream_whose_client_goes_frees_its_slot(batched):
+    a = batched.stream_complete(PROMPTS[0], replace(GREEDY, max_tokens=64))
+    b = batched.stream_complete(PROMPTS[1], replace(GREEDY, max_tokens=64))
+    next(a)
+    next(b)
+    a.close()  # what the server does when the client disconnects
+    out = batched.complete(PROMPTS[2], GREEDY)  # needs the slot a held
+    assert out.completion_tokens > 0
+    b.close()
+
+
+def test_a_shared_prefix_is_computed_once(batched):
+    system = "You are a careful assistant who answers in one short sentence. " * 4
+    prompts = [system + q for q in ("What is rain?", "What is snow?")]
+    one = len(batched.llm.tokenize(prompts[0].encode(), add_bos=True, special=True))
+    before = batched.engine_stats()["prompt_tokens_computed"]
+    results: dict[int, str] = {}
+    threads = [threading.Thread(
+        target=lambda i=i: results.__setitem__(i, batched.complete(prompts[i], GREEDY).text))
+        for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    computed = batched.engine_stats()["prompt_tokens_computed"] - before
+    assert computed <= 1.2 * one
+    assert all(results.values())
+
+
+def test_a_grammar_constrained_and_a_free_sequence_share_a_batch(batched):
+    from llama_cpp import LlamaGrammar
+
+    grammar = LlamaGrammar.from_string('root ::= ("yes" | "no") "."', verbose=False)
+    llm = batched.llm
+    kwargs = {"max_tokens": 8, "temperature": 0.0, "top_p": 1.0, "seed": 1}
+    constrained = replace(completion_spec(llm, "Is the sky blue? Answer:", kwargs),
+                          grammar=grammar)
+    free = completion_spec(llm, PROMPTS[3], kwargs)
+    results: dict[str, str] = {}
+
+    def run(name: str, spec: object) -> None:
+        results[name] = "".join(d.text for d in batched.generate(spec))  # type: ignore[arg-type]
+
+    threads = [threading.Thread(target=run, args=("g", constrained)),
+               threading.Thread(target=run, args=("f", free))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results["g"].strip() in ("yes.", "no.")
+    assert results["f"]
+    assert results["f"] not in ("yes.", "no.")
