@@ -183,6 +183,9 @@ class LocalSystem:
         self.env = dict(env)
         self.state_dir = Path(settings.state_dir or default_state_dir(env))
         self.admin_token = settings.admin_token or secrets.token_urlsafe(16)
+        # shared by the gateway and the replicas only: it lets the gateway resume a broken or
+        # stalled stream on another replica from the tokens already sent
+        self.internal_token = secrets.token_urlsafe(16)
         self.functions_factory = functions_factory
         self._stoppers: list[tuple[str, Callable[[], None]]] = []
         self.redis: EmbeddedRedis | None = None
@@ -327,7 +330,8 @@ class LocalSystem:
         self.platform = LocalPlatform(
             LocalSettings(nodes=s.nodes, checkpoint_dir=str(ckpt_dir), log_dir=str(log_dir),
                           redis_url=self.redis_url, grace_seconds=s.grace_seconds,
-                          env={"SUREFOOT_ADMIN_TOKEN": self.admin_token},
+                          env={"SUREFOOT_ADMIN_TOKEN": self.admin_token,
+                               "SUREFOOT_INTERNAL_TOKEN": self.internal_token},
                           base_env=self.env),
             self._revisions(), traffic, emit=self.publisher,
         )
@@ -383,7 +387,8 @@ class LocalSystem:
             "--fallback-revision", s.fallback_revision, "--redis-url", self.redis_url,
             "--events-sink", self.broker.url, "--refresh-interval", "0.25",
         ]
-        env = {**self.env, "SUREFOOT_GATEWAY_ADMIN_TOKEN": self.admin_token}
+        env = {**self.env, "SUREFOOT_GATEWAY_ADMIN_TOKEN": self.admin_token,
+               "SUREFOOT_GATEWAY_INTERNAL_TOKEN": self.internal_token}
         logf = open(log_dir / "gateway.log", "ab")  # noqa: SIM115 - owned by the child
         try:
             return subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env,
