@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from knative.serving._sampling import SeqSpec, StopText
+from knative.serving._serial import Claim
 
 log = logging.getLogger(__name__)
 
@@ -58,15 +59,14 @@ class EngineStats:
     prompt_tokens_reused: int = 0
 
 
-class _Request:
+class _Request(Claim):
     """One sequence: queued, then started in a slot (or cancelled first), then done."""
 
     def __init__(self, spec: SeqSpec, sampler: Callable[[], Any]) -> None:
         self.spec = spec
         self.make_sampler = sampler
+        super().__init__()
         self.out: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
-        self._state = "queued"
-        self._lock = threading.Lock()
         # engine thread only, from here
         self.slot = -1
         self.sampler: Any = None
@@ -76,25 +76,6 @@ class _Request:
         self.generated: list[int] = []
         self.text = StopText(spec.stop)
         self.follow: tuple[_Request, int] | None = None
-
-    def try_start(self) -> bool:
-        with self._lock:
-            if self._state == "queued":
-                self._state = "started"
-                return True
-            return False
-
-    def cancel(self) -> bool:
-        """Cancel; True when it had not started yet."""
-        with self._lock:
-            was_queued = self._state == "queued"
-            self._state = "cancelled"
-            return was_queued
-
-    @property
-    def cancelled(self) -> bool:
-        return self._state == "cancelled"
-
 
 class _Job:
     def __init__(self, fn: Callable[[], Any]) -> None:

@@ -13,15 +13,11 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 
-class _Job:
-    """A unit of engine work; it is either started by the engine or cancelled, never both."""
+class Claim:
+    """Work that the engine starts or the caller cancels, never both: whoever moves it out of
+    ``queued`` first wins."""
 
-    _DONE = object()
-
-    def __init__(self, fn: Callable[[], Any], stream: bool) -> None:
-        self.fn = fn
-        self.stream = stream
-        self.out: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    def __init__(self) -> None:
         self._state = "queued"  # queued | started | cancelled
         self._lock = threading.Lock()
 
@@ -42,6 +38,18 @@ class _Job:
     @property
     def cancelled(self) -> bool:
         return self._state == "cancelled"
+
+
+class _Job(Claim):
+    """A unit of engine work; it is either started by the engine or cancelled, never both."""
+
+    _DONE = object()
+
+    def __init__(self, fn: Callable[[], Any], stream: bool) -> None:
+        super().__init__()
+        self.fn = fn
+        self.stream = stream
+        self.out: queue.SimpleQueue[Any] = queue.SimpleQueue()
 
 
 class SerialEngine:
