@@ -14,13 +14,15 @@ from surefoot.cli import EXIT_FAILED, CliError
 if TYPE_CHECKING:
     from surefoot._up import LocalSystem
 
-FAULTS = ("pod_delete", "node_evict", "gpu_fault", "redis_kill")
+FAULTS = ("pod_delete", "node_evict", "gpu_fault", "redis_kill", "replica_kill", "replica_freeze",
+          "compound")
 DEFAULT_FAULTS = ("pod_delete", "node_evict", "gpu_fault")
 
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
-        "drill", help="load + faults (delete a pod, evict a node, a fatal GPU fault); report",
+        "drill", help="load + faults (delete a pod, evict a node, a fatal GPU fault, SIGKILL "
+                      "or SIGSTOP a replica, faults piled up); report",
         description="Steady load through the gateway while faults are injected. Attaches to a "
                     "running `surefoot up` (local) or starts its own; exit 1 when a request "
                     "failed.")
@@ -31,7 +33,13 @@ def register(subparsers: Any) -> None:
     p.add_argument("--out", default="drill-out", help="report directory (default drill-out)")
     p.add_argument("--faults", default=",".join(DEFAULT_FAULTS),
                    help=f"comma-separated subset of {','.join(FAULTS)}")
-    p.add_argument("--max-tokens", type=int, default=4)
+    p.add_argument("--max-tokens", type=int, default=4,
+                   help="tokens per plain completion (streams get 4x as many; default 4)")
+    p.add_argument("--streams", type=int, default=1,
+                   help="streaming clients beside the plain load (default 1; 0: none)")
+    p.add_argument("--hold", type=float, default=8.0,
+                   help="seconds each abrupt or compound fault is held before the next "
+                        "(default 8)")
     p.add_argument("--state-dir", help="state of a running `surefoot up` to attach to")
     p.add_argument("--embeddings", action="store_true",
                    help="when the drill starts its own system: serve the embedding model too "
@@ -60,8 +68,15 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"--rate {args.rate}: must be in (0, 200]")
     if args.duration < 1:
         raise CliError(f"--duration {args.duration}: must be at least 1 second")
+    if not 1 <= args.max_tokens <= 512:
+        raise CliError(f"--max-tokens {args.max_tokens}: must be in [1, 512]")
+    if not 0 <= args.streams <= 64:
+        raise CliError(f"--streams {args.streams}: must be in [0, 64]")
+    if not 0.5 <= args.hold <= 600:
+        raise CliError(f"--hold {args.hold}: must be in [0.5, 600] seconds")
     settings = DrillSettings(rate=args.rate, duration=args.duration, out=Path(args.out),
-                             max_tokens=args.max_tokens, faults=faults)
+                             max_tokens=args.max_tokens, faults=faults, streams=args.streams,
+                             hold=args.hold)
     system = None
     try:
         if args.platform == "knative":

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from typing import Any
 
 import httpx
 
-from surefoot._drill_load import PROMPT, LoadGenerator, ms
+from surefoot._drill_load import PROMPT, LoadGenerator, Sample, StreamLoad, ms
 from surefoot._drill_report import plot_timeline, summarise
 from surefoot._drill_watch import (
     BREAKER_OPENED,
@@ -41,6 +42,9 @@ class DrillSettings:
     settle: float = 3.0  # load kept after each recovery before the next fault
     recovery_timeout: float = 120.0
     faults: tuple[str, ...] = ("pod_delete", "node_evict", "gpu_fault")
+    streams: int = 1  # closed-loop streaming clients beside the plain load
+    burst_streams: int = 8  # concurrent streams of an abrupt phase
+    hold: float = 8.0  # seconds each fault of an abrupt or the compound phase is held
 
 
 @dataclass
@@ -127,6 +131,7 @@ class Drill:
         self.report: dict[str, Any] = {}
         self.t0 = time.time()
         self.load: LoadGenerator | None = None
+        self.streams: StreamLoad | None = None
         self.windows: dict[str, tuple[float, float]] = {}  # phase -> (start, end) of load
 
     def _note(self, message: str) -> None:
@@ -144,7 +149,19 @@ class Drill:
                 if r.revision == self.t.primary_revision]
 
     def _ready_primaries(self) -> list[Any]:
-        return [r for r in self._primaries() if r.ready and r.phase == "Running"]
+        """Ready primaries on schedulable nodes (a node cordoned before is not the drill's to
+        fault or release)."""
+        down = set(self._cordoned())
+        return [r for r in self._primaries()
+                if r.ready and r.phase == "Running" and r.node not in down]
+
+    def _cordoned(self) -> list[str]:
+        return sorted(n.name for n in self.t.platform.nodes() if n.unschedulable)
+
+    def samples(self) -> list[Sample]:
+        """Every request both loads recorded so far."""
+        plain = list(self.load.samples) if self.load else []
+        return plain + (list(self.streams.samples) if self.streams else [])
 
     # --- the drill ---------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -152,12 +169,19 @@ class Drill:
         self.report = {"platform": type(self.t.platform).__name__, "rate": s.rate,
                        "max_tokens": s.max_tokens, "started": self.t0, "phases": {}}
         if not wait_until(lambda: len(self._ready_primaries()) >= 1, 60):
-            raise RuntimeError("no ready primary replica: is the system up?")
+            raise RuntimeError("no ready primary replica on a schedulable node: is the system "
+                               "up, or are all its nodes cordoned?")
+        self.report["cordoned_at_start"] = self._cordoned()
+        if self.report["cordoned_at_start"]:
+            self._note(f"nodes cordoned before the drill: "
+                       f"{', '.join(self.report['cordoned_at_start'])} (left as they are)")
         baseline = lone_start(self.t.serve_args)
         self.report["baseline_start_s"] = baseline
         if baseline is not None:
             self._note(f"a lone replica starts and loads its model in {baseline:.2f} s")
         self.load = LoadGenerator(self.t.gateway_url, s.rate, s.max_tokens).start()
+        if s.streams:
+            self.streams = StreamLoad(self.t.gateway_url, s.streams, 4 * s.max_tokens).start()
         try:
             self._steady(self.load)
             time.sleep(s.settle)
@@ -166,7 +190,9 @@ class Drill:
                 time.sleep(s.settle)
         finally:
             self.load.stop()
-        summarise(self.report, self.load.samples, self.windows, self.marks, self.t0)
+            if self.streams:
+                self.streams.stop()
+        summarise(self.report, self.samples(), self.windows, self.marks, self.t0)
         return self.report
 
     def _steady(self, load: LoadGenerator) -> None:
@@ -222,6 +248,8 @@ class Drill:
         for r in self.t.platform.replicas(self.t.service):
             per_node[r.node] = per_node.get(r.node, 0) + 1
         ready = self._ready_primaries()
+        if not ready:
+            raise RuntimeError("no ready primary on a schedulable node to evict")
         return min(ready, key=lambda r: (per_node.get(r.node, 0), -ready.index(r)))
 
     def node_evict(self) -> None:
@@ -332,6 +360,29 @@ class Drill:
             store.reset(key, "drill: released")
         except Exception as exc:  # the report stands; say what was left behind
             self._note(f"could not release {node}: {exc}")
+
+    def replica_kill(self) -> None:
+        self._abrupt("replica_kill", signal.SIGKILL)
+
+    def replica_freeze(self) -> None:
+        self._abrupt("replica_freeze", signal.SIGSTOP)
+
+    def _abrupt(self, phase: str, sig: signal.Signals) -> None:
+        from surefoot._drill_abrupt import AbruptPhase
+
+        report, window = AbruptPhase(self.t, self._mark, self._note, self.s.burst_streams,
+                                     4 * self.s.max_tokens, self.s.hold).run(sig)
+        self.report["phases"][phase] = report
+        if window[1]:
+            self.windows[phase] = window
+
+    def compound(self) -> None:
+        from surefoot._drill_compound import CompoundPhase
+
+        report, window = CompoundPhase(self.t, self._mark, self._note,
+                                       self.s.hold).run(self.samples)
+        self.report["phases"]["compound"] = report
+        self.windows["compound"] = window
 
     def redis_kill(self) -> None:
         from surefoot._drill_redis import RedisPhase

@@ -50,7 +50,10 @@ def test_short_drill_keeps_continuity_and_writes_its_report(tmp_path, isolated_e
 def test_drill_rejects_bad_flags_with_one_line(isolated_env):
     for flags, words in ((["--faults", "meteor"], "unknown meteor"),
                          (["--rate", "0"], "--rate"),
-                         (["--duration", "0"], "--duration")):
+                         (["--duration", "0"], "--duration"),
+                         (["--streams", "-1"], "--streams"),
+                         (["--hold", "0"], "--hold"),
+                         (["--max-tokens", "0"], "--max-tokens")):
         proc = subprocess.run([sys.executable, "-m", "surefoot", "drill", *flags],
                               env=isolated_env, capture_output=True, text=True, timeout=60)
         assert proc.returncode == 2, proc.stderr
@@ -64,3 +67,4 @@ def test_drill_attaching_to_a_missing_system_says_so(tmp_path, isolated_env):
         env=isolated_env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert "no running `surefoot up`" in proc.stderr
+

@@ -1,0 +1,109 @@
+"""The drill's own instruments, against real HTTP where they talk to a server: the streaming
+client's verdict on each stream, the capacity watch, and how the verdict treats the compound
+phase's failures."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from surefoot._drill_compound import CapacityWatch, capacity
+from surefoot._drill_load import Sample, StreamLoad
+from surefoot._drill_report import format_report, summarise
+
+OK = [b'data: {"choices":[{"delta":{"content":"a"},"finish_reason":null}]}',
+      b'data: {"choices":[{"delta":{},"finish_reason":"stop"}]}', b"data: [DONE]"]
+SCRIPTS = {
+    "ok": OK,
+    "cut": OK[:1],  # the connection closes mid-stream
+    "error": [OK[0], b'data: {"error":{"message":"no ready replica left to try"}}',
+              b"data: [DONE]"],
+    "no_done": OK[:2],
+}
+
+
+class _Handler(BaseHTTPRequestHandler):
+    script = "ok"
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["content-length"]))
+        self.send_response(200)
+        self.send_header("content-type", "text/event-stream")
+        self.send_header("x-surefoot-replica", "r-1")
+        self.send_header("connection", "close")
+        self.end_headers()
+        for line in SCRIPTS[type(self).script]:
+            self.wfile.write(line + b"\n\n")
+            self.wfile.flush()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def sse_server() -> Iterator[tuple[str, type[_Handler]]]:
+    handler = type("H", (_Handler,), {})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", handler
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize(("script", "ok", "words"), [
+    ("ok", True, ""), ("cut", False, "broken"), ("error", False, "no ready replica left"),
+    ("no_done", False, "broken")])
+def test_stream_client_judges_each_stream(sse_server: Any, script: str, ok: bool,
+                                          words: str) -> None:
+    url, handler = sse_server
+    handler.script = script
+    load = StreamLoad(url, 1, 8)
+    sample = load._one(0)
+    assert sample.ok is ok
+    assert words in sample.error
+    assert sample.kind == "stream"
+    assert sample.replica == "r-1"
+
+
+def _replica(rev: str, ready: bool, node: str = "n1") -> Any:
+    return SimpleNamespace(revision=rev, ready=ready, phase="Running", node=node, name=rev)
+
+
+def test_capacity_watch_tells_when_some_replica_was_ready() -> None:
+    watch = CapacityWatch(SimpleNamespace(), "svc")
+    watch.samples = [(10.0, {"p": 1, "f": 0}), (11.0, {"p": 0, "f": 0}),
+                     (12.0, {"p": 0, "f": 0}), (13.0, {"p": 0, "f": 2})]
+    assert watch.any_ready(9.5, 10.5)
+    assert not watch.any_ready(11.0, 12.5)
+    assert not watch.any_ready(12.2, 12.8)  # no sample inside: the one before counts
+    assert watch.any_ready(12.5, 13.5)
+    platform = SimpleNamespace(replicas=lambda svc: [_replica("p", True), _replica("p", False),
+                                                     _replica("f", True)])
+    assert capacity(platform, "svc") == {"f": "1/1", "p": "1/2"}
+
+
+def _report(failed_while_ready: int) -> dict[str, Any]:
+    return {"rate": 1, "phases": {"compound": {
+        "failed": 3, "failed_while_ready": failed_while_ready, "requests": 5, "steps": [],
+        "cordoned_before": ["node-9"]}}}
+
+
+def test_compound_failures_with_nothing_ready_are_excused_and_no_others() -> None:
+    samples = [Sample(float(i), i + 0.5, 503 if i < 3 else 200) for i in range(5)]
+    window = {"compound": (0.0, 10.0)}
+    report = _report(0)
+    summarise(report, samples, window, [], 0.0)
+    assert report["continuity"]["pass"]
+    assert report["continuity"]["failed_with_no_replica_ready"] == 3
+    assert report["checks"]["compound: 0 failed while a replica was ready"]
+    report = _report(1)
+    summarise(report, samples, window, [], 0.0)
+    assert not report["continuity"]["pass"]
+    assert report["continuity"]["failed"] == 1
+    assert "FAIL  compound: 0 failed while a replica was ready" in format_report(report)
+    assert "cordoned before: node-9" in format_report(report)
