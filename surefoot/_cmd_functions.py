@@ -115,7 +115,12 @@ def _context(settings: Any) -> Any:
     from events import Publisher, Sender, SenderSettings
     from functions import KServeCanary, build_context
     from knative import PlatformError
-    from knative.breakers import BreakerRegistrySettings, InvalidBreakerSettings
+    from knative.breakers import (
+        BreakerRegistrySettings,
+        InvalidBreakerSettings,
+        check_credentials,
+        redacted,
+    )
     from knative.platforms.kube import KnativePlatform, KubeSettings, KubeSettingsError
 
     if settings.platform == "local":
@@ -140,9 +145,13 @@ def _context(settings: Any) -> Any:
     canary = KServeCanary(platform.api_client, platform.namespace) if settings.kserve_isvc else None
     ctx = build_context(settings, platform, breaker_settings=breakers, sink=sink, canary=canary)
     try:
+        check_credentials(settings.redis_url)
+    except InvalidBreakerSettings as exc:
+        raise CliError(str(exc)) from None
+    try:
         ctx.redis.ping()
     except Exception as exc:  # redis errors, DNS
-        raise CliError(f"Redis at {settings.redis_url} does not answer: {exc}",
+        raise CliError(f"Redis at {redacted(settings.redis_url)} does not answer: {exc}",
                        code=EXIT_FAILED) from exc
     return ctx
 

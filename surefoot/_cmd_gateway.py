@@ -175,6 +175,7 @@ def _breakers(
         EmbeddedRedis,
         InvalidBreakerSettings,
         RedisStartError,
+        check_credentials,
     )
 
     if args.no_breakers:
@@ -188,7 +189,9 @@ def _breakers(
             raise CliError(f"embedded redis: {exc}; or set SUREFOOT_REDIS_URL") from exc
         url = embedded.url
     try:
-        return BreakerRegistrySettings.from_env(os.environ, redis_url=url), embedded
+        settings = BreakerRegistrySettings.from_env(os.environ, redis_url=url)
+        check_credentials(settings.redis_url)
+        return settings, embedded
     except InvalidBreakerSettings as exc:
         if embedded:
             embedded.stop()

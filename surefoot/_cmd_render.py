@@ -108,16 +108,18 @@ def _load(args: argparse.Namespace) -> Any:
 
 
 def run_render(args: argparse.Namespace) -> int:
-    from knative.manifests import render, to_stream, write
+    from knative.manifests import read_secret_file, render, to_stream, write
 
     config = _load(args)
-    files = render(config)
     if args.out == "-":
-        sys.stdout.write(to_stream(files))
+        sys.stdout.write(to_stream(render(config)))
         return 0
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise CliError(f"--out {out}: exists and is not a directory")
+    # the credentials of an earlier render into the same folder are kept: pods running with
+    # them keep working after the next apply
+    files = render(config, read_secret_file(out / "secrets.yaml", config.secret_name))
     try:
         written = write(files, out)
     except OSError as exc:
@@ -154,13 +156,20 @@ def _api(settings: Any) -> tuple[Any, str]:
 
 
 def run_deploy(args: argparse.Namespace) -> int:
-    from knative.manifests import all_objects, apply_objects, keep_live_traffic, render
+    from knative.manifests import (
+        all_objects,
+        apply_objects,
+        keep_live_secret,
+        keep_live_traffic,
+        render,
+    )
     from knative.platforms import PlatformError
 
     config = _load(args)
     api, _ = _api(_settings(args, namespace=config.namespace))
     objects = all_objects(render(config))
     try:
+        objects = keep_live_secret(api, objects, config.secret_name)
         if not args.reset_traffic:
             objects = keep_live_traffic(api, objects)
         results = apply_objects(

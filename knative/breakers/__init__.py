@@ -1,6 +1,7 @@
 """Circuit breakers shared through Redis (one per revision, node or replica), their
 CloudEvents, and the embedded Redis server that ``surefoot up`` runs them on."""
 
+from knative.breakers._access import check_credentials, redacted
 from knative.breakers._events import CloudEventSink
 from knative.breakers._redis import EmbeddedRedis, RedisStartError
 from knative.breakers._registry import BreakerRegistry
@@ -42,9 +43,11 @@ __all__ = [
     "RedisStartError",
     "Transition",
     "TransitionHook",
+    "check_credentials",
     "check_key",
     "keys_for",
     "node_key",
+    "redacted",
     "replica_key",
     "revision_key",
 ]

@@ -14,12 +14,14 @@ from knative.manifests._deploy import (
     apply_objects,
     format_knative_status,
     format_traffic,
+    keep_live_secret,
     keep_live_traffic,
     knative_status,
     object_path,
 )
 from knative.manifests._eventing import FUNCTION_ROUTES
 from knative.manifests._render import all_objects, kustomization, render, to_stream, write
+from knative.manifests._secrets import SecretValues, read_secret_file
 
 __all__ = [
     "FUNCTION_ROUTES",
@@ -27,17 +29,20 @@ __all__ = [
     "Images",
     "RenderConfig",
     "RenderConfigError",
+    "SecretValues",
     "Traffic",
     "all_objects",
     "apply_objects",
     "config_from_mapping",
     "format_knative_status",
     "format_traffic",
+    "keep_live_secret",
     "keep_live_traffic",
     "knative_status",
     "kustomization",
     "load_config",
     "object_path",
+    "read_secret_file",
     "render",
     "to_stream",
     "write",

@@ -18,11 +18,12 @@ from knative.manifests._objects import (
     resources,
     secure_context,
 )
+from knative.manifests._secrets import redis_env, secret_env
 
 
 def _app_template(
     c: RenderConfig, component: str, command: list[str], values: dict[str, str | None],
-    min_scale: int,
+    min_scale: int, secret_envs: list[Obj],
 ) -> Obj:
     # No automountServiceAccountToken: Knative's field mask allows only ``false``; the token
     # comes from the ServiceAccount's own automount setting.
@@ -40,7 +41,7 @@ def _app_template(
                     "imagePullPolicy": "IfNotPresent",
                     "command": command,
                     "ports": [{"name": "http1", "containerPort": APP_PORT}],
-                    "env": env({"SUREFOOT_PORT": str(APP_PORT), **values}),
+                    "env": [*secret_envs, *env({"SUREFOOT_PORT": str(APP_PORT), **values})],
                     **http_probes(APP_PORT),
                     "resources": resources("100m", "256Mi", "1Gi"),
                     "securityContext": secure_context(),
@@ -50,19 +51,25 @@ def _app_template(
     }
 
 
+def gateway_secrets(c: RenderConfig) -> list[Obj]:
+    """The gateway's Redis URL and its two tokens, from the Secret."""
+    return [*redis_env(c, "gateway"),
+            secret_env(c, "SUREFOOT_GATEWAY_ADMIN_TOKEN", "gateway-admin-token"),
+            secret_env(c, "SUREFOOT_GATEWAY_INTERNAL_TOKEN", "internal-token")]
+
+
 def knative_gateway(c: RenderConfig) -> Obj:
     local = f"{c.llm}.{c.namespace}.svc.cluster.local"
     template = _app_template(
         c, "gateway", ["surefoot", "gateway"],
         {
-            "SUREFOOT_REDIS_URL": c.redis,
             "SUREFOOT_PLATFORM": "knative",
             "SUREFOOT_NAMESPACE": c.namespace,
             "SUREFOOT_SERVICE": c.llm,
             "SUREFOOT_PRIMARY_URL": f"http://primary-{local}",
             "SUREFOOT_FALLBACK_URL": f"http://fallback-{local}",
         },
-        c.gateway_min_scale,
+        c.gateway_min_scale, gateway_secrets(c),
     )
     template["spec"]["timeoutSeconds"] = c.timeout_seconds
     template["spec"]["responseStartTimeoutSeconds"] = c.response_start_timeout_seconds
@@ -73,7 +80,6 @@ def knative_functions(c: RenderConfig) -> Obj:
     template = _app_template(
         c, "functions", ["surefoot", "functions"],
         {
-            "SUREFOOT_REDIS_URL": c.redis,
             "SUREFOOT_PLATFORM": "knative",
             "SUREFOOT_NAMESPACE": c.namespace,
             "SUREFOOT_SERVICE": c.llm,
@@ -83,7 +89,7 @@ def knative_functions(c: RenderConfig) -> Obj:
             "SUREFOOT_FALLBACK_MAX_SCALE": str(c.fallback_max_scale),
             "SUREFOOT_SINK": c.broker_url,
         },
-        1,
+        1, [*redis_env(c, "functions"), secret_env(c, "SUREFOOT_ADMIN_TOKEN", "admin-token")],
     )
     return knative_service(c, f"{c.name}-functions", "functions", template)
 
@@ -97,16 +103,15 @@ def kubernetes_gateway(c: RenderConfig) -> list[Obj]:
         "imagePullPolicy": "IfNotPresent",
         "command": ["surefoot", "gateway"],
         "ports": [{"name": "http", "containerPort": APP_PORT}],
-        "env": env(
+        "env": [*gateway_secrets(c), *env(
             {
                 "SUREFOOT_PORT": str(APP_PORT),
-                "SUREFOOT_REDIS_URL": c.redis,
                 "SUREFOOT_PLATFORM": "kubernetes",
                 "SUREFOOT_NAMESPACE": c.namespace,
                 "SUREFOOT_PRIMARY_URL": f"http://{c.llm}.{svc}",
                 "SUREFOOT_FALLBACK_URL": f"http://{c.fallback_configuration}.{svc}",
             }
-        ),
+        )],
         **http_probes(APP_PORT),
         "resources": resources("100m", "256Mi", "1Gi"),
     }
@@ -121,13 +126,15 @@ def kubernetes_gateway(c: RenderConfig) -> list[Obj]:
 
 
 _SNAPSHOT_SCRIPT = """\
-import socket, sys, httpx
+import os, socket, sys, httpx
 host, port = sys.argv[1], int(sys.argv[2])
+headers = {"Authorization": "Bearer " + os.environ["SUREFOOT_ADMIN_TOKEN"]}
 ips = sorted({a[4][0] for a in socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)})
 failed = 0
 for ip in ips:
     try:
-        httpx.post(f"http://{ip}:{port}/admin/snapshot", timeout=600).raise_for_status()
+        httpx.post(f"http://{ip}:{port}/admin/snapshot", headers=headers,
+                   timeout=600).raise_for_status()
         print("snapshot ok", ip)
     except httpx.HTTPError as exc:
         failed += 1
@@ -143,6 +150,7 @@ def checkpoint_cronjob(c: RenderConfig) -> Obj:
         "imagePullPolicy": "IfNotPresent",
         "command": ["python", "-c", _SNAPSHOT_SCRIPT,
                     f"{c.llm}-pods.{c.namespace}.svc.cluster.local", "8080"],
+        "env": [secret_env(c, "SUREFOOT_ADMIN_TOKEN", "admin-token")],
         "resources": resources("50m", "64Mi", "256Mi"),
     }
     pod = {

@@ -1,6 +1,7 @@
-"""The objects both shapes stand on: the namespace, Redis (unless the config names one), the
-checkpoint volume claim, the ``config-features`` flags Knative's pod specs need, and the
-least-privilege RBAC of every component."""
+"""The objects both shapes stand on: the namespace, the credentials, Redis (unless the config
+names one) behind its ACL and NetworkPolicy, the checkpoint volume claim, the
+``config-features`` flags Knative's pod specs need, and the least-privilege RBAC of every
+component."""
 
 from __future__ import annotations
 
@@ -16,35 +17,84 @@ from knative.manifests._objects import (
     rule,
     service_account,
 )
+from knative.manifests._secrets import SecretValues, acl_env, acl_script, secret_object
+
+# the pods that reach Redis, by their surefoot.dev/role (replicas are primary or fallback)
+REDIS_ROLES = ("gateway", "functions", "primary", "fallback")
 
 
 def _redis(c: RenderConfig) -> list[Obj]:
-    labels = {"app.kubernetes.io/name": f"{c.name}-redis", PART_OF: c.name}
+    """Redis with an ACL (no default user; the passwords from the Secret), append-only
+    persistence on a volume of its own, and a NetworkPolicy that admits only Surefoot's
+    gateway, functions and replicas."""
+    name = f"{c.name}-redis"
+    labels = {"app.kubernetes.io/name": name, PART_OF: c.name}
     container = {
         "name": "redis",
         "image": "redis:7-alpine",
-        "args": ["--save", "", "--appendonly", "no"],
+        "command": ["sh", "-c", acl_script("/data")],
+        "env": acl_env(c),
         "ports": [{"name": "redis", "containerPort": 6379}],
-        "readinessProbe": {"exec": {"command": ["redis-cli", "ping"]}, "periodSeconds": 5},
+        "readinessProbe": {"exec": {"command": [
+            "sh", "-c", "redis-cli --user probe --pass probe --no-auth-warning ping | "
+            "grep -q PONG"]}, "periodSeconds": 5},
+        "volumeMounts": [{"name": "data", "mountPath": "/data"}],
         "resources": resources("100m", "128Mi", "512Mi"),
+        "securityContext": {"runAsNonRoot": True, "runAsUser": 999, "runAsGroup": 1000,
+                            "allowPrivilegeEscalation": False,
+                            "capabilities": {"drop": ["ALL"]},
+                            "seccompProfile": {"type": "RuntimeDefault"}},
     }
     deployment = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": meta(c, f"{c.name}-redis", "redis"),
+        "metadata": meta(c, name, "redis"),
         "spec": {
             "replicas": 1,
+            "strategy": {"type": "Recreate"},  # one writer of the append-only file
             "selector": {"matchLabels": labels},
             "template": {
                 "metadata": {"labels": labels},
-                "spec": {"automountServiceAccountToken": False, "containers": [container]},
+                "spec": {"automountServiceAccountToken": False,
+                         "securityContext": {"fsGroup": 1000},
+                         "containers": [container],
+                         "volumes": [{"name": "data", "persistentVolumeClaim": {
+                             "claimName": f"{name}-data"}}]},
             },
         },
     }
-    service = core_service(c, f"{c.name}-redis", "redis", {
+    claim: Obj = {
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": meta(c, f"{name}-data", "redis"),
+        "spec": {"accessModes": ["ReadWriteOnce"],
+                 "resources": {"requests": {"storage": c.redis_size}}},
+    }
+    if c.redis_storage_class:
+        claim["spec"]["storageClassName"] = c.redis_storage_class
+    service = core_service(c, name, "redis", {
         "selector": labels, "ports": [{"name": "redis", "port": 6379, "targetPort": 6379}],
     })
-    return [deployment, service]
+    policy = {
+        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+        "metadata": meta(c, name, "redis"),
+        "spec": {
+            "podSelector": {"matchLabels": labels},
+            "policyTypes": ["Ingress"],
+            "ingress": [{
+                "from": [
+                    {"podSelector": {"matchExpressions": [
+                        {"key": "surefoot.dev/role", "operator": "In",
+                         "values": list(REDIS_ROLES)},
+                        {"key": PART_OF, "operator": "In", "values": [c.name]}]}},
+                    # the plain-Kubernetes gateway's pods, labelled by name
+                    {"podSelector": {"matchLabels": {
+                        "app.kubernetes.io/name": f"{c.name}-gateway", PART_OF: c.name}}},
+                ],
+                "ports": [{"protocol": "TCP", "port": 6379}],
+            }],
+        },
+    }
+    return [claim, deployment, service, policy]
 
 
 def _checkpoint_claim(c: RenderConfig) -> Obj:
@@ -62,12 +112,15 @@ def _checkpoint_claim(c: RenderConfig) -> Obj:
     return pvc
 
 
-def common(c: RenderConfig) -> Files:
-    """Namespace, Redis and the checkpoint claim, as files in apply order."""
+def common(c: RenderConfig, values: SecretValues | None) -> Files:
+    """Namespace, the credentials (unless ``c.secret`` names the operator's own), Redis and
+    the checkpoint claim, as files in apply order."""
     namespace = {"apiVersion": "v1", "kind": "Namespace",
                  "metadata": meta(c, c.namespace, "namespace", namespaced=False)}
     files: Files = [("namespace.yaml", [namespace])]
-    if not c.redis_url:
+    if not c.secret:
+        files.append(("secrets.yaml", [secret_object(c, values or SecretValues.generate())]))
+    if c.runs_redis:
         files.append(("redis.yaml", _redis(c)))
     if c.checkpoint_volume == "pvc":
         files.append(("checkpoints.yaml", [_checkpoint_claim(c)]))

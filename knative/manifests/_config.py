@@ -69,6 +69,10 @@ class RenderConfig:
     traffic: Traffic = field(default_factory=Traffic)
     gateway_min_scale: int = 2
     redis_url: str = ""  # "" = run Redis in the namespace
+    redis_url_secret: str = ""  # "<secret>/<key>" holding an external Redis URL with credentials
+    redis_size: str = "1Gi"  # the rendered Redis's append-only volume
+    redis_storage_class: str = ""
+    secret: str = ""  # an existing Secret with the credentials; "" = render <name>-secrets
     checkpoint_volume: str = "emptydir"
     checkpoint_size: str = "20Gi"
     checkpoint_storage_class: str = ""
@@ -100,18 +104,19 @@ class RenderConfig:
         return self.name
 
     @property
-    def redis(self) -> str:
-        return (
-            self.redis_url
-            or f"redis://{self.name}-redis.{self.namespace}.svc.cluster.local:6379/0"
-        )
-
-    @property
     def broker_url(self) -> str:
         return (
             "http://broker-ingress.knative-eventing.svc.cluster.local/"
             f"{self.namespace}/{self.broker}"
         )
+
+    @property
+    def secret_name(self) -> str:
+        return self.secret or f"{self.name}-secrets"
+
+    @property
+    def runs_redis(self) -> bool:
+        return not (self.redis_url or self.redis_url_secret)
 
     def sa(self, component: str) -> str:
         return f"{self.name}-{component}"
@@ -123,6 +128,8 @@ _QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|Ki|Mi|Gi|Ti|k|M|G|T)?$")
 _DURATION = re.compile(r"^[0-9]+(s|m|h)$")
 _ISO_DURATION = re.compile(r"^PT([0-9]+(\.[0-9]+)?[HMS])+$")
 _CRON = re.compile(r"^(\S+\s+){4}\S+$")
+_DNS_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+_SECRET_KEY = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[-._a-zA-Z0-9]+$")
 
 
 def _check_value(kind: str, name: str, value: Any, errors: list[str]) -> tuple[bool, Any]:
@@ -229,7 +236,7 @@ def _check_numbers(c: RenderConfig) -> list[str]:
 
 def _check_formats(c: RenderConfig) -> list[str]:
     errors: list[str] = []
-    for fname in ("replica_cpu", "replica_memory", "checkpoint_size"):
+    for fname in ("replica_cpu", "replica_memory", "checkpoint_size", "redis_size"):
         if not _QUANTITY.match(getattr(c, fname)):
             errors.append(
                 f"{fname}: {getattr(c, fname)!r} is not a Kubernetes quantity (e.g. 2, 500m, 8Gi)"
@@ -274,6 +281,12 @@ def _check_references(c: RenderConfig) -> list[str]:
         )
     if c.redis_url and not re.match(r"^rediss?://", c.redis_url):
         errors.append(f"redis_url: {c.redis_url!r} must start with redis:// or rediss://")
+    if c.redis_url_secret and not _SECRET_KEY.match(c.redis_url_secret):
+        errors.append(f"redis_url_secret: {c.redis_url_secret!r} must be <secret name>/<key>")
+    if c.redis_url and c.redis_url_secret:
+        errors.append("redis_url_secret: give redis_url or redis_url_secret, not both")
+    if c.secret and (not _DNS_NAME.match(c.secret) or len(c.secret) > 253):
+        errors.append(f"secret: {c.secret!r} is not a Secret name (lowercase a-z, 0-9, '-', '.')")
     return errors
 
 

@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 KINDS: dict[tuple[str, str], tuple[str, bool]] = {
     ("v1", "Namespace"): ("namespaces", False),
     ("v1", "ConfigMap"): ("configmaps", True),
+    ("v1", "Secret"): ("secrets", True),
     ("v1", "ServiceAccount"): ("serviceaccounts", True),
     ("v1", "Service"): ("services", True),
     ("v1", "PersistentVolumeClaim"): ("persistentvolumeclaims", True),
@@ -29,6 +30,7 @@ KINDS: dict[tuple[str, str], tuple[str, bool]] = {
     ("apps/v1", "DaemonSet"): ("daemonsets", True),
     ("batch/v1", "CronJob"): ("cronjobs", True),
     ("policy/v1", "PodDisruptionBudget"): ("poddisruptionbudgets", True),
+    ("networking.k8s.io/v1", "NetworkPolicy"): ("networkpolicies", True),
     ("rbac.authorization.k8s.io/v1", "Role"): ("roles", True),
     ("rbac.authorization.k8s.io/v1", "RoleBinding"): ("rolebindings", True),
     ("rbac.authorization.k8s.io/v1", "ClusterRole"): ("clusterroles", False),
@@ -157,6 +159,37 @@ def keep_live_traffic(
             if live and _revisions(live) == _revisions(rendered):
                 obj = {**obj, "spec": {**obj["spec"], "traffic": live}}
                 log.info("route %s keeps its live traffic split", obj["metadata"]["name"])
+        out.append(obj)
+    return out
+
+
+def keep_live_secret(
+    api_client: Any, objects: list[dict[str, Any]], name: str, *, request_timeout: float = 30.0
+) -> list[dict[str, Any]]:
+    """``objects`` with the rendered Secret ``name`` holding the values live on the cluster,
+    when it exists there with every key: a re-deploy must not change the passwords and tokens
+    that Redis and the running pods were started with."""
+    from kubernetes import client
+
+    from knative.manifests._secrets import SecretValues, secret_values_object
+
+    out = []
+    for obj in objects:
+        if obj.get("kind") == "Secret" and obj["metadata"]["name"] == name:
+            ns = obj["metadata"]["namespace"]
+            try:
+                live = client.CoreV1Api(api_client).read_namespaced_secret(
+                    name, ns, _request_timeout=request_timeout)
+            except Exception as exc:
+                err = map_api_error(exc, f"read Secret {ns}/{name}")
+                if not isinstance(err, NotFound):
+                    raise err from exc
+                live = None
+            doc = api_client.sanitize_for_serialization(live) if live is not None else None
+            values = SecretValues.from_objects([doc], name) if doc else None
+            if values is not None:
+                obj = secret_values_object(obj, values)
+                log.info("secret %s keeps its live values", name)
         out.append(obj)
     return out
 

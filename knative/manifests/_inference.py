@@ -23,6 +23,7 @@ from knative.manifests._objects import (
     meta,
     secure_context,
 )
+from knative.manifests._secrets import redis_env, secret_env
 
 
 class Revision:
@@ -50,14 +51,15 @@ def _replica_env(c: RenderConfig, rev: Revision) -> list[Obj]:
             "SUREFOOT_MODEL": rev.model,
             "SUREFOOT_EMBEDDING_MODEL": c.embedding_model or None,
             "SUREFOOT_REVISION": rev.name,
-            "SUREFOOT_REDIS_URL": c.redis,
             "SUREFOOT_CHECKPOINT_DIR": CHECKPOINT_DIR,
             "SUREFOOT_N_GPU_LAYERS": "-1" if rev.gpus else "0",
             "SUREFOOT_CUDA": "true" if rev.gpus else "false",
             "SUREFOOT_QUEUE_CAPACITY": str(c.container_concurrency),
         }
     )
-    return [*out, field_env("SUREFOOT_REPLICA", "metadata.name"),
+    return [*redis_env(c, "replica"), secret_env(c, "SUREFOOT_ADMIN_TOKEN", "admin-token"),
+            secret_env(c, "SUREFOOT_INTERNAL_TOKEN", "internal-token"), *out,
+            field_env("SUREFOOT_REPLICA", "metadata.name"),
             field_env("SUREFOOT_NODE", "spec.nodeName")]
 
 

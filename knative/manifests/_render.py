@@ -39,10 +39,11 @@ from knative.manifests._config import RenderConfig
 from knative.manifests._eventing import broker_and_triggers, sources, uses_gpus
 from knative.manifests._inference import knative_inference, kubernetes_inference
 from knative.manifests._objects import Files, Obj
+from knative.manifests._secrets import SecretValues
 
 
-def _knative_set(c: RenderConfig) -> Files:
-    files = common(c)
+def _knative_set(c: RenderConfig, values: SecretValues | None) -> Files:
+    files = common(c, values)
     files.insert(1, ("config-features.yaml", [config_features(c)]))
     files += [
         ("rbac.yaml", knative_rbac(c, uses_gpus(c))),
@@ -55,9 +56,9 @@ def _knative_set(c: RenderConfig) -> Files:
     return files
 
 
-def _kubernetes_set(c: RenderConfig) -> Files:
+def _kubernetes_set(c: RenderConfig, values: SecretValues | None) -> Files:
     return [
-        *common(c),
+        *common(c, values),
         ("rbac.yaml", kubernetes_rbac(c)),
         ("inference.yaml", kubernetes_inference(c)),
         ("gateway.yaml", kubernetes_gateway(c)),
@@ -65,9 +66,11 @@ def _kubernetes_set(c: RenderConfig) -> Files:
     ]
 
 
-def render(config: RenderConfig) -> Files:
-    """The manifests, as ``[(file name, [objects])]`` in apply order."""
-    return _knative_set(config) if config.shape == "knative" else _kubernetes_set(config)
+def render(config: RenderConfig, secrets: SecretValues | None = None) -> Files:
+    """The manifests, as ``[(file name, [objects])]`` in apply order; the rendered Secret holds
+    ``secrets`` (None: fresh random values)."""
+    build = _knative_set if config.shape == "knative" else _kubernetes_set
+    return build(config, secrets)
 
 
 def all_objects(files: Files) -> list[Obj]:

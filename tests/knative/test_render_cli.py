@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from knative.manifests import (
+    SecretValues,
     all_objects,
     apply_objects,
     config_from_mapping,
@@ -63,7 +64,11 @@ def test_render_to_stdout_is_one_stream(capsys: pytest.CaptureFixture[str]) -> N
     code, out, _ = _run(capsys, "render")
     assert code == 0
     docs = list(yaml.safe_load_all(out))
-    expected = all_objects(render(config_from_mapping({"model": "gemma-3-270m"})))
+    config = config_from_mapping({"model": "gemma-3-270m"})
+    # the credentials are random: the stream is the render with the values it drew
+    values = SecretValues.from_objects(docs, config.secret_name)
+    assert values is not None
+    expected = all_objects(render(config, values))
     assert docs == expected
 
 
@@ -403,3 +408,35 @@ def test_redeploy_keeps_the_live_split_unless_asked(
     assert split() == [0, 100]
     assert _run(capsys, "deploy", "--kubeconfig", kubeconfig, "--reset-traffic")[0] == 0
     assert split() == [100, 0]
+
+
+def test_rendering_again_keeps_the_credentials(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+
+    def values() -> SecretValues | None:
+        docs = list(yaml.safe_load_all((out / "secrets.yaml").read_text()))
+        return SecretValues.from_objects(docs, "surefoot-secrets")
+
+    assert _run(capsys, "render", "--out", str(out))[0] == 0
+    first = values()
+    assert first is not None
+    assert _run(capsys, "render", "--out", str(out))[0] == 0
+    assert values() == first
+    (out / "secrets.yaml").unlink()  # gone: fresh ones are drawn
+    assert _run(capsys, "render", "--out", str(out))[0] == 0
+    assert values() not in (None, first)
+
+
+def test_redeploy_keeps_the_live_credentials(
+    deployed: FakeKubeServer, kubeconfig: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def live() -> dict[str, str]:
+        secret = deployed.get("secrets", "surefoot-secrets", "surefoot")
+        return dict(secret.get("stringData") or secret.get("data") or {})
+
+    first = live()
+    assert first
+    assert _run(capsys, "deploy", "--kubeconfig", kubeconfig)[0] == 0
+    assert live() == first

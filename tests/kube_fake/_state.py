@@ -63,6 +63,7 @@ RESOURCES: tuple[Resource, ...] = (
     _r("batch/v1", "cronjobs", "CronJob"),
     _r("batch/v1", "jobs", "Job"),
     _r("policy/v1", "poddisruptionbudgets", "PodDisruptionBudget"),
+    _r("networking.k8s.io/v1", "networkpolicies", "NetworkPolicy", status_subresource=False),
     _r("rbac.authorization.k8s.io/v1", "roles", "Role", status_subresource=False),
     _r("rbac.authorization.k8s.io/v1", "rolebindings", "RoleBinding", status_subresource=False),
     _r(
