@@ -167,6 +167,9 @@ def run_functions(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     server = FunctionsServer(settings, ctx, host=args.host, port=port).start()
+    durable = threading.Thread(target=_keep_forced_breakers, args=(settings, ctx, stop),
+                               name="durable-breakers", daemon=True)
+    durable.start()
     print(f"surefoot functions on {server.url} (service {settings.service}, namespace "
           f"{settings.namespace}{', dry run' if settings.dry_run else ''})", flush=True)
     try:
@@ -178,6 +181,36 @@ def run_functions(args: argparse.Namespace) -> int:
             sink.close()
         ctx.close()
     return EXIT_OK
+
+
+def forced_breakers_configmap(service: str) -> str:
+    """The ConfigMap that keeps the operator's forced breakers of ``service`` on a cluster."""
+    return f"{service}-forced-breakers"
+
+
+def _keep_forced_breakers(settings: Any, ctx: Any, stop: threading.Event,
+                          interval: float = 1.0) -> None:
+    """Mirror the forced breakers into their ConfigMap, and write them back into a Redis found
+    empty, every ``interval`` seconds until ``stop``."""
+    import logging
+
+    from knative import PlatformError
+    from knative.breakers import BreakerRegistrySettings, DurableBreakers
+    from knative.platforms.kube import ConfigMapHome
+
+    log = logging.getLogger("surefoot.functions")
+    home = ConfigMapHome(ctx.platform.api_client, settings.namespace,
+                         forced_breakers_configmap(settings.service))
+    durable = DurableBreakers(home, BreakerRegistrySettings.from_env(
+        os.environ, redis_url=settings.redis_url))
+    try:
+        while not stop.wait(interval):
+            try:
+                durable.sync()
+            except PlatformError as exc:  # the API server away: the next pass tries again
+                log.warning("forced breakers not synced with %s: %s", home.describe(), exc)
+    finally:
+        durable.close()
 
 
 def run_release(args: argparse.Namespace) -> int:

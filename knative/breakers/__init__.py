@@ -2,6 +2,7 @@
 CloudEvents, and the embedded Redis server that ``surefoot up`` runs them on."""
 
 from knative.breakers._access import check_credentials, redacted
+from knative.breakers._durable import DurableBreakers, DurableHome, FileHome
 from knative.breakers._events import CloudEventSink
 from knative.breakers._redis import EmbeddedRedis, RedisStartError
 from knative.breakers._registry import BreakerRegistry
@@ -36,7 +37,10 @@ __all__ = [
     "BreakerStore",
     "BreakerUnavailable",
     "CloudEventSink",
+    "DurableBreakers",
+    "DurableHome",
     "EmbeddedRedis",
+    "FileHome",
     "InvalidBreakerKey",
     "InvalidBreakerSettings",
     "Permit",

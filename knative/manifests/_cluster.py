@@ -162,6 +162,11 @@ def knative_rbac(c: RenderConfig, gpu: bool) -> list[Obj]:
     out += role(c, "functions", [
         rule(["serving.knative.dev"], ["services", "routes"], ["get", "patch"]),
         rule(["serving.knative.dev"], ["revisions"], ["get", "list", "patch"]),
+        # the durable home of the operator's forced breakers: this one ConfigMap, made by
+        # the functions on their first write (create cannot be limited to a name)
+        {**rule([""], ["configmaps"], ["get", "update"]),
+         "resourceNames": [f"{c.llm}-forced-breakers"]},
+        rule([""], ["configmaps"], ["create"]),
     ])
     out += role(c, "functions", [
         rule([""], ["nodes"], ["get", "list", "patch"]),
