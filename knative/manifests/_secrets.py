@@ -108,7 +108,7 @@ def redis_env(c: RenderConfig, user: str) -> list[Obj]:
 # event claims). Administrative and dangerous commands are nobody's.
 _ACL_RULES = {
     "replica": f"~{BREAKER_KEYS} &{BREAKER_KEYS} -@all +@read +@connection +@pubsub "
-               "+evalsha +eval +script|load",
+               "+evalsha +eval +script|load -@dangerous",
     "gateway": f"~{BREAKER_KEYS} &{BREAKER_KEYS} +@all -@admin -@dangerous",
     "functions": f"~{ALL_KEYS} &{ALL_KEYS} +@all -@admin -@dangerous",
 }

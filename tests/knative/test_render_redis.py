@@ -103,7 +103,7 @@ def test_no_one_may_flush_or_reconfigure(acl_redis: int) -> None:
     for user in ("gateway", "functions", "replica"):
         client = redis.Redis.from_url(_url(acl_redis, user))
         for command in (("FLUSHALL",), ("CONFIG", "GET", "dir"), ("ACL", "LIST"),
-                        ("SET", "other:key", "1")):
+                        ("KEYS", "*"), ("SET", "other:key", "1")):
             with pytest.raises(redis.exceptions.NoPermissionError):
                 client.execute_command(*command)
     functions = redis.Redis.from_url(_url(acl_redis, "functions"))
