@@ -76,10 +76,8 @@ class AdminRoutes:
 
     def targets(self) -> list[str]:
         """The breaker keys the routing table names: each revision, node and replica."""
-        t = self.resolver.table()
-        routes = [*t.routes, *([t.fallback] if t.fallback else [])]
         keys = []
-        for route in routes:
+        for route in self.resolver.table().revisions():
             keys.append(revision_key(route.revision))
             for e in route.endpoints:
                 keys += keys_for(route.revision, e.node, e.replica)[1:]

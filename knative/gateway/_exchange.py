@@ -1,5 +1,6 @@
 """The values one proxied request passes between the gateway's steps: the request as admitted,
-a whole answer to pass on, and a try that produced nothing worth passing on."""
+a whole answer to pass on, a try that produced nothing worth passing on, and the request's
+progress through the revisions."""
 
 from __future__ import annotations
 
@@ -71,3 +72,22 @@ class Failure:
         self.message = message
         self.retryable = retryable
         self.retry_after = retry_after
+
+
+class Progress:
+    """One request's way through the revisions: the replicas and revisions it tried, its
+    tries, the last failure, whether a replica answered it (up, and said no), the revisions
+    the retry budget turned it away from, and its time in the wait queue."""
+
+    __slots__ = ("answered", "attempts", "failure", "first", "left", "revisions", "tried",
+                 "waited")
+
+    def __init__(self) -> None:
+        self.tried: set[str] = set()
+        self.revisions: set[str] = set()
+        self.left: set[str] = set()
+        self.attempts = 0
+        self.failure: Failure | None = None
+        self.answered = False
+        self.waited = 0.0
+        self.first: str | None = None  # the revision the traffic split drew

@@ -7,9 +7,13 @@ in-flight requests (skipping replicas and nodes whose breakers are open), and ca
 per-try timeout inside an overall deadline. It retries only when that is safe — a connection
 error, or a 502/503, before any byte went back to the client — within an Envoy-style retry
 budget (concurrent retries at most a ratio of active requests, with a floor) and with jittered
-backoff; when the primary's breaker is open or its tries are spent it asks the fallback revision.
-Streams are handed to :mod:`knative.gateway._stream`, and resumed on another replica when they
-break or stall (:mod:`knative.gateway._resume`, through :meth:`Gateway.reopen`). Every result
+backoff. No revision is final: when one's breaker is open or its tries are spent the request
+asks the next (the other routes, the fallback, the 0% targets: :mod:`knative.gateway._plan`),
+and when nothing the breakers allow answers, the ready replicas behind breakers that are not
+forced open; with no ready replica at all it waits in a bounded queue, within its deadline,
+before it is shed with a 503 and ``Retry-After``. Streams are handed to
+:mod:`knative.gateway._stream`, and resumed on another replica when they break or stall
+(:mod:`knative.gateway._resume`, through :meth:`Gateway.reopen`). Every result
 feeds the breakers of the revision, the node and the replica (4xx from upstream are the
 client's errors and count as successes).
 
@@ -31,10 +35,11 @@ from urllib.parse import quote
 
 from knative.breakers import BreakerRegistry, Permit
 from knative.gateway._admin import BreakerAdmin
-from knative.gateway._exchange import Failure, ProxyRequest, Reply
+from knative.gateway._exchange import Failure, Progress, ProxyRequest, Reply
 from knative.gateway._guard import BreakerGuard
 from knative.gateway._inflight import InFlight
 from knative.gateway._metrics import GatewayMetrics
+from knative.gateway._plan import Planner
 from knative.gateway._resume import INTERNAL_HEADER, Gaps, make_stream, resumable_body
 from knative.gateway._routing import Endpoint, Resolver, Route, RoutingTable
 from knative.gateway._settings import GatewaySettings
@@ -79,6 +84,7 @@ class Gateway:
         self.admin = BreakerAdmin(settings.admin_token, breakers)
         self._rng = rng or random.Random()
         self._sleep = sleep
+        self._plan = Planner(self.guard, self.inflight, self._rng)
         self._streams = StreamContext(settings, self.metrics, self.inflight, self.guard,
                                       self.pool)
         self._gaps = Gaps()
@@ -160,52 +166,6 @@ class Gateway:
             req.headers[INTERNAL_HEADER] = token
         return req
 
-    # --- routing ------------------------------------------------------------------------------
-
-    def _choose_route(self, table: RoutingTable) -> Route | None:
-        usable = self.guard.usable
-        routes = [r for r in table.routes if r.percent > 0 and usable(r)]
-        if not routes:
-            fb = table.fallback
-            if fb is not None and usable(fb):
-                self.metrics.inc("fallback_direct")
-                return fb
-            return None
-        if len(routes) == 1:
-            return routes[0]
-        total = sum(r.percent for r in routes)
-        x = self._rng.random() * total
-        for r in routes:
-            x -= r.percent
-            if x < 0:
-                return r
-        return routes[-1]
-
-    def _pick(self, route: Route, tried: set[str]) -> tuple[Endpoint, list[Permit]] | None:
-        """A replica by power of two choices on tries in progress, with its try's permits."""
-        guard = self.guard
-        while True:
-            cands = [e for e in route.endpoints
-                     if e.ready and e.url not in tried and guard.allows_endpoint(e)]
-            if not cands:
-                return None
-            if len(cands) == 1:
-                ep = cands[0]
-            else:
-                a, c = self._rng.sample(cands, 2)
-                ep = a if self.inflight.tries(a.url) <= self.inflight.tries(c.url) else c
-            permits = guard.acquire_endpoint(ep)
-            if permits is not None:
-                return ep, permits
-            tried.add(ep.url)  # a half-open breaker with no probe left: skip this one
-
-    def _next_route(self, route: Route, fallback: Route | None) -> Route | None:
-        if fallback is None or route.revision == fallback.revision:
-            return None
-        if not self.guard.usable(fallback):
-            return None
-        return fallback
-
     # --- retries ------------------------------------------------------------------------------
 
     def _may_retry(self, req: ProxyRequest) -> bool:
@@ -221,90 +181,215 @@ class Gateway:
         if wait > 0:
             self._sleep(wait)
 
+    # --- routing ------------------------------------------------------------------------------
+
     def _dispatch(self, req: ProxyRequest) -> Outcome:
-        table = self.resolver.table()
-        route = self._choose_route(table)
-        if route is None:
-            self.metrics.inc("no_route")
-            return Failure(503, "no_ready_replica",
-                           "no ready replica for any target (breakers open or none ready)",
-                           retryable=False, retry_after="1")
-        fallback = table.fallback
-        failure: Failure | None = None
-        tried: set[str] = set()
-        attempts = 0  # tries made, all routes
-        tries = 0  # tries made on the current route
-        max_tries = self.settings.max_tries
-        entered = self.guard.enter(route, req)
+        """Ask the revisions in order, each first within its breakers, then as the last
+        resort; with nothing left to try, wait for a ready replica (bounded) and ask again."""
+        prog = Progress()
         while True:
-            if attempts > 0:
-                if not self._may_retry(req):
-                    break
-                if 0 < tries < max_tries:
-                    self._backoff(tries, req.deadline)
-            if time.monotonic() >= req.deadline:
-                failure = Failure(504, "deadline_exceeded",
-                                  f"no answer within the {self.settings.deadline} s deadline",
-                                  retryable=False)
-                break
-            picked = self._pick(route, tried) if entered and tries < max_tries else None
-            if picked is None:
-                nxt = self._next_route(route, fallback)
-                if nxt is None:
-                    break
-                self.guard.settle(req, False if tries else None)
-                route, tries = nxt, 0
-                entered = self.guard.enter(route, req)
-                self.metrics.inc("fallback_direct" if attempts == 0 else "fallback_after_failure")
-                continue
-            ep, permits = picked
-            if attempts > 0:
-                self.metrics.inc("retries")
-            attempts += 1
-            tries += 1
-            out = self._attempt(route, ep, permits, req)
-            if not isinstance(out, Failure):
-                if fallback is not None and route.revision == fallback.revision:
-                    self.metrics.inc("answered_by_fallback")
+            table = self.resolver.table()
+            out = self._serve(req, prog, table)
+            if out is not None:
                 return out
-            failure = out
-            tried.add(ep.url)
+            out = self._short_of_capacity(req, prog, table)
+            if out is not None:
+                return out
+
+    def _serve(self, req: ProxyRequest, prog: Progress, table: RoutingTable) -> Outcome | None:
+        """The answer, or the failure that ends the request; None when nothing is left to try."""
+        order, first = self._plan.order(table)
+        if prog.first is None and first is not None:
+            prog.first = first.revision
+        fallback = table.fallback.revision if table.fallback else None
+        for last in (False, True):
+            for route in order:
+                if route.revision in prog.left or not self._plan.admits(route, last):
+                    continue
+                out = self._on_route(req, prog, route, last, fallback)
+                if out is not None:
+                    return out
+        return None
+
+    def _on_route(self, req: ProxyRequest, prog: Progress, route: Route, last: bool,
+                  fallback: str | None) -> Outcome | None:
+        """Up to ``max_tries`` tries on one revision (pass ``last``): the answer, a failure
+        that ends the request, or None to go on to the next revision."""
+        tries = counted = 0
+        entered = False
+        out: Outcome | None = None
+        try:
+            while tries < self.settings.max_tries:
+                if not self._plan.candidates(route, prog.tried, last):
+                    return None
+                out = self._before_try(req, prog, route, tries)
+                if out is not None or route.revision in prog.left:
+                    return out
+                if not last and not entered:
+                    entered = self.guard.enter(route, req)
+                    if not entered:  # half-open, its probes taken: the last resort may ask
+                        return None
+                picked = self._plan.pick(route, prog.tried, last)
+                if picked is None:
+                    return None
+                if tries == 0:
+                    self._note_move(route, prog, fallback)
+                tries += 1
+                out = self._try(route, picked, req, prog, last)
+                if not isinstance(out, Failure):
+                    if route.revision == fallback:
+                        self.metrics.inc("answered_by_fallback")
+                    return out
+                if out.kind != "pool_exhausted":  # our own bound says nothing of the revision
+                    counted += 1
+                if not out.retryable:
+                    return out
+            return None
+        finally:
+            if entered and not isinstance(out, Stream):  # a stream settles when it ends
+                self.guard.settle(req, False if counted else None)
+
+    def _before_try(self, req: ProxyRequest, prog: Progress, route: Route,
+                    tries: int) -> Failure | None:
+        """Before the next try on ``route``: the failure that ends the request (its deadline
+        passed), else None. Another try on a revision the request already tried is a retry:
+        bounded by the retry budget (when it says no the request leaves that revision) and
+        after a backoff; the first try on another revision is failover, which it does not
+        bound."""
+        if route.revision in prog.revisions:
+            if not self._may_retry(req):
+                prog.left.add(route.revision)
+                return None
+            if tries > 0:
+                self._backoff(tries, req.deadline)
+        if time.monotonic() >= req.deadline:
+            return Failure(504, "deadline_exceeded",
+                           f"no answer within the {self.settings.deadline} s deadline",
+                           retryable=False)
+        return None
+
+    def _try(self, route: Route, picked: tuple[Endpoint, list[Permit]], req: ProxyRequest,
+             prog: Progress, last: bool) -> Outcome:
+        """One try, counted in the request's progress and the metrics."""
+        ep, permits = picked
+        if prog.attempts > 0:
+            self.metrics.inc("retries")
+        if last:
+            self.metrics.inc("last_resort")
+        prog.attempts += 1
+        prog.revisions.add(route.revision)
+        out = self._attempt(route, ep, permits, req)
+        if isinstance(out, Failure):
+            prog.failure = out
+            prog.tried.add(ep.url)
             self.metrics.inc(f"upstream_{out.kind}")
-            if not out.retryable:
-                break
-        self.guard.settle(req, False if tries else None)
-        if failure is None:
-            return Failure(503, "no_ready_replica", "no ready replica left to try",
+            if out.kind == "upstream_unavailable":
+                prog.answered = True
+        return out
+
+    def _note_move(self, route: Route, prog: Progress, fallback: str | None) -> None:
+        """Count a request going to a revision the traffic split did not draw."""
+        if route.revision == prog.first:
+            return
+        after = "direct" if prog.attempts == 0 else "after_failure"
+        self.metrics.inc(f"fallback_{after}" if route.revision == fallback else f"failover_{after}")
+
+    # --- short of capacity --------------------------------------------------------------------
+
+    def _short_of_capacity(self, req: ProxyRequest, prog: Progress,
+                           table: RoutingTable) -> Failure | None:
+        """Nothing was left to try. A replica's own no (or the last failure, when the retry
+        budget turned the request away) is passed on; ready replicas behind
+        forced-open breakers only are a 503 at once; else the request waits for a ready
+        replica (None: look again) or is shed."""
+        if (prog.answered or prog.left) and prog.failure is not None:
+            return prog.failure
+        n, forced = self._plan.capacity(table, prog.tried)
+        if n:
+            return None  # the table changed while we tried: look again
+        if forced:
+            self.metrics.inc("shed_forced_open")
+            return Failure(503, "no_ready_replica",
+                           "no ready replica may take the request: every ready replica is "
+                           f"behind a breaker forced open ({', '.join(forced)})",
                            retryable=False, retry_after="1")
-        return failure
+        return self._wait(req, prog, table)
+
+    def _wait(self, req: ProxyRequest, prog: Progress, table: RoutingTable) -> Failure | None:
+        """Wait in the bounded queue for a ready replica to try: None when one is there, the
+        503 that sheds the request when the queue is full or its wait ran out."""
+        s = self.settings
+        by_deadline = req.deadline - time.monotonic()
+        left = min(s.queue_timeout - prog.waited, by_deadline)
+        deadline_bound = by_deadline <= s.queue_timeout - prog.waited
+        if left <= 0 or not self.inflight.wait_begin(s.queue_size):
+            full = left > 0
+            self.metrics.inc("shed_queue_full" if full else "shed_deadline")
+            if not full:
+                why = self._shed_reason(prog, deadline_bound)
+            elif s.queue_size == 0:
+                why = "none is ready now, and waiting for one is off (queue_size 0)"
+            else:
+                why = f"the wait queue is full ({s.queue_size} requests wait for a ready replica)"
+            return Failure(503, "no_ready_replica", f"no ready replica for any target: {why}",
+                           retryable=False, retry_after="1")
+        self.metrics.inc("queued")
+        waited = 0.0
+        try:
+            while waited < left:
+                step = min(s.queue_poll, left - waited)
+                self._sleep(step)
+                waited += step
+                now = self.resolver.table()
+                if now is not table:  # a new view of the replicas: those tried may be back
+                    prog.tried.clear()
+                    table = now
+                if self._plan.capacity(now, prog.tried)[0]:
+                    return None
+        finally:
+            prog.waited += waited
+            self.inflight.wait_end()
+        self.metrics.inc("shed_deadline")
+        return Failure(503, "no_ready_replica",
+                       f"no ready replica for any target: "
+                       f"{self._shed_reason(prog, deadline_bound)}",
+                       retryable=False, retry_after="1")
+
+    def _shed_reason(self, prog: Progress, by_deadline: bool) -> str:
+        bound = (f"its {self.settings.deadline} s deadline" if by_deadline
+                 else f"the queue timeout of {self.settings.queue_timeout} s")
+        last = f"; last failure: {prog.failure.message}" if prog.failure else ""
+        return (f"none became ready within {bound} (waited {prog.waited:.2f} s for one; "
+                f"none of any revision is ready, or every ready one failed{last})")
 
     # --- resume -------------------------------------------------------------------------------
 
     def _resume_routes(self, revision: str) -> list[Route]:
-        """Where a broken stream may continue: its revision, the others, then the fallback."""
-        table = self.resolver.table()
-        same = [r for r in table.routes if r.revision == revision]
-        others = sorted((r for r in table.routes if r.revision != revision),
-                        key=lambda r: -r.percent)
-        fb = [table.fallback] if table.fallback is not None else []
-        return [r for r in (*same, *others, *fb) if self.guard.usable(r)]
+        """Where a broken stream may continue: its revision, the others, then the fallback
+        and the 0% targets."""
+        order, _ = self._plan.order(self.resolver.table())
+        return sorted(order, key=lambda r: r.revision != revision)
 
     def reopen(self, req: ProxyRequest, body: bytes, tried: set[str],
                revision: str) -> Stream | None:
         """A stream of ``body`` (a continuation of ``req``) from a ready replica not in
         ``tried``; None when none answers with a stream before the deadline."""
         cont = req.with_body(body)
-        for route in self._resume_routes(revision):
-            while time.monotonic() < req.deadline:
-                picked = self._pick(route, tried)
-                if picked is None:
-                    break
-                ep, permits = picked
-                tried.add(ep.url)
-                out = self._attempt(route, ep, permits, cont)
-                if isinstance(out, Stream):
-                    return out
-                self.metrics.inc(f"resume_upstream_{getattr(out, 'kind', 'reply')}")
+        routes = self._resume_routes(revision)
+        for last in (False, True):
+            for route in routes:
+                if not self._plan.admits(route, last):
+                    continue
+                while time.monotonic() < req.deadline:
+                    picked = self._plan.pick(route, tried, last)
+                    if picked is None:
+                        break
+                    ep, permits = picked
+                    tried.add(ep.url)
+                    out = self._attempt(route, ep, permits, cont)
+                    if isinstance(out, Stream):
+                        return out
+                    self.metrics.inc(f"resume_upstream_{getattr(out, 'kind', 'reply')}")
         return None
 
     # --- one try ------------------------------------------------------------------------------

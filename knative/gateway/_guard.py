@@ -3,6 +3,12 @@
 Which breakers one try consults (the replica's, and its node's), whether a revision may take
 traffic, the revision's permit taken once per request and settled once, and the results of
 each try. Without a breaker registry everything is allowed and nothing is recorded.
+
+A breaker orders the gateway's choices; only an operator's ``forced_open`` forbids one. A
+breaker opened by a failure rate (the gateway's own results) or an open one still waiting in
+half-open refuses in the first pass; when nothing it allows can answer, the last resort tries
+the ready replicas behind such breakers (:meth:`BreakerGuard.last_resort`), uncounted, rather
+than answer 503 while a replica is ready.
 """
 
 from __future__ import annotations
@@ -12,6 +18,8 @@ import time
 from knative.breakers import BreakerRegistry, Permit, node_key, replica_key, revision_key
 from knative.gateway._exchange import ProxyRequest
 from knative.gateway._routing import Endpoint, Route
+
+_FORCED_OPEN = "forced_open"
 
 
 class BreakerGuard:
@@ -24,6 +32,21 @@ class BreakerGuard:
     def allows(self, key: str) -> bool:
         b = self.breakers
         return b is None or b.allows(key)
+
+    def forced_open(self, key: str) -> bool:
+        """An operator forced this breaker open: no try goes behind it, not even the last
+        resort's."""
+        b = self.breakers
+        return b is not None and b.state(key) == _FORCED_OPEN
+
+    def forced_keys(self, route: Route, ep: Endpoint | None = None) -> list[str]:
+        """The forced-open breakers in front of ``route`` (and of ``ep``)."""
+        keys = [revision_key(route.revision), *(self.endpoint_keys(ep) if ep else ())]
+        return [k for k in keys if self.forced_open(k)]
+
+    def last_resort(self, route: Route, ep: Endpoint) -> bool:
+        """Whether the last resort may try ``ep``: no forced-open breaker in front of it."""
+        return not self.forced_keys(route, ep)
 
     def endpoint_keys(self, ep: Endpoint) -> tuple[str, ...]:
         """The breakers of one try: the node's and the replica's."""

@@ -1,8 +1,9 @@
 """What one gateway process has in progress, counted in one place.
 
-Three counts steer the request path: the requests in progress (the retry budget is a share of
-them), the requests among them that are retrying (what the budget allows), and the tries in
-progress on each replica (power of two choices sends to the less busy one). A request ends
+Four counts steer the request path: the requests in progress (the retry budget is a share of
+them), the requests among them that are retrying (what the budget allows), the requests
+waiting for a ready replica (the wait queue's bound), and the tries in progress on each
+replica (power of two choices sends to the less busy one). A request ends
 either when the gateway answers it or, for a stream, when the stream ends; both call this
 object, and a request that is ended twice is counted once.
 """
@@ -31,6 +32,7 @@ class InFlight:
         self.budget_min = budget_min
         self.active = 0
         self.retrying = 0
+        self.waiting = 0
         self._lock = threading.Lock()
         self._tries: dict[str, int] = {}
 
@@ -61,6 +63,18 @@ class InFlight:
                 ticket.retrying = True
                 return True
         return False
+
+    def wait_begin(self, limit: int) -> bool:
+        """A request starts waiting for a ready replica, unless ``limit`` already wait."""
+        with self._lock:
+            if self.waiting >= limit:
+                return False
+            self.waiting += 1
+            return True
+
+    def wait_end(self) -> None:
+        with self._lock:
+            self.waiting -= 1
 
     def try_started(self, url: str) -> None:
         with self._lock:

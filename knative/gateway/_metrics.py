@@ -6,8 +6,8 @@ as in tests, do not share counters), in the exposition format of ``prometheus_cl
 - ``surefoot_gateway_resume_pause_seconds``: for each resumed stream, the time from the last
   event before the break to the first event after it (resumes by cause and resumed tokens are
   the events ``resume_broken``, ``resume_stalled`` and ``resumed_tokens``);
-- ``surefoot_gateway_active_requests``, ``surefoot_gateway_active_retries``: read from the
-  in-flight counts at scrape time;
+- ``surefoot_gateway_active_requests``, ``surefoot_gateway_active_retries``,
+  ``surefoot_gateway_waiting_requests``: read from the in-flight counts at scrape time;
 - ``surefoot_gateway_breaker_state{key,state}`` (1 per breaker in this process's view) and
   ``surefoot_gateway_breakers_degraded``, when the gateway has breakers.
 """
@@ -50,11 +50,15 @@ class _LiveCollector:
                                    "Requests in progress in this gateway process")
         retries = GaugeMetricFamily("surefoot_gateway_active_retries",
                                     "Requests in progress that are retrying (the retry budget)")
+        waiting = GaugeMetricFamily("surefoot_gateway_waiting_requests",
+                                    "Requests waiting for a ready replica (the wait queue)")
         if live:
             active.add_metric([], inflight.active)
             retries.add_metric([], inflight.retrying)
+            waiting.add_metric([], inflight.waiting)
         yield active
         yield retries
+        yield waiting
         b = self._breakers
         if b is None:
             return

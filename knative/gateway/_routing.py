@@ -56,12 +56,27 @@ class Route:
 
 @dataclass(frozen=True)
 class RoutingTable:
+    """The revisions a request may go to: ``routes`` split the traffic by their percents,
+    ``standby`` are the service's targets at 0% (used when no route can answer), and
+    ``fallback`` is the warm fallback revision (which may also be one of the routes)."""
+
     routes: tuple[Route, ...] = ()
     fallback: Route | None = None
+    standby: tuple[Route, ...] = ()
+
+    def revisions(self) -> list[Route]:
+        """Every revision once: the routes, then the standby targets, then the fallback."""
+        seen: set[str] = set()
+        out = []
+        for r in (*self.routes, *self.standby, *([self.fallback] if self.fallback else [])):
+            if r.revision not in seen:
+                seen.add(r.revision)
+                out.append(r)
+        return out
 
     def ready_endpoints(self) -> int:
-        n = sum(len(r.ready()) for r in self.routes if r.percent > 0)
-        return n + (len(self.fallback.ready()) if self.fallback else 0)
+        """Ready replicas of every revision the gateway may send to."""
+        return sum(len(r.ready()) for r in self.revisions())
 
 
 @runtime_checkable
@@ -92,11 +107,11 @@ class StaticResolver:
 class PlatformResolver:
     """The table of a service as the platform reports it, refreshed every ``interval`` s.
 
-    Routes come from ``platform.traffic(service)`` (entries with percent > 0) and their
-    endpoints from ``platform.replicas(service)`` (a replica is usable when it is ready,
-    Running, and has a URL). The fallback is the revision named ``fallback_revision``, else the
-    traffic entry tagged ``fallback``. When the platform fails, the last table stays (logged
-    once until it answers again).
+    Routes come from ``platform.traffic(service)`` (entries with percent > 0; those at 0% are
+    the table's ``standby``) and their endpoints from ``platform.replicas(service)`` (a
+    replica is usable when it is ready, Running, and has a URL). The fallback is the revision
+    named ``fallback_revision``, else the traffic entry tagged ``fallback``. When the platform
+    fails, the last table stays (logged once until it answers again).
     """
 
     def __init__(
@@ -151,7 +166,13 @@ class PlatformResolver:
         if fb_rev is None:
             fb_rev = next((t.revision for t in traffic if t.tag == "fallback"), None)
         fallback = Route(fb_rev, 0, tuple(by_rev.get(fb_rev, ()))) if fb_rev else None
-        self._table = RoutingTable(routes, fallback)
+        taking = {r.revision for r in routes}
+        standby = tuple(
+            Route(t.revision, 0, tuple(by_rev.get(t.revision, ())))
+            for t in traffic
+            if t.percent <= 0 and t.revision != fb_rev and t.revision not in taking
+        )
+        self._table = RoutingTable(routes, fallback, standby)
         self.refreshed_at = time.monotonic()
         if self._failing:
             self._failing = False

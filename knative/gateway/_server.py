@@ -33,6 +33,9 @@ class GatewayServerSettings:
     keepalive: int = 75  # seconds an idle client connection stays open
     graceful_timeout: int = 30
     log_level: str = "info"
+    # SO_REUSEPORT: several gateway processes listen on one port, so one that dies leaves the
+    # others answering while it is restarted
+    reuse_port: bool = False
 
     def __post_init__(self) -> None:
         errors = []
@@ -73,6 +76,7 @@ class _GatewayServer(BaseApplication):  # type: ignore[misc]
             "threads": s.threads,
             "worker_connections": 4 * s.threads,
             "backlog": 1024,
+            "reuse_port": s.reuse_port,
             "keepalive": s.keepalive,
             "timeout": 30,
             "graceful_timeout": s.graceful_timeout,
@@ -80,6 +84,7 @@ class _GatewayServer(BaseApplication):  # type: ignore[misc]
             "control_socket_disable": True,
             "loglevel": s.log_level.lower(),
             "worker_exit": _worker_exit,
+            "post_fork": _die_with_master,
             "when_ready": self._when_ready,
             "proc_name": f"surefoot-gateway :{s.port}",
         }
@@ -92,6 +97,20 @@ class _GatewayServer(BaseApplication):  # type: ignore[misc]
 
     def load(self) -> Flask:
         return build_app(self.settings, self.resolver_factory(), self.breakers, self.events_sink)
+
+
+def _die_with_master(arbiter: Any, worker: Any) -> None:
+    """A worker is killed by the kernel the moment its master dies (Linux): an orphan would
+    keep the listening socket open and take connections it never answers, while the other
+    gateways on a shared port could have served them."""
+    import ctypes
+    import signal
+
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the worker notices its new parent itself
+        pass
 
 
 def build_app(

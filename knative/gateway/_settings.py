@@ -13,7 +13,7 @@ from envreader import env_values
 ENV_PREFIX = "SUREFOOT_GATEWAY_"
 
 _SECONDS = ("try_timeout", "connect_timeout", "deadline", "stream_idle_timeout", "pool_timeout",
-            "stall_timeout_min", "stall_timeout_max")
+            "stall_timeout_min", "stall_timeout_max", "queue_timeout")
 _BACKOFF = ("backoff_base", "backoff_max")
 
 
@@ -42,6 +42,10 @@ class GatewaySettings:
     chats are resumable: a stream that breaks, or sends nothing for ``stall_gap_factor`` times
     its replica's usual gap between events (kept within ``stall_timeout_min`` ..
     ``stall_timeout_max``), continues on another replica, at most ``max_resumes`` times.
+
+    A request that finds no ready replica to try waits for one instead of failing at once: at
+    most ``queue_size`` requests wait (0: none; more are answered 503 at once), each at most
+    ``queue_timeout`` and never past its deadline, looking again every ``queue_poll``.
     """
 
     try_timeout: float = 60.0
@@ -64,6 +68,9 @@ class GatewaySettings:
     stall_timeout_min: float = 1.0
     stall_timeout_max: float = 10.0
     stall_gap_factor: float = 8.0
+    queue_size: int = 32
+    queue_timeout: float = 30.0
+    queue_poll: float = 0.02
 
     def __post_init__(self) -> None:
         errors = self._errors()
@@ -92,6 +99,10 @@ class GatewaySettings:
             not isinstance(self.internal_token, str) or len(self.internal_token) < 8
         ):
             errors.append("internal_token: use at least 8 characters (or none: no resume)")
+        return errors + self._limit_errors()
+
+    def _limit_errors(self) -> list[str]:
+        errors = []
         if not _int_in(self.max_tries, 1, 10):
             errors.append(f"max_tries: {self.max_tries!r} is not an integer in 1..10")
         r = self.retry_budget_ratio
@@ -101,6 +112,11 @@ class GatewaySettings:
             errors.append(f"retry_budget_min: {self.retry_budget_min!r} is not an integer >= 0")
         if not _int_in(self.pool_size, 1, 10_000):
             errors.append(f"pool_size: {self.pool_size!r} is not an integer in 1..10000")
+        if not _int_in(self.queue_size, 0, 100_000):
+            errors.append(f"queue_size: {self.queue_size!r} is not an integer in 0..100000")
+        p = self.queue_poll
+        if not _is_number(p) or not 0 < p <= 1:
+            errors.append(f"queue_poll: {p!r} is not within (0, 1] seconds")
         if not _int_in(self.max_body_bytes, 1):
             errors.append(f"max_body_bytes: {self.max_body_bytes!r} is not an integer >= 1")
         if self.admin_token is not None and (
