@@ -79,8 +79,8 @@ class Progress:
     tries, the last failure, whether a replica answered it (up, and said no), the revisions
     the retry budget turned it away from, and its time in the wait queue."""
 
-    __slots__ = ("answered", "attempts", "failure", "first", "left", "revisions", "tried",
-                 "waited")
+    __slots__ = ("answered", "attempts", "busy_waits", "failure", "first", "left", "revisions",
+                 "tried", "waited")
 
     def __init__(self) -> None:
         self.tried: set[str] = set()
@@ -90,4 +90,5 @@ class Progress:
         self.failure: Failure | None = None
         self.answered = False
         self.waited = 0.0
+        self.busy_waits = 0  # waits for replicas that answered 503 (full) to have room
         self.first: str | None = None  # the revision the traffic split drew

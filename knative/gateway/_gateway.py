@@ -302,6 +302,9 @@ class Gateway:
         budget turned the request away) is passed on; ready replicas behind
         forced-open breakers only are a 503 at once; else the request waits for a ready
         replica (None: look again) or is shed."""
+        if prog.answered and not prog.left and prog.failure is not None and (
+                prog.failure.status == 503):
+            return self._wait_for_room(req, prog)
         if (prog.answered or prog.left) and prog.failure is not None:
             return prog.failure
         n, forced = self._plan.capacity(table, prog.tried)
@@ -314,6 +317,29 @@ class Gateway:
                            f"behind a breaker forced open ({', '.join(forced)})",
                            retryable=False, retry_after="1")
         return self._wait(req, prog, table)
+
+    def _wait_for_room(self, req: ProxyRequest, prog: Progress) -> Failure | None:
+        """Every replica tried answered 503 (its queue full, or busy): capacity is short, not
+        gone. Wait in the bounded queue, backing off, and ask again (None); the retry budget
+        still bounds the tries. The replica's 503 is passed on when the queue is full or the
+        wait would pass the deadline or the queue timeout."""
+        s = self.settings
+        failure = prog.failure
+        assert failure is not None
+        left = min(s.queue_timeout - prog.waited, req.deadline - time.monotonic())
+        delay = min(max(s.queue_poll, 0.05 * 2 ** prog.busy_waits), 1.0)
+        if left <= delay or not self.inflight.wait_begin(s.queue_size):
+            return failure
+        self.metrics.inc("queued_busy")
+        try:
+            self._sleep(delay * (0.5 + self._rng.random() / 2))  # jittered: no herd
+        finally:
+            prog.waited += delay
+            self.inflight.wait_end()
+        prog.busy_waits += 1
+        prog.tried.clear()
+        prog.answered = False
+        return None
 
     def _wait(self, req: ProxyRequest, prog: Progress, table: RoutingTable) -> Failure | None:
         """Wait in the bounded queue for a ready replica to try: None when one is there, the

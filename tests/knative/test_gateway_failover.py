@@ -380,7 +380,27 @@ def test_no_queue_sheds_at_once(stubs: dict[str, StubUpstream]) -> None:
     assert clock.sleeps == []
 
 
-def test_replicas_that_answer_503_are_not_waited_for(stubs: dict[str, StubUpstream]) -> None:
+def test_a_full_replica_is_asked_again_when_it_has_room(stubs: dict[str, StubUpstream]) -> None:
+    """A replica's 503 (its queue full) is short capacity, not none: the request waits, backing
+    off, and is served once the replica has room."""
+    stubs["a"].mode = "503"
+    clock = FakeTime()
+
+    def room(_: float) -> None:
+        if len(clock.sleeps) == 3:
+            stubs["a"].mode = "ok"
+
+    clock.on_sleep = room
+    client, gw, _ = make(RoutingTable((Route("primary", 100, (ep(stubs["a"]),)),)), None, clock,
+                         backoff_base=0.0, backoff_max=0.0, retry_budget_min=100)
+    r = post(client)
+    assert r.status_code == 200
+    assert stubs["a"].requests == 4
+    assert gw.metrics.get("queued_busy") >= 3
+    assert clock.sleeps[:2] == sorted(clock.sleeps[:2])  # backing off
+
+
+def test_a_replica_that_stays_full_has_its_503_passed_on(stubs: dict[str, StubUpstream]) -> None:
     stubs["a"].mode = "503"
     clock = FakeTime()
     client, _, _ = make(RoutingTable((Route("primary", 100, (ep(stubs["a"]),)),)), None, clock,
@@ -388,7 +408,12 @@ def test_replicas_that_answer_503_are_not_waited_for(stubs: dict[str, StubUpstre
     r = post(client)
     assert r.status_code == 503
     assert r.json["error"]["type"] == "upstream_unavailable"
-    assert clock.sleeps == []
+    assert 0 < len(clock.sleeps) < 100  # bounded by the retry budget and the queue timeout
+    clock = FakeTime()
+    client, _, _ = make(RoutingTable((Route("primary", 100, (ep(stubs["a"]),)),)), None, clock,
+                        backoff_base=0.0, backoff_max=0.0, queue_size=0)
+    assert post(client).status_code == 503
+    assert clock.sleeps == []  # no waiting at all with the queue off
 
 
 def test_queue_settings_are_checked_and_read_from_the_environment() -> None:
