@@ -145,6 +145,22 @@ def _retry_after(value: str | None) -> float | None:
 
 
 _USE_OWN: Any = object()  # marker: the sender's own dead letter
+_BODY_IN_ERROR = 300  # characters of a failed answer's body kept in the error text
+
+
+def _status_text(resp: httpx.Response) -> str:
+    """``HTTP 503`` and why the subscriber said so (its JSON ``error``, else the start of its
+    body), so a log line about a failed delivery carries the cause."""
+    text = f"HTTP {resp.status_code}"
+    why = ""
+    try:
+        doc = resp.json()
+        if isinstance(doc, dict) and isinstance(doc.get("error"), str):
+            why = doc["error"]
+    except ValueError:
+        why = resp.content[:_BODY_IN_ERROR].decode("utf-8", "replace")
+    why = " ".join(why.split())[:_BODY_IN_ERROR]
+    return f"{text}: {why}" if why else text
 
 
 class DeadLetter(Protocol):
@@ -278,12 +294,12 @@ class Sender:
         verdict = classify_status(resp.status_code)
         if verdict == "temporary":
             raise TemporaryDeliveryError(
-                f"HTTP {resp.status_code}", url=url, status=resp.status_code, body=resp.content,
+                _status_text(resp), url=url, status=resp.status_code, body=resp.content,
                 retry_after=_retry_after(resp.headers.get("retry-after")),
             )
         if verdict == "permanent":
             raise PermanentDeliveryError(
-                f"HTTP {resp.status_code}", url=url, status=resp.status_code, body=resp.content
+                _status_text(resp), url=url, status=resp.status_code, body=resp.content
             )
         reply = None
         if resp.content and is_cloudevent_message(resp.headers):

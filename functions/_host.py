@@ -32,6 +32,7 @@ import redis
 from flask import Blueprint, Flask, Response, g, jsonify, request
 
 from events import (
+    KNATIVE_PING,
     Event,
     EventValidationError,
     HttpServer,
@@ -45,6 +46,7 @@ from events import (
 )
 from functions import quarantine_node, reroute_traffic, snapshot_checkpoint, trip_breaker
 from functions._context import NOOP, Context, Outcome
+from functions._once import run_handoffs
 from functions._settings import FunctionSettings
 from functions._state import deferred
 
@@ -98,7 +100,21 @@ class Host:
         module = FUNCTIONS.get(name)
         if module is None:
             raise EventValidationError({"function": f"no function named {name!r}"})
-        outcome: Outcome = module.handle(event, self.context)
+        try:
+            outcome: Outcome = module.handle(event, self.context)
+        except TemporaryError as exc:
+            log.warning("%s %s %s: temporary failure, answered 503 (redelivered): %s", name,
+                        event.type, event.id, exc)
+            raise
+        except PermanentError as exc:
+            log.error("%s %s %s: rejected, answered 422 (dead letter): %s", name, event.type,
+                      event.id, exc)
+            raise
+        if event.type == KNATIVE_PING:  # a ping also settles this function's hand-overs
+            try:
+                self.emit(run_handoffs(self.context, {name: module.handle}))
+            except redis.RedisError as exc:  # the next ping or sweep tries again
+                log.warning("%s: hand-overs not settled: %s", name, exc)
         level = logging.DEBUG if outcome.status in (NOOP, "duplicate") else logging.INFO
         log.log(level, "%s %s %s: %s %s", name, event.type, event.id, outcome.status,
                 outcome.reason)
@@ -123,8 +139,16 @@ class Host:
         return outcomes
 
     def sweep(self) -> list[Outcome]:
-        """Run every due deferred action now; their events go to the sink."""
+        """Run every due deferred action and hand-over now; their events go to the sink."""
         out: list[Outcome] = []
+        try:
+            taken = run_handoffs(self.context, {n: m.handle for n, m in FUNCTIONS.items()
+                                                if self.serves(n)})
+        except Exception:  # Redis away: the next sweep tries again
+            log.exception("hand-overs failed")
+        else:
+            self.emit(taken)
+            out.extend(taken)
         for name, module in FUNCTIONS.items():
             sweeper = getattr(module, "sweep", None)
             if sweeper is None:

@@ -13,9 +13,15 @@ Each function therefore claims ``(function, source, id)`` in Redis before acting
 - a second delivery that arrives *while* the winner runs waits for it (up to
   ``inflight_wait_s``, polling Redis): if the winner finishes, it answers ``duplicate`` with
   the winner's reply; if the winner failed, it takes the claim and acts itself; if the winner
-  is still running when the wait is over, it answers 503 (temporary) and the broker redelivers
-  later. A loser therefore never reports success for an action that has not happened, and never
-  reports failure for one that has.
+  is still running when the wait is over, the event is *handed over*: kept in Redis with a
+  deferred check a lease later, and the delivery is answered ``deferred`` (HTTP 202). A broker
+  redelivers when its own request timed out, so a long handler (a stepwise restore) would
+  otherwise see every redelivery refused with 503 until the broker gives up on an event that
+  is being handled. The host's sweep runs each due hand-over (``run_handoffs``): a finished
+  winner's reply goes to the sink (its own answer may have been lost with the broker's
+  timeout), a failed or crashed winner's event is handled again, a running one is checked a
+  lease later. A loser therefore never reports failure for an action that has happened, and an
+  action that has not happened stays owed by someone.
 - a crashed winner's claim expires after ``lease_s`` (live handlers renew it, see
   ``LeaseKeeper``), so redelivery is not blocked for long.
 """
@@ -34,8 +40,9 @@ from typing import Any
 import redis
 
 from events import Event, from_dict, to_dict
-from functions._context import DUPLICATE, Context, Outcome
+from functions._context import DEFERRED, DUPLICATE, Context, Outcome
 from functions._errors import TemporaryFunctionError, map_error
+from functions._state import defer, take_due
 
 log = logging.getLogger(__name__)
 
@@ -99,10 +106,7 @@ def run_once(function: str, event: Event, ctx: Context, work: Callable[[], Outco
                 if text.startswith("D:"):
                     return _decode(function, text)
                 if time.monotonic() >= deadline:
-                    raise TemporaryFunctionError(
-                        f"{function}: event {event.id} is being handled by another delivery; "
-                        "retry later"
-                    )
+                    return hand_over(ctx, function, event, key)
                 time.sleep(_POLL_S)
     except redis.RedisError as exc:
         raise map_error(exc, f"{function}: claim event {event.id}") from exc
@@ -139,3 +143,75 @@ def once(function: str) -> Callable[[Handler], Handler]:
         return wrapper  # functools.wraps keeps the bare handler as __wrapped__
 
     return deco
+
+
+# --- hand-overs ---------------------------------------------------------------------------
+
+HANDOFF = "handoff"
+RETRY_HANDOFF_S = 5.0
+
+
+def _handoff_key(ctx: Context) -> str:
+    return ctx.key("handoffs")
+
+
+def hand_over(ctx: Context, function: str, event: Event, key: str) -> Outcome:
+    """Keep ``event`` (whose claim ``key`` another delivery holds) for the sweep to check a
+    lease from now; the answer is ``deferred``."""
+    member = f"{function}|{HANDOFF}|{key.rsplit(':', 1)[-1]}"
+    ctx.redis.hset(_handoff_key(ctx), member, json.dumps(to_dict(event), separators=(",", ":")))
+    defer(ctx, member, ctx.clock() + ctx.settings.lease_s)
+    text = (f"{function}: event {event.id} is being handled by another delivery (still running "
+            f"after {ctx.settings.inflight_wait_s:g}s); handed over to the sweep, which checks "
+            f"it in {ctx.settings.lease_s:g}s")
+    log.info("%s", text)
+    return Outcome(function, DEFERRED, text, details={"handoff": True})
+
+
+def handoffs(ctx: Context) -> list[str]:
+    """The hand-overs kept (``function|handoff|digest``)."""
+    return sorted(m.decode() if isinstance(m, bytes) else str(m)
+                  for m in ctx.redis.hkeys(_handoff_key(ctx)))
+
+
+def run_handoffs(ctx: Context, handlers: dict[str, Handler]) -> list[Outcome]:
+    """Every due hand-over: its function's handler again (``duplicate`` with the winner's reply
+    when it finished; handled when the winner failed or crashed). A winner still running is
+    checked again later; a temporary failure retries in a few seconds; a permanent one is
+    logged and dropped."""
+    out: list[Outcome] = []
+    for function, handler in handlers.items():
+        for member in take_due(ctx, f"{function}|{HANDOFF}|"):
+            raw = ctx.redis.hget(_handoff_key(ctx), member)
+            if raw is None:
+                continue
+            event = from_dict(json.loads(raw), accept=None)
+            outcome = _run_handoff(ctx, function, handler, event, member)
+            if outcome is not None:
+                out.append(outcome)
+    return out
+
+
+def _run_handoff(ctx: Context, function: str, handler: Handler, event: Event,
+                 member: str) -> Outcome | None:
+    raw = ctx.redis.get(seen_key(ctx, function, event))
+    if raw is not None and (raw.decode() if isinstance(raw, bytes) else str(raw)).startswith("R:"):
+        defer(ctx, member, ctx.clock() + ctx.settings.lease_s)  # the winner is still at it
+        return None
+    try:
+        outcome = handler(event, ctx)
+    except TemporaryFunctionError as exc:
+        log.warning("%s: handed-over event %s failed, retrying in %gs: %s", function, event.id,
+                    RETRY_HANDOFF_S, exc)
+        defer(ctx, member, ctx.clock() + RETRY_HANDOFF_S)
+        return None
+    except Exception:
+        log.exception("%s: handed-over event %s failed; dropped", function, event.id)
+        ctx.redis.hdel(_handoff_key(ctx), member)
+        return None
+    if outcome.details.get("handoff"):
+        return None  # still running: handed over again
+    ctx.redis.hdel(_handoff_key(ctx), member)
+    log.info("%s: handed-over event %s: %s %s", function, event.id, outcome.status,
+             outcome.reason)
+    return outcome

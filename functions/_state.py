@@ -7,7 +7,7 @@ changed by a single Redis command or Lua script, never read-modify-written from 
   by due time; whoever removes a due entry (``ZREM`` inside the script) runs it;
 - crash counting per revision within a window: a sorted set of event ids scored by time;
 - the cluster-wide quarantine cap: a set of quarantined nodes that a script admits a node to
-  only while the count is under the cap;
+  only while the count (with the nodes cordoned for other reasons) is under the cap;
 - a short lock per service around traffic changes (a merge patch replaces the whole split).
 """
 
@@ -94,9 +94,10 @@ def count_in_window(ctx: Context, key: str, member: str, window_s: float) -> int
 
 _ADMIT = """
 -- KEYS[1] set of quarantined nodes. ARGV[1] node, ARGV[2] cap, ARGV[3] '1' = only check,
--- ARGV[4..] members to forget first (nodes that no longer exist).
-for i = 4, #ARGV do redis.call('SREM', KEYS[1], ARGV[i]) end
-local n = redis.call('SCARD', KEYS[1])
+-- ARGV[4] nodes out of service for other reasons (cordoned by someone else),
+-- ARGV[5..] members to forget first (nodes that no longer exist).
+for i = 5, #ARGV do redis.call('SREM', KEYS[1], ARGV[i]) end
+local n = redis.call('SCARD', KEYS[1]) + tonumber(ARGV[4])
 if redis.call('SISMEMBER', KEYS[1], ARGV[1]) == 1 then return {'member', n} end
 if n >= tonumber(ARGV[2]) then return {'capped', n} end
 if ARGV[3] ~= '1' then redis.call('SADD', KEYS[1], ARGV[1]) end
@@ -112,10 +113,12 @@ class Admission:
 
 
 def admit(ctx: Context, node: str, cap: int, *, check_only: bool = False,
-          forget: Sequence[str] = ()) -> Admission:
-    """Admit ``node`` to the quarantined set if fewer than ``cap`` nodes are in it."""
+          forget: Sequence[str] = (), others: int = 0) -> Admission:
+    """Admit ``node`` to the quarantined set if fewer than ``cap`` nodes are out of service:
+    those in the set plus ``others`` (nodes cordoned for another reason)."""
     verdict, n = ctx.script(_ADMIT)(keys=[ctx.key("quarantined")],
-                                    args=[node, cap, "1" if check_only else "0", *forget])
+                                    args=[node, cap, "1" if check_only else "0", others,
+                                          *forget])
     return Admission(_s(verdict), int(n), cap)
 
 

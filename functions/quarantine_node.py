@@ -9,9 +9,13 @@ and mirror pods are skipped). It is careful in four ways:
   primary revision on other nodes, unless the node is already lost (``gpu.lost``, XID 79, or the
   node is NotReady — its replicas serve nothing anyway). Otherwise the node stays labelled and
   cordoned and the drain is deferred and retried by the sweep;
+- **never the last**: a node that holds the only ready replicas of a revision (primary or
+  fallback) is left in service, and the quarantine is retried by the sweep until that revision
+  has a ready replica elsewhere — cordoning it would leave the revision nothing to serve with;
 - **capped**: at most ``max_quarantined`` nodes at once and at most ``max_quarantined_percent``
-  of the GPU nodes (at least one node), counted cluster-wide in one Redis set that a Lua
-  script admits a node to atomically — a storm of faults cannot drain the cluster;
+  of the GPU nodes (at least one node) out of service, counting the nodes cordoned for any
+  other reason (an operator's drain) with those Surefoot quarantined, which a Lua script
+  admits a node to atomically — a storm of faults on top of repairs cannot drain the cluster;
 - **opt-out**: a node labelled ``optout_label`` (``surefoot.dev/quarantine=disabled``) is left
   alone; **dry-run** reports what would be done (``node.quarantined`` with ``dry_run: true``);
 - **release**: ``gpu.healthy`` releases (uncordon, unlabel) after ``release_hold_s`` unless a new
@@ -94,6 +98,55 @@ def _find(nodes: list[Node], name: str) -> Node | None:
     return next((n for n in nodes if n.name == name), None)
 
 
+def cordoned_elsewhere(ctx: Context, nodes: list[Node], name: str, members: list[str]) -> list[str]:
+    """GPU nodes other than ``name`` that are cordoned for a reason of their own (an operator's
+    drain, a repair): they are out of service as much as a quarantined node, so they count
+    against the caps."""
+    label = ctx.settings.gpu_label
+    gpu = [n for n in nodes if label and n.labels.get(label[0]) == label[1]] or nodes
+    return sorted(n.name for n in gpu
+                  if n.unschedulable and n.name != name and n.name not in members)
+
+
+def last_ready_here(ctx: Context, name: str) -> list[str]:
+    """The revisions whose only ready replicas are on ``name`` (nodes quarantined by Surefoot,
+    which are being drained, do not count as elsewhere): cordoning it would leave them none."""
+    s = ctx.settings
+    leaving = set(quarantined(ctx))
+    by_rev: dict[str, set[str]] = {}
+    for r in ctx.platform.replicas(s.service):
+        if r.ready and r.node and (r.node == name or r.node not in leaving):
+            by_rev.setdefault(r.revision, set()).add(r.node)
+    return sorted(rev for rev, where in by_rev.items() if where == {name})
+
+
+def _hold(ctx: Context, fault: Fault, revisions: list[str], cause_event_id: str | None) -> Outcome:
+    """Leave ``fault.node`` in service (it holds the last ready replica of ``revisions``) and
+    try again later: the quarantine goes ahead once they have a ready replica elsewhere."""
+    s = ctx.settings
+    first = not ctx.redis.exists(_held_key(ctx, fault.node))
+    ctx.redis.hset(_held_key(ctx, fault.node), mapping={
+        "reason": fault.reason, "lost": "1" if fault.lost else "0",
+        "cause": cause_event_id or ""})
+    defer(ctx, _member("fault", fault.node), ctx.clock() + s.drain_retry_s)
+    text = (f"node {fault.node} left in service: it holds the last ready replica of "
+            f"{', '.join(revisions)} ({fault.reason}); retrying in {s.drain_retry_s:g}s")
+    log.log(logging.WARNING if first else logging.DEBUG, "%s", text)  # once, not per retry
+    return Outcome(NAME, DEFERRED, text, details={"last_ready": revisions})
+
+
+def _capped(ctx: Context, name: str, count: int, cap: int, others: list[str]) -> Outcome:
+    held = ", ".join(quarantined(ctx) + [f"{o} (cordoned, not by Surefoot)" for o in others])
+    log.warning("node %s not quarantined: %d of %d nodes are out of service already (%s)",
+                name, count, cap, held)
+    return Outcome(NAME, NOOP, f"cap reached: {count} of {cap} nodes out of service ({held}); "
+                               f"node {name} left in service", details={"capped": True})
+
+
+def _held_key(ctx: Context, node: str) -> str:
+    return ctx.key("quarantine-held", node)
+
+
 def _on_node(ctx: Context, node: str) -> tuple[list[str], int, int]:
     """Replicas on ``node``; ready primary replicas elsewhere; ready primary replicas on it."""
     s = ctx.settings
@@ -136,15 +189,21 @@ def _quarantine(ctx: Context, fault: Fault, cause_event_id: str | None) -> Outco
     cap = cap_for(ctx, nodes)
     existing = {n.name for n in nodes}
     forget = [m for m in members if m not in existing]
+    others = cordoned_elsewhere(ctx, nodes, name, members)
     lost = fault.lost or not node.ready
     if s.dry_run:
         return _dry_run(ctx, fault, node, cap, forget, lost, cause_event_id)
-    adm = admit(ctx, name, cap, forget=forget)
+    adm = admit(ctx, name, cap, check_only=True, forget=forget, others=len(others))
     if adm.verdict == "capped":
-        log.warning("node %s not quarantined: %d of %d nodes are quarantined already (%s)",
-                    name, adm.count, cap, ", ".join(quarantined(ctx)))
-        return Outcome(NAME, NOOP, f"cap reached: {adm.count} of {cap} nodes quarantined; "
-                                   f"node {name} left in service", details={"capped": True})
+        return _capped(ctx, name, adm.count, cap, others)
+    last = [] if name in members else last_ready_here(ctx, name)
+    if last:
+        return _hold(ctx, fault, last, cause_event_id)
+    adm = admit(ctx, name, cap, others=len(others))
+    if adm.verdict == "capped":
+        return _capped(ctx, name, adm.count, cap, others)
+    cancel(ctx, _member("fault", name))
+    ctx.redis.delete(_held_key(ctx, name))
     try:
         ctx.platform.label(name, s.quarantine_label, "true")
         ctx.platform.cordon(name)
@@ -165,15 +224,18 @@ def _quarantine(ctx: Context, fault: Fault, cause_event_id: str | None) -> Outco
 def _dry_run(ctx: Context, fault: Fault, node: Node, cap: int, forget: list[str], lost: bool,
              cause_event_id: str | None) -> Outcome:
     s = ctx.settings
-    adm = admit(ctx, node.name, cap, check_only=True, forget=forget)
+    others = cordoned_elsewhere(ctx, ctx.platform.nodes(), node.name, quarantined(ctx))
+    adm = admit(ctx, node.name, cap, check_only=True, forget=forget, others=len(others))
     here, elsewhere, primary_here = _on_node(ctx, node.name)
-    if adm.verdict == "capped":
+    last = last_ready_here(ctx, node.name)
+    pods: tuple[str, ...] = ()
+    if last:
+        plan = f"would leave it in service: the last ready replica of {', '.join(last)}"
+    elif adm.verdict == "capped":
         plan = f"would not quarantine: cap reached ({adm.count} of {cap})"
-        pods: tuple[str, ...] = ()
     elif primary_here and not lost and elsewhere < s.primary_min_ready:
         plan = (f"would label and cordon, and defer the drain ({elsewhere} ready primary "
                 f"replicas elsewhere, minimum {s.primary_min_ready})")
-        pods = ()
     else:
         plan = f"would label, cordon and drain ({len(here)} pods)"
         pods = tuple(here)
@@ -208,6 +270,10 @@ def _healthy(ctx: Context, name: str, cause_event_id: str) -> Outcome:
     ours = name in quarantined(ctx) or (
         node is not None and node.labels.get(s.quarantine_label) == "true")
     if not ours:
+        if cancel(ctx, _member("fault", name)):
+            ctx.redis.delete(_held_key(ctx, name))
+            return Outcome(NAME, NOOP, f"node {name} is healthy again; its held quarantine "
+                                       "is dropped")
         return Outcome(NAME, NOOP, f"node {name} is not quarantined")
     if s.release_hold_s <= 0:
         return release(ctx, name, reason="GPU healthy", cause_event_id=cause_event_id)
@@ -231,6 +297,8 @@ def _release(ctx: Context, name: str, reason: str, cause_event_id: str | None) -
     s = ctx.settings
     cancel(ctx, _member("release", name))
     cancel(ctx, _member("drain", name))
+    cancel(ctx, _member("fault", name))
+    ctx.redis.delete(_held_key(ctx, name))
     node = _find(ctx.platform.nodes(), name)
     member = name in quarantined(ctx)
     if node is None:
@@ -305,5 +373,18 @@ def sweep(ctx: Context) -> list[Outcome]:
         reply = ctx.event(NAME, NodeQuarantined(node=name, reason=note, evicted_pods=evicted))
         return Outcome(NAME, ACTED, f"node {name}: {note}", reply=reply)
 
-    return readmit(ctx) + run_deferred(ctx, NAME, "release", run_release) + run_deferred(
-        ctx, NAME, "drain", run_drain)
+    def run_fault(name: str) -> Outcome:
+        raw = ctx.redis.hgetall(_held_key(ctx, name))
+        meta = {(k.decode() if isinstance(k, bytes) else k):
+                (v.decode() if isinstance(v, bytes) else v) for k, v in raw.items()}
+        if not meta:
+            return Outcome(NAME, NOOP, f"node {name}: no held fault")
+        fault = Fault(name, str(meta.get("reason", "GPU fault")), lost=meta.get("lost") == "1")
+        try:
+            return quarantine(ctx, fault, cause_event_id=str(meta.get("cause") or "") or None)
+        except MAPPED as exc:
+            raise map_error(exc, f"{NAME}: quarantine node {name}") from exc
+
+    return (readmit(ctx) + run_deferred(ctx, NAME, "release", run_release)
+            + run_deferred(ctx, NAME, "drain", run_drain)
+            + run_deferred(ctx, NAME, "fault", run_fault))

@@ -21,10 +21,20 @@ progress (a per-service epoch in Redis), and the primary's share never goes down
 restore. Every traffic change holds a per-service Redis lock (a merge patch replaces the whole
 list) and re-reads on 409.
 
-A node's breaker opening normally needs nothing here (the gateways route around the node), but
-if it leaves the primary with fewer than ``primary_min_ready`` ready replicas on healthy nodes,
-the primary cannot carry its share: the same reroute, marked as a capacity reroute, undone once
-capacity is back (on a node breaker closing or half-opening, or by the sweep).
+Traffic never moves onto a revision without a ready replica (on a node whose breaker is not
+open): a reroute to a fallback that has none leaves the share where it is and says so, and
+when neither revision has one the traffic is left as it is (logged). A node's breaker opening
+normally needs nothing here (the gateways route around the node), but if it leaves the primary
+with fewer than ``primary_min_ready`` ready replicas on healthy nodes, the primary cannot carry
+its share: the pair's share is split in proportion to each revision's ready replicas (a
+capacity reroute), undone once capacity is back (on a node breaker closing or half-opening, or
+by the sweep).
+
+The sweep (every ``sweep_interval_s``, and on a ping) repairs what lost events missed and
+follows capacity as it changes (``reconcile``): a primary whose breaker is open but still has a
+share is rerouted, a half-open one without a share gets its trial, a closed one still rerouted
+is restored (unless a restore runs or is due), a capacity split follows the ready counts, and a
+fallback that lost its last ready replica hands the share back to the primary.
 
 KServe: an InferenceService reconciles its Knative Service's traffic back, so with
 ``kserve_isvc`` set the same two moves go through its ``canaryTrafficPercent`` (0 sends
@@ -37,10 +47,7 @@ Replies: ``traffic.rerouted``; ``traffic.restored`` for the trial step and per r
 from __future__ import annotations
 
 import functools
-import json
 import logging
-from collections.abc import Callable
-from typing import Any
 
 from events import (
     KNATIVE_PING,
@@ -52,21 +59,49 @@ from events import (
     TrafficRestored,
     payload_of,
 )
+from functions._capacity import OPEN_STATES, capacity, healthy_ready
 from functions._common import check_type, merge, run_deferred
 from functions._context import ACTED, DEFERRED, NOOP, Context, Outcome
-from functions._errors import MAPPED, PermanentFunctionError, TemporaryFunctionError, map_error
+from functions._errors import MAPPED, map_error
 from functions._kserve import canary_of, reroute_canary, restore_canary, saved_canary_key
 from functions._once import once
-from functions._state import cancel, defer, locked
-from knative import Conflict, PlatformError, Target
-from knative.breakers import node_key, revision_key
+from functions._split import (
+    decode,
+    encode,
+    find,
+    is_target,
+    percent_of,
+    rerouted_split,
+    restored_split,
+    wire,
+)
+from functions._state import cancel, defer, deferred_at, locked
+from functions._traffic import (
+    TRIPPED,
+    apply,
+    cause_key,
+    current_epoch,
+    epoch_key,
+    fallback_low,
+    fallback_scale,
+    rebalance,
+    restore_member,
+    restoring_key,
+    restoring_ms,
+    saved_key,
+    stay,
+)
+from knative import Target
+from knative.breakers import revision_key
 
 log = logging.getLogger(__name__)
 
 NAME = "reroute_traffic"
 TYPES = (BreakerOpened.TYPE, BreakerHalfOpened.TYPE, BreakerClosed.TYPE, KNATIVE_PING)
-CONFLICT_RETRIES = 5
-_OPEN_STATES = ("open", "forced_open", "half_open")
+_OPEN_STATES = OPEN_STATES
+
+__all__ = ["NAME", "TYPES", "handle", "primary_health", "rebalance", "reconcile", "reroute",
+           "rerouted_split", "restore", "restored_split", "sweep", "trial"]
 
 
 @once(NAME)
@@ -87,7 +122,7 @@ def handle(event: Event, ctx: Context) -> Outcome:
             return Outcome(NAME, NOOP, f"revision {p.name} is not the primary "
                                        f"({s.primary_revision})")
         if isinstance(p, BreakerOpened):
-            ctx.redis.set(_cause_key(ctx), "breaker")
+            ctx.redis.set(cause_key(ctx), "breaker")
             return reroute(ctx, reason=p.reason or "primary breaker opened",
                            cause_event_id=event.id)
         if isinstance(p, BreakerHalfOpened):
@@ -95,158 +130,6 @@ def handle(event: Event, ctx: Context) -> Outcome:
         return restore(ctx, reason=p.reason or "primary breaker closed")
     except MAPPED as exc:
         raise map_error(exc, f"{NAME} {event.type} {event.id}") from exc
-
-
-# --- pure split arithmetic ----------------------------------------------------------------
-
-
-def _is(t: Target, revision: str, tag: str) -> bool:
-    return t.revision == revision or (bool(tag) and t.tag == tag)
-
-
-def _find(targets: list[Target], revision: str, tag: str) -> Target | None:
-    return next((t for t in targets if _is(t, revision, tag)), None)
-
-
-def rerouted_split(current: list[Target], settings: Any) -> list[Target]:
-    """The split with the primary at 0% (tag kept) and its share added to the fallback."""
-    s = settings
-    primary = _find(current, s.primary_revision, s.primary_tag)
-    if primary is None:
-        raise PermanentFunctionError(
-            f"the primary revision {s.primary_revision!r} (tag {s.primary_tag!r}) is not in the "
-            f"traffic of service {s.service!r}; nothing to reroute"
-        )
-    share = primary.percent
-    fallback = _find(current, s.fallback_revision, s.fallback_tag)
-    out = []
-    for t in current:
-        if t is primary:
-            out.append(Target(t.revision, 0, t.tag or s.primary_tag))
-        elif t is fallback:
-            out.append(Target(t.revision, t.percent + share, t.tag or s.fallback_tag))
-        else:
-            out.append(t)
-    if fallback is None:
-        out.append(Target(s.fallback_revision, share, s.fallback_tag))
-    return out
-
-
-def restored_split(current: list[Target], settings: Any, normal_primary: int,
-                   step: int) -> list[Target]:
-    """The split at ``step`` percent of the primary's ``normal_primary`` share; the pair's
-    total stays the same and the primary's share never goes down."""
-    s = settings
-    primary = _find(current, s.primary_revision, s.primary_tag)
-    fallback = _find(current, s.fallback_revision, s.fallback_tag)
-    if primary is None or fallback is None:
-        raise PermanentFunctionError(
-            f"service {s.service!r} no longer routes to both {s.primary_revision!r} and "
-            f"{s.fallback_revision!r}; cannot restore"
-        )
-    pool = primary.percent + fallback.percent
-    want = normal_primary if step >= 100 else round(normal_primary * step / 100)
-    want = min(max(want, primary.percent), pool)
-    out = []
-    for t in current:
-        if t is primary:
-            out.append(Target(t.revision, want, t.tag))
-        elif t is fallback:
-            out.append(Target(t.revision, pool - want, t.tag))
-        else:
-            out.append(t)
-    return out
-
-
-def _wire(targets: list[Target]) -> tuple[dict[str, Any], ...]:
-    out = []
-    for t in targets:
-        d: dict[str, Any] = {"revisionName": t.revision, "percent": t.percent}
-        if t.tag:
-            d["tag"] = t.tag
-        out.append(d)
-    return tuple(out)
-
-
-def _encode(targets: list[Target]) -> str:
-    return json.dumps([[t.revision, t.percent, t.tag] for t in targets])
-
-
-def _decode(raw: Any) -> list[Target] | None:
-    if raw is None:
-        return None
-    try:
-        return [Target(str(r), int(p), t) for r, p, t in json.loads(raw)]
-    except (ValueError, TypeError):
-        return None
-
-
-# --- state --------------------------------------------------------------------------------
-
-
-def _epoch_key(ctx: Context) -> str:
-    return ctx.key("traffic", ctx.settings.service, "epoch")
-
-
-def _saved_key(ctx: Context) -> str:
-    return ctx.key("traffic", ctx.settings.service, "saved")
-
-
-def _cause_key(ctx: Context) -> str:
-    """Why the traffic is rerouted: ``breaker`` (the primary's breaker) or ``capacity`` (node
-    breakers left the primary below its minimum)."""
-    return ctx.key("traffic", ctx.settings.service, "cause")
-
-
-def _restore_member(ctx: Context) -> str:
-    return f"{NAME}|restore|{ctx.settings.service}"
-
-
-def _apply(
-    ctx: Context, compute: Callable[[list[Target]], list[Target]]
-) -> tuple[list[Target], bool]:
-    """Read the split, compute the new one, write it; a 409 re-reads and recomputes."""
-    service = ctx.settings.service
-    for _ in range(CONFLICT_RETRIES + 1):
-        current = ctx.platform.traffic(service)
-        new = compute(current)
-        if new == current:
-            return current, False
-        try:
-            ctx.platform.set_traffic(service, new)
-            return new, True
-        except Conflict as exc:
-            log.info("traffic of %s changed underneath (%s); re-reading", service, exc)
-    raise TemporaryFunctionError(f"traffic of {service}: still conflicting after "
-                                 f"{CONFLICT_RETRIES + 1} tries")
-
-
-def _scale_member(ctx: Context) -> str:
-    return f"{NAME}|scale|{ctx.settings.service}"
-
-
-def _fallback_low(ctx: Context, boosted: bool) -> int:
-    s = ctx.settings
-    return int(s.fallback_min_scale + (s.fallback_boost if boosted else 0))
-
-
-def _fallback_scale(ctx: Context, boosted: bool) -> str:
-    """Set the fallback's min-scale (boosted or not) on its Revision. A failure here does not
-    fail the event (the primary is failing either way): it is logged, said in the outcome, and
-    a temporary one is retried by the sweep (the desired state is kept in Redis)."""
-    s = ctx.settings
-    low = _fallback_low(ctx, boosted)
-    ctx.redis.set(ctx.key("traffic", s.service, "boosted"), "1" if boosted else "0")
-    try:
-        ctx.platform.set_scale(s.service, s.fallback_revision, low, s.fallback_max_scale)
-    except PlatformError as exc:
-        log.warning("fallback %s min-scale %d not set: %s", s.fallback_revision, low, exc)
-        if exc.temporary:
-            defer(ctx, _scale_member(ctx), ctx.clock() + 5.0)
-            return f"; fallback min-scale {low} not set yet ({exc}), retrying"
-        return f"; fallback min-scale {low} not set ({exc})"
-    cancel(ctx, _scale_member(ctx))
-    return f"; fallback min-scale {low}"
 
 
 # --- reroute ------------------------------------------------------------------------------
@@ -261,18 +144,22 @@ def _ready_fallback(ctx: Context) -> int:
 def _wait_fallback_ready(ctx: Context, epoch: int) -> tuple[bool, str]:
     """Wait (up to ``fallback_ready_timeout_s``) for the fallback to have its boosted
     min-scale of ready replicas before it takes the primary's share; at once when the primary
-    has no ready replica left (nothing would serve in the meantime). (superseded, note)."""
+    has no ready replica left (nothing would serve in the meantime), and not at all when the
+    fallback has none (the share stays; the sweep moves it once one is ready).
+    (superseded, note)."""
     s = ctx.settings
-    want = _fallback_low(ctx, boosted=True)
+    want = fallback_low(ctx, boosted=True)
     primary, _ = primary_health(ctx)
     if primary == 0:
         return False, "; the primary has no ready replica: moved at once"
     deadline = ctx.clock() + s.fallback_ready_timeout_s
     while True:
         ready = _ready_fallback(ctx)
+        if ready == 0:
+            return False, ""
         if ready >= want:
             return False, f"; fallback had {ready} ready replicas"
-        if _epoch(ctx) != epoch:
+        if current_epoch(ctx) != epoch:
             return True, ""
         if ctx.clock() >= deadline:
             return False, (f"; fallback had {ready} of {want} ready replicas after "
@@ -281,9 +168,11 @@ def _wait_fallback_ready(ctx: Context, epoch: int) -> tuple[bool, str]:
 
 
 def _primary_share(ctx: Context) -> int:
+    """The primary's percent; a permanent error when the service does not route to it."""
     s = ctx.settings
-    primary = _find(ctx.platform.traffic(s.service), s.primary_revision, s.primary_tag)
-    return primary.percent if primary is not None else 0
+    current = ctx.platform.traffic(s.service)
+    rerouted_split(current, s)  # raises when the primary is not in the traffic
+    return percent_of(current, s.primary_revision, s.primary_tag)
 
 
 def reroute(ctx: Context, *, reason: str, cause_event_id: str | None = None) -> Outcome:
@@ -291,12 +180,12 @@ def reroute(ctx: Context, *, reason: str, cause_event_id: str | None = None) -> 
     fallback's min-scale goes up first, and the share moves once the fallback has the ready
     replicas for it (bounded wait)."""
     s = ctx.settings
-    epoch = int(ctx.redis.incr(_epoch_key(ctx)))
-    cancel(ctx, _restore_member(ctx))
+    epoch = int(ctx.redis.incr(epoch_key(ctx)))
+    cancel(ctx, restore_member(ctx))
     if s.kserve_isvc:
         return reroute_canary(ctx, NAME, reason, cause_event_id)
     share = _primary_share(ctx)
-    scale_note = _fallback_scale(ctx, boosted=True)
+    scale_note = fallback_scale(ctx, boosted=True)
     wait_note = ""
     if share > 0:
         superseded, wait_note = _wait_fallback_ready(ctx, epoch)
@@ -306,19 +195,22 @@ def reroute(ctx: Context, *, reason: str, cause_event_id: str | None = None) -> 
 
     def compute(current: list[Target]) -> list[Target]:
         nonlocal moved
-        primary = _find(current, s.primary_revision, s.primary_tag)
+        primary = find(current, s.primary_revision, s.primary_tag)
         if primary is not None and primary.percent > 0:
-            ctx.redis.set(_saved_key(ctx), _encode(current), nx=True)
+            ctx.redis.set(saved_key(ctx), encode(current), nx=True)
             moved = primary.percent
         return rerouted_split(current, s)
 
+    cap = capacity(ctx)
+    if cap.fallback == 0:
+        return stay(ctx, cap, f"reroute held: {reason}", scale_note)
     with locked(ctx, f"traffic:{s.service}"):
-        targets, changed = _apply(ctx, compute)
+        targets, changed = apply(ctx, compute)
     if not changed:
         return Outcome(NAME, NOOP, f"{s.primary_revision} already at 0%{scale_note}")
     reply = ctx.event(NAME, TrafficRerouted(
         service=s.service, namespace=s.namespace, from_revision=s.primary_revision,
-        to_revision=s.fallback_revision, percent=moved, targets=_wire(targets), reason=reason,
+        to_revision=s.fallback_revision, percent=moved, targets=wire(targets), reason=reason,
         cause_event_id=cause_event_id))
     return Outcome(NAME, ACTED, f"moved {moved}% from {s.primary_revision} to "
                                 f"{s.fallback_revision}{scale_note}{wait_note}", reply=reply)
@@ -327,18 +219,11 @@ def reroute(ctx: Context, *, reason: str, cause_event_id: str | None = None) -> 
 # --- restore ------------------------------------------------------------------------------
 
 
-def _epoch(ctx: Context) -> int:
-    return int(ctx.redis.get(_epoch_key(ctx)) or 0)
-
-
 def primary_health(ctx: Context) -> tuple[int, str]:
     """Ready primary replicas on nodes whose breaker is not open, and a line saying so."""
     s = ctx.settings
-    ready = [r for r in ctx.platform.replicas(s.service)
-             if r.revision == s.primary_revision and r.ready]
-    nodes = {r.node for r in ready if r.node}
-    bad = {n for n in nodes if ctx.breakers.status(node_key(n)).state in _OPEN_STATES}
-    ok = [r for r in ready if r.node not in bad]
+    ok, bad = healthy_ready(ctx, [r for r in ctx.platform.replicas(s.service)
+                                  if r.revision == s.primary_revision])
     detail = f"{len(ok)} ready primary replicas (need {s.restore_min_ready})"
     if bad:
         detail += f"; nodes with open breakers: {', '.join(sorted(bad))}"
@@ -352,7 +237,7 @@ def _wait_healthy(ctx: Context, epoch: int) -> tuple[bool, str]:
         n, detail = primary_health(ctx)
         if n >= s.restore_min_ready:
             return True, detail
-        if ctx.clock() >= deadline or _epoch(ctx) != epoch:
+        if ctx.clock() >= deadline or current_epoch(ctx) != epoch:
             return False, detail
         ctx.sleep(s.restore_health_poll_s)
 
@@ -360,13 +245,13 @@ def _wait_healthy(ctx: Context, epoch: int) -> tuple[bool, str]:
 def _normal_share(ctx: Context) -> tuple[int | None, str]:
     """The primary's share before the reroute (None and why when there is nothing to restore)."""
     s = ctx.settings
-    saved = _decode(ctx.redis.get(_saved_key(ctx)))
+    saved = decode(ctx.redis.get(saved_key(ctx)))
     current = ctx.platform.traffic(s.service)
-    primary = _find(current, s.primary_revision, s.primary_tag)
-    fallback = _find(current, s.fallback_revision, s.fallback_tag)
+    primary = find(current, s.primary_revision, s.primary_tag)
+    fallback = find(current, s.fallback_revision, s.fallback_tag)
     if primary is None or fallback is None:
         return None, "service does not route to both revisions; nothing to restore"
-    normal = _find(saved, s.primary_revision, s.primary_tag) if saved else None
+    normal = find(saved, s.primary_revision, s.primary_tag) if saved else None
     if normal is not None:
         return normal.percent, ""
     if primary.percent > 0:
@@ -378,22 +263,32 @@ def _normal_share(ctx: Context) -> tuple[int | None, str]:
 def capacity_check(ctx: Context, *, node: str, cause_event_id: str | None = None) -> Outcome:
     """A node's breaker opened: the gateways route around that node. If the primary is left
     with fewer than ``primary_min_ready`` ready replicas on healthy nodes, it cannot carry its
-    share: reroute, remembering that capacity (not the primary's breaker) was the cause."""
+    share: the pair's share is split by the ready capacity each revision has left,
+    remembering that capacity (not the primary's breaker) was the cause. While the traffic is
+    rerouted already, the split follows the capacity the node took away (e.g. the fallback's
+    last replica)."""
     s = ctx.settings
+    rerouted = bool(ctx.redis.exists(saved_key(ctx)))
     n, detail = primary_health(ctx)
-    if n >= s.primary_min_ready:
+    if n >= s.primary_min_ready and (not rerouted or capacity(ctx).fallback > 0):
         return Outcome(NAME, NOOP, f"node {node}: the primary keeps {n} ready replicas on "
                                    f"healthy nodes (minimum {s.primary_min_ready})")
-    ctx.redis.set(_cause_key(ctx), "capacity", nx=True)
-    return reroute(ctx, reason=f"node {node} breaker opened; primary below its minimum of "
-                              f"{s.primary_min_ready}: {detail}", cause_event_id=cause_event_id)
+    if not rerouted:
+        ctx.redis.set(cause_key(ctx), "capacity", nx=True)
+    reason = f"node {node} breaker opened; {detail}"
+    if n < s.primary_min_ready:
+        reason = (f"node {node} breaker opened; primary below its minimum of "
+                  f"{s.primary_min_ready}: {detail}")
+    if s.kserve_isvc:
+        return reroute(ctx, reason=reason, cause_event_id=cause_event_id)
+    return rebalance(ctx, reason=reason, cause_event_id=cause_event_id)
 
 
 def capacity_restore(ctx: Context) -> Outcome:
     """After a capacity reroute, restore once the primary is back at its minimum on healthy
     nodes (and its own breaker is closed)."""
     s = ctx.settings
-    cause = ctx.redis.get(_cause_key(ctx))
+    cause = ctx.redis.get(cause_key(ctx))
     if cause != b"capacity":
         return Outcome(NAME, NOOP, "no capacity reroute to undo")
     state = ctx.breakers.status(revision_key(s.primary_revision)).state
@@ -412,7 +307,7 @@ def trial(ctx: Context, *, reason: str) -> Outcome:
     stay half-open until it re-opens). The probes then close the breaker (and the restore
     continues on ``breaker.closed``) or re-open it (and the reroute takes the share back)."""
     s = ctx.settings
-    epoch = int(ctx.redis.incr(_epoch_key(ctx)))
+    epoch = int(ctx.redis.incr(epoch_key(ctx)))
     first = s.restore_steps[0]
     if s.kserve_isvc:
         canary = canary_of(ctx)
@@ -433,16 +328,16 @@ def trial(ctx: Context, *, reason: str) -> Outcome:
     if n < s.restore_min_ready:
         return Outcome(NAME, NOOP, f"no trial traffic: {detail}")
     with locked(ctx, f"traffic:{s.service}"):
-        if _epoch(ctx) != epoch:
+        if current_epoch(ctx) != epoch:
             return Outcome(NAME, NOOP, "trial superseded by a newer breaker event")
-        targets, changed = _apply(ctx, functools.partial(
+        targets, changed = apply(ctx, functools.partial(
             restored_split, settings=s, normal_primary=normal_pct, step=first))
     if not changed:
         return Outcome(NAME, NOOP, "the primary already receives its trial share or more")
-    pct = next((t.percent for t in targets if _is(t, s.primary_revision, s.primary_tag)), 0)
+    pct = next((t.percent for t in targets if is_target(t, s.primary_revision, s.primary_tag)), 0)
     reply = ctx.event(NAME, TrafficRestored(
         service=s.service, namespace=s.namespace, revision=s.primary_revision, percent=pct,
-        step=1, targets=_wire(targets), reason=f"{reason}; trial traffic for the half-open "
+        step=1, targets=wire(targets), reason=f"{reason}; trial traffic for the half-open "
                                                f"breaker; {detail}"))
     return Outcome(NAME, ACTED, f"trial: {s.primary_revision} at {pct}%", reply=reply)
 
@@ -450,19 +345,30 @@ def trial(ctx: Context, *, reason: str) -> Outcome:
 def restore(ctx: Context, *, reason: str) -> Outcome:
     """Give the primary its share back in steps, checking its health before each step."""
     s = ctx.settings
-    epoch = int(ctx.redis.incr(_epoch_key(ctx)))
-    cancel(ctx, _restore_member(ctx))
+    epoch = int(ctx.redis.incr(epoch_key(ctx)))
+    cancel(ctx, restore_member(ctx))
     if s.kserve_isvc:
         return restore_canary(ctx, NAME, reason, epoch, _Steps())
     normal_pct, why_not = _normal_share(ctx)
     if normal_pct is None:
         return Outcome(NAME, NOOP, why_not)
+    # the sweep leaves a restore that runs alone (it would supersede it)
+    marker = restoring_key(ctx)
+    ctx.redis.set(marker, str(epoch), px=restoring_ms(ctx))
+    try:
+        return _steps(ctx, epoch, normal_pct, reason)
+    finally:
+        ctx.redis.delete(marker)
+
+
+def _steps(ctx: Context, epoch: int, normal_pct: int, reason: str) -> Outcome:
+    s = ctx.settings
     last: Event | None = None
     steps = s.restore_steps
     for i, step in enumerate(steps, start=1):
         if i > 1:
             ctx.sleep(s.restore_step_wait_s)
-        if _epoch(ctx) != epoch:
+        if current_epoch(ctx) != epoch:
             return Outcome(NAME, NOOP, f"restore superseded by a newer breaker event after "
                                        f"step {i - 1}", reply=last)
         state = ctx.breakers.status(revision_key(s.primary_revision)).state
@@ -473,20 +379,20 @@ def restore(ctx: Context, *, reason: str) -> Outcome:
         if not healthy:
             return _pause(ctx, epoch, i, detail, reason)
         with locked(ctx, f"traffic:{s.service}"):
-            if _epoch(ctx) != epoch:
+            if current_epoch(ctx) != epoch:
                 return Outcome(NAME, NOOP, "restore superseded by a newer breaker event",
                                reply=last)
-            targets, _ = _apply(ctx, functools.partial(
+            targets, _ = apply(ctx, functools.partial(
                 restored_split, settings=s, normal_primary=normal_pct, step=step))
-        pct = next((t.percent for t in targets if _is(t, s.primary_revision, s.primary_tag)), 0)
+        pct = percent_of(targets, s.primary_revision, s.primary_tag)
         event = ctx.event(NAME, TrafficRestored(
             service=s.service, namespace=s.namespace, revision=s.primary_revision, percent=pct,
-            step=i, targets=_wire(targets), reason=f"{reason}; {detail}"))
+            step=i, targets=wire(targets), reason=f"{reason}; {detail}"))
         if last is not None:
             ctx.emit(last)
         last = event
-    scale_note = _fallback_scale(ctx, boosted=False)
-    ctx.redis.delete(_saved_key(ctx), _cause_key(ctx))
+    scale_note = fallback_scale(ctx, boosted=False)
+    ctx.redis.delete(saved_key(ctx), cause_key(ctx))
     return Outcome(NAME, ACTED, f"restored {s.primary_revision} to {normal_pct}% in "
                                 f"{len(steps)} steps{scale_note}", reply=last)
 
@@ -494,17 +400,24 @@ def restore(ctx: Context, *, reason: str) -> Outcome:
 def _pause(ctx: Context, epoch: int, step: int, detail: str, reason: str) -> Outcome:
     """The primary is not healthy enough: back to the fallback, retry later."""
     s = ctx.settings
+    held = capacity(ctx).fallback == 0
     with locked(ctx, f"traffic:{s.service}"):
-        if _epoch(ctx) != epoch:
+        if current_epoch(ctx) != epoch:
             return Outcome(NAME, NOOP, "restore superseded by a newer breaker event")
-        targets, changed = _apply(ctx, lambda cur: rerouted_split(cur, s))
+        if held:
+            targets, changed = ctx.platform.traffic(s.service), False
+        else:
+            targets, changed = apply(ctx, lambda cur: rerouted_split(cur, s))
+    if held:
+        detail += f"; {s.fallback_revision} has no ready replica, traffic left as it is"
+        log.warning("%s %s: restore paused before step %d: %s", NAME, s.service, step, detail)
     due = ctx.clock() + max(s.restore_step_wait_s, s.restore_health_poll_s)
-    defer(ctx, _restore_member(ctx), due)
+    defer(ctx, restore_member(ctx), due)
     reply = None
     if changed:
         reply = ctx.event(NAME, TrafficRerouted(
             service=s.service, namespace=s.namespace, from_revision=s.primary_revision,
-            to_revision=s.fallback_revision, percent=100, targets=_wire(targets),
+            to_revision=s.fallback_revision, percent=100, targets=wire(targets),
             reason=f"restore paused before step {step}: {detail}"))
     return Outcome(NAME, DEFERRED, f"restore paused before step {step} ({detail}); retrying "
                                    "later", reply=reply, details={"due": due})
@@ -527,19 +440,50 @@ def sweep(ctx: Context) -> list[Outcome]:
         if service != ctx.settings.service:
             return Outcome(NAME, NOOP, f"scale of another service {service} skipped")
         boosted = ctx.redis.get(ctx.key("traffic", service, "boosted")) == b"1"
-        note = _fallback_scale(ctx, boosted)
+        note = fallback_scale(ctx, boosted)
         return Outcome(NAME, NOOP, f"retried the fallback's scale{note}")
 
     out = run_deferred(ctx, NAME, "restore", run) + run_deferred(ctx, NAME, "scale", scale)
-    if ctx.redis.get(_cause_key(ctx)) == b"capacity":
-        try:
-            back = capacity_restore(ctx)
-        except MAPPED as exc:
-            log.warning("capacity restore check failed: %s", map_error(exc, NAME))
-        else:
-            if back.status != NOOP:
-                out.append(back)
+    try:
+        repaired = reconcile(ctx)
+    except MAPPED as exc:
+        log.warning("traffic reconcile failed: %s", map_error(exc, NAME))
+    else:
+        if repaired is not None and repaired.status != NOOP:
+            out.append(repaired)
     return out
+
+
+def reconcile(ctx: Context) -> Outcome | None:
+    """Bring the split in line with the breakers and the ready capacity, whatever events were
+    lost: a tripped primary that still has a share is rerouted, a half-open one that has none
+    gets its trial share, a closed one still rerouted is restored, and a capacity reroute
+    follows the ready counts (or is undone). None when a restore is running or due."""
+    s = ctx.settings
+    if s.kserve_isvc or ctx.redis.exists(restoring_key(ctx)) or deferred_at(
+            ctx, restore_member(ctx)) is not None:
+        return None
+    state = ctx.breakers.status(revision_key(s.primary_revision)).state
+    share = percent_of(ctx.platform.traffic(s.service), s.primary_revision, s.primary_tag)
+    rerouted = bool(ctx.redis.exists(saved_key(ctx)))
+    if state in TRIPPED:
+        if share > 0 and ctx.redis.get(cause_key(ctx)) != b"breaker":
+            ctx.redis.set(cause_key(ctx), "breaker")
+            ctx.redis.incr(epoch_key(ctx))  # supersedes a restore of an older close
+        return rebalance(ctx, reason=f"sweep: the primary's breaker is {state}")
+    if state == "half_open":
+        if share == 0 and rerouted:
+            return trial(ctx, reason="sweep: the primary's breaker is half-open")
+        return rebalance(ctx, reason="sweep: the primary's breaker is half-open")
+    if not rerouted:
+        return None
+    if ctx.redis.get(cause_key(ctx)) == b"capacity":
+        n, detail = primary_health(ctx)
+        if n >= s.primary_min_ready:
+            return capacity_restore(ctx)
+        return rebalance(ctx, reason=f"sweep: primary below its minimum of "
+                                     f"{s.primary_min_ready}: {detail}")
+    return restore(ctx, reason="sweep: the primary's breaker is closed")
 
 
 class _Steps:
@@ -548,7 +492,7 @@ class _Steps:
 
     @staticmethod
     def epoch(ctx: Context) -> int:
-        return _epoch(ctx)
+        return current_epoch(ctx)
 
     @staticmethod
     def wait_healthy(ctx: Context, epoch: int) -> tuple[bool, str]:
@@ -556,4 +500,4 @@ class _Steps:
 
     @staticmethod
     def restore_member(ctx: Context) -> str:
-        return _restore_member(ctx)
+        return restore_member(ctx)

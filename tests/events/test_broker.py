@@ -297,3 +297,34 @@ def test_remove_trigger(subscribers: Callable[..., Subscriber]) -> None:
         assert not broker.remove_trigger("t")
         assert broker.publish(XID) == 0
     assert broker.stats["unmatched"] == 1
+
+
+def test_broker_dead_letters_what_exhausts_its_retries_over_http(tmp_path: Path) -> None:
+    """As ``surefoot up`` runs it: the broker's own dead-letter file keeps an event that its
+    subscriber kept refusing, with the subscriber's reason."""
+    import base64
+
+    from flask import Flask, jsonify
+
+    app = Flask("refusing")
+
+    @app.post("/fn")
+    def refuse() -> Any:
+        resp = jsonify({"error": "temporary failure: the platform did not answer"})
+        resp.status_code = 503
+        return resp
+
+    path = tmp_path / "dead-letters.jsonl"
+    sender = ev.SenderSettings(dead_letter=str(path),
+                               retry=ev.RetryPolicy(retries=2, backoff_delay_s=0.0))
+    with ev.HttpServer(app) as sub, ev.BrokerServer(ev.BrokerSettings(sender=sender)) as b:
+        b.broker.add_trigger(ev.Trigger(name="t", subscriber=f"{sub.url}/fn"))
+        event = ev.build(ev.NodeReady(node="n1"), source="/test", id="lost-1")
+        httpx.post(b.url, content=ev.to_binary(event).body,
+                   headers=ev.to_binary(event).headers).raise_for_status()
+        assert b.broker.wait_idle(10)
+        assert b.broker.stats["dead_lettered"] == 1
+    (kept,) = ev.read_dead_letters(str(path))
+    assert kept.id == "lost-1"
+    assert kept.extensions["knativeerrorcode"] == "503"
+    assert b"the platform did not answer" in base64.b64decode(kept.extensions["knativeerrordata"])

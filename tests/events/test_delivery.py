@@ -246,3 +246,22 @@ def test_bad_url_is_permanent() -> None:
     assert not result.ok
     assert result.attempts == 1
     assert "invalid URL" in (result.error or "")
+
+
+def test_a_failed_delivery_says_why_the_subscriber_refused(tmp_path: Path) -> None:
+    """The subscriber's reason travels into the error (and the log line that drops or
+    dead-letters the event), not only its status."""
+    body = json.dumps({"error": "temporary failure: lock traffic:svc is held"}).encode()
+    transport, seen = scripted(httpx.Response(503, content=body,
+                                              headers={"content-type": "application/json"}))
+    path = tmp_path / "dead.jsonl"
+    s = sender(transport, retries=2, dead_letter=ev.FileDeadLetter(str(path)))
+    result = s.send(EVENT, URL)
+    assert len(seen) == 3
+    assert result.dead_lettered
+    assert result.error == "HTTP 503: temporary failure: lock traffic:svc is held"
+    (dead,) = ev.read_dead_letters(str(path))
+    assert dead.extensions["knativeerrorcode"] == "503"
+    assert b"lock traffic:svc is held" in base64.b64decode(dead.extensions["knativeerrordata"])
+    plain, _ = scripted(httpx.Response(500, content=b"<html>boom</html>"))
+    assert sender(plain, retries=0).send(EVENT, URL).error == "HTTP 500: <html>boom</html>"

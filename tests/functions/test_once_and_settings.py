@@ -10,6 +10,7 @@ import pytest
 import events as ev
 from functions import (
     ACTED,
+    DEFERRED,
     DUPLICATE,
     NOOP,
     Context,
@@ -20,7 +21,7 @@ from functions import (
     TemporaryFunctionError,
     run_once,
 )
-from functions._once import seen_key
+from functions._once import handoffs, seen_key
 from tests.functions._helpers import xid
 
 
@@ -87,13 +88,17 @@ def test_a_loser_takes_over_when_the_winner_fails(ctx: Context) -> None:
     assert out[0].status == ACTED
 
 
-def test_a_loser_answers_temporary_while_the_winner_runs_too_long(
+def test_a_loser_hands_over_while_the_winner_runs_too_long(
         make_ctx: Callable[..., Context]) -> None:
+    """A broker redelivers when its request timed out: refusing with 503 while the first
+    delivery still works would make it give up on an event that is being handled."""
     ctx = make_ctx(inflight_wait_s=0.05)
     event = xid("n", 79)
     ctx.redis.set(seen_key(ctx, "t", event), "R:someone-else", px=60_000)
-    with pytest.raises(TemporaryFunctionError, match="being handled"):
-        run_once("t", event, ctx, lambda: acted(ctx, event))
+    out = run_once("t", event, ctx, lambda: acted(ctx, event))
+    assert out.status == DEFERRED
+    assert "being handled by another delivery" in out.reason
+    assert handoffs(ctx) == [f"t|handoff|{seen_key(ctx, 't', event).rsplit(':', 1)[-1]}"]
 
 
 def test_a_crashed_winner_blocks_only_until_its_lease_expires(ctx: Context) -> None:

@@ -28,6 +28,7 @@ from tests.kube_fake import FakeKubeServer
 
 REROUTED = [("surefoot-primary", 0, "primary"), ("surefoot-fallback", 100, "fallback")]
 NORMAL = [("surefoot-primary", 100, "primary"), ("surefoot-fallback", 0, "fallback")]
+SPLIT_1_2 = [("surefoot-primary", 33, "primary"), ("surefoot-fallback", 67, "fallback")]
 
 
 FALLBACK_POD = {"serving.knative.dev/revision": "surefoot-fallback", "app": "surefoot-fallback"}
@@ -300,8 +301,15 @@ def test_missing_fallback_target_is_added(kube: FakeKubeServer, ctx: Context) ->
             },
         }
     )
-    assert reroute_traffic.handle(opened(), ctx).status == ACTED
-    assert traffic_of(kube) == REROUTED
+    # the split adds the fallback target...
+    assert reroute_traffic.rerouted_split(ctx.platform.traffic("surefoot"), ctx.settings) == [
+        Target("surefoot-primary", 0, "primary"), Target("surefoot-fallback", 100, "fallback")]
+    # ...but a fallback the service does not route to has no ready replica of the service:
+    # the traffic is not moved to it
+    out = reroute_traffic.handle(opened(), ctx)
+    assert out.status == NOOP
+    assert "has a ready replica; traffic left as it is" in out.reason
+    assert traffic_of(kube) == [("surefoot-primary", 100, "primary")]
 
 
 def test_service_without_the_primary_is_permanent(kube: FakeKubeServer, ctx: Context) -> None:
@@ -420,6 +428,7 @@ def test_scale_failure_does_not_undo_the_reroute(
         503,
         method="PATCH",
     )
+    ctx.breakers.open(revision_key("surefoot-primary"), "failing")  # what the event reports
     out = reroute_traffic.handle(opened(), ctx)
     assert out.status == ACTED
     assert "retrying" in out.reason
@@ -515,7 +524,8 @@ def test_node_breakers_below_the_primary_minimum_reroute(
     ctx.breakers.open(node_key("gpu-2"), "xid")
     out = reroute_traffic.handle(node_event(ev.BreakerOpened, "gpu-2"), ctx)
     assert out.status == ACTED
-    assert traffic_of(cluster) == REROUTED
+    # one ready primary (gpu-3) and two ready fallbacks (gpu-3, gpu-4) on healthy nodes
+    assert traffic_of(cluster) == SPLIT_1_2
     p = ev.payload_of(out.reply) if out.reply else None
     assert isinstance(p, ev.TrafficRerouted)
     assert "below its minimum" in p.reason
@@ -531,7 +541,7 @@ def test_capacity_restore_by_the_sweep(cluster: FakeKubeServer, ctx: Context) ->
         ctx.breakers.open(node_key(n), "xid")
     reroute_traffic.handle(node_event(ev.BreakerOpened, "gpu-2"), ctx)
     assert reroute_traffic.sweep(ctx) == []
-    assert traffic_of(cluster) == REROUTED
+    assert traffic_of(cluster) == SPLIT_1_2
     ctx.breakers.close(node_key("gpu-1"), "replaced")
     assert [o.status for o in reroute_traffic.sweep(ctx)] == [ACTED]
     assert traffic_of(cluster) == NORMAL
@@ -540,6 +550,7 @@ def test_capacity_restore_by_the_sweep(cluster: FakeKubeServer, ctx: Context) ->
 def test_a_breaker_reroute_is_not_undone_by_node_capacity(
     cluster: FakeKubeServer, ctx: Context
 ) -> None:
+    ctx.breakers.open(revision_key("surefoot-primary"), "failing")  # what the event reports
     reroute_traffic.handle(opened(), ctx)
     out = reroute_traffic.handle(node_event(ev.BreakerClosed, "gpu-1"), ctx)
     assert out.status == NOOP
