@@ -59,6 +59,12 @@ def register(subparsers: Any) -> None:
     p.add_argument("--retry-budget-ratio", type=float)
     p.add_argument("--retry-budget-min", type=int)
     p.add_argument("--pool-size", type=int, help="connections per replica per process")
+    p.add_argument("--own-port", type=int, default=0,
+                   help="also listen on this port, this process's alone (to read its own "
+                        "/metrics when gateways share --port)")
+    p.add_argument("--reuse-port", action="store_true",
+                   help="share the port with other gateways started with --reuse-port "
+                        "(SO_REUSEPORT): one that dies leaves the others answering")
     p.set_defaults(func=run)
 
 
@@ -71,9 +77,13 @@ def _env_int(name: str, default: int) -> int:
         raise CliError(str(exc)) from None
 
 
-def _check_port_free(host: str, port: int) -> None:
+def _check_port_free(host: str, port: int, reuse_port: bool = False) -> None:
+    """Refuse a port another program holds; with ``reuse_port``, one held by gateways that
+    share it is free."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         try:
             s.bind((host, port))
         except OSError as exc:
@@ -102,6 +112,8 @@ def _settings(args: argparse.Namespace) -> tuple[GatewaySettings, GatewayServerS
             threads=args.threads if args.threads is not None
             else _env_int("SUREFOOT_GATEWAY_THREADS", 64),
             log_level=str(args.log_level).lower(),
+            reuse_port=bool(getattr(args, "reuse_port", False)),
+            own_port=int(getattr(args, "own_port", 0) or 0),
         )
     except (GatewaySettingsError, ValueError) as exc:
         raise CliError(str(exc)) from exc
@@ -203,7 +215,7 @@ def run(args: argparse.Namespace) -> int:
 
     settings, server = _settings(args)
     resolver_factory = _resolver_factory(args)
-    _check_port_free(server.host, server.port)
+    _check_port_free(server.host, server.port, server.reuse_port)
     breakers, embedded = _breakers(args)
     try:
         return serve(settings, server, resolver_factory, breakers, args.events_sink)

@@ -62,6 +62,7 @@ class Target:
     start_nice: int = 0  # the priority the platform gives a starting replica
     control_url: str = ""  # the control API of `surefoot up` (its supervised Redis)
     fallback_revision: str = ""
+    dead_letters: str = ""  # the broker's dead-letter file (``surefoot up``)
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float, step: float = 0.05) -> Any:
@@ -179,6 +180,7 @@ class Drill:
         self.report["baseline_start_s"] = baseline
         if baseline is not None:
             self._note(f"a lone replica starts and loads its model in {baseline:.2f} s")
+        dead_before = self._dead_letters()
         self.load = LoadGenerator(self.t.gateway_url, s.rate, s.max_tokens).start()
         if s.streams:
             self.streams = StreamLoad(self.t.gateway_url, s.streams, 4 * s.max_tokens).start()
@@ -192,8 +194,30 @@ class Drill:
             self.load.stop()
             if self.streams:
                 self.streams.stop()
+        self._count_dead_letters(dead_before)
         summarise(self.report, self.samples(), self.windows, self.marks, self.t0)
         return self.report
+
+    def _dead_letters(self) -> list[dict[str, Any]] | None:
+        """The events the broker has given up on so far (None: not known here)."""
+        if not self.t.dead_letters:
+            return None
+        from surefoot._up_durable import DeadLetterLog
+
+        rows: list[dict[str, Any]] = DeadLetterLog(Path(self.t.dead_letters)).describe(
+            last=100_000)["last"]
+        return rows
+
+    def _count_dead_letters(self, before: list[dict[str, Any]] | None) -> None:
+        time.sleep(min(self.s.settle, 5.0))  # the broker's last retries of the faults run out
+        after = self._dead_letters()
+        if before is None or after is None:
+            return
+        new = after[len(before):]
+        self.report["dead_letters"] = {"count": len(new), "last": new[-5:]}
+        if new:
+            self._note(f"{len(new)} events dead-lettered by the broker: "
+                       + "; ".join(f"{d['type']} to {d['dest']}: {d['reason']}" for d in new[:3]))
 
     def _steady(self, load: LoadGenerator) -> None:
         steady_start = self._mark("steady load")

@@ -24,13 +24,34 @@ from surefoot._drill_load import Sample, StreamLoad, ms
 _EVENT = re.compile(r'^surefoot_gateway_events_total\{event="([a-z_]+)"\} ([0-9.e+]+)$', re.M)
 
 
-def gateway_events(gateway_url: str) -> dict[str, float]:
-    """The gateway's event counters from its metrics (empty when it cannot be read)."""
-    try:
-        text = httpx.get(f"{gateway_url}/metrics", timeout=5).text
-    except httpx.HTTPError:
-        return {}
-    return {name: float(v) for name, v in _EVENT.findall(text)}
+def gateway_urls(target: Any) -> list[str]:
+    """Where each gateway's own metrics are read: under ``surefoot up`` every gateway process
+    has a port of its own beside the shared one (its components say which); else the one
+    gateway URL."""
+    if target.control_url:
+        try:
+            doc = httpx.get(f"{target.control_url}/components", timeout=2).json()
+            own = [c["url"] for c in doc.get("components", [])
+                   if str(c.get("name", "")).startswith("gateway") and c.get("url")]
+            if own:
+                return own
+        except (httpx.HTTPError, ValueError):
+            pass
+    return [target.gateway_url]
+
+
+def gateway_events(urls: list[str]) -> dict[str, float]:
+    """The gateways' event counters from their metrics, summed (a gateway that cannot be read
+    counts nothing)."""
+    out: dict[str, float] = {}
+    for url in urls:
+        try:
+            text = httpx.get(f"{url}/metrics", timeout=5).text
+        except httpx.HTTPError:
+            continue
+        for name, v in _EVENT.findall(text):
+            out[name] = out.get(name, 0.0) + float(v)
+    return out
 
 
 def replica_pids(platform: Any) -> dict[str, int]:
@@ -60,7 +81,8 @@ class AbruptPhase:
         if not pids:
             return {"skipped": "the platform gives no replica processes to signal"}, (0.0, 0.0)
         load = StreamLoad(self.t.gateway_url, self.streams, self.max_tokens).start()
-        before = gateway_events(self.t.gateway_url)
+        urls = gateway_urls(self.t)
+        before = gateway_events(urls)
         start = time.time()
         victim = self._victim(load, set(pids))
         try:
@@ -80,7 +102,8 @@ class AbruptPhase:
         finally:
             load.stop()
         end = time.time()
-        return self._report(victim, on_victim, load.window(start, end), before), (start, end)
+        return self._report(victim, on_victim, load.window(start, end), before,
+                            gateway_events(urls)), (start, end)
 
     def _victim(self, load: StreamLoad, known: set[str], timeout: float = 20.0) -> str | None:
         """The known replica with the most streams in flight, once the streams have started
@@ -96,11 +119,10 @@ class AbruptPhase:
         return None
 
     def _report(self, victim: str | None, on_victim: int, window: list[Sample],
-                before: dict[str, float]) -> dict[str, Any]:
-        after = gateway_events(self.t.gateway_url)
+                before: dict[str, float], after: dict[str, float]) -> dict[str, Any]:
 
         def delta(event: str) -> int:
-            return int(after.get(event, 0) - before.get(event, 0))
+            return max(0, int(after.get(event, 0) - before.get(event, 0)))  # 0: restarted
 
         gaps = [x.max_gap for x in window if x.replica == victim]
         return {

@@ -97,6 +97,8 @@ def checks(report: dict[str, Any]) -> dict[str, bool]:
     c = ph.get("compound")
     if c:
         out["compound: 0 failed while a replica was ready"] = c["failed_while_ready"] == 0
+    if "dead_letters" in report:
+        out["no remediation event dead-lettered"] = report["dead_letters"]["count"] == 0
     return out
 
 

@@ -103,10 +103,12 @@ class Supervised:
         self.phase = STOPPED
 
     def status(self) -> dict[str, Any]:
+        describe = getattr(self.child, "describe", None)
         return {"name": self.name, "phase": self.phase,
                 "pid": self.child.pid if self.phase == RUNNING else None,
                 "restarts": self.restarts, "last_exit": self.last_exit,
-                "last_error": self.last_error or None}
+                "last_error": self.last_error or None,
+                **(describe() if callable(describe) else {})}
 
 
 class Supervisor:

@@ -36,11 +36,16 @@ class GatewayServerSettings:
     # SO_REUSEPORT: several gateway processes listen on one port, so one that dies leaves the
     # others answering while it is restarted
     reuse_port: bool = False
+    # a port of this process alone besides the shared one (0: none), so that each gateway's
+    # own /metrics and /admin can be read when several share ``port``
+    own_port: int = 0
 
     def __post_init__(self) -> None:
         errors = []
         if not 0 < self.port < 65536:
             errors.append(f"port: {self.port} is not a TCP port")
+        if not 0 <= self.own_port < 65536 or (self.own_port and self.own_port == self.port):
+            errors.append(f"own_port: {self.own_port} is not a TCP port other than port")
         if not 1 <= self.workers <= 64:
             errors.append(f"workers: {self.workers} is not within 1..64")
         if not 1 <= self.threads <= 4096:
@@ -70,7 +75,7 @@ class _GatewayServer(BaseApplication):  # type: ignore[misc]
     def load_config(self) -> None:
         s = self.server
         cfg = {
-            "bind": f"{s.host}:{s.port}",
+            "bind": [f"{s.host}:{s.port}", *([f"{s.host}:{s.own_port}"] if s.own_port else [])],
             "workers": s.workers,
             "worker_class": "gthread",
             "threads": s.threads,

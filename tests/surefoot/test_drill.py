@@ -68,3 +68,28 @@ def test_drill_attaching_to_a_missing_system_says_so(tmp_path, isolated_env):
     assert proc.returncode == 2
     assert "no running `surefoot up`" in proc.stderr
 
+
+def test_drill_abrupt_and_compound_phases(tmp_path, isolated_env):
+    """SIGKILL and SIGSTOP of a replica under concurrent streams, then faults piled up without
+    repair: no stream broken, no request failed while some replica was ready."""
+    out = tmp_path / "drill"
+    proc = subprocess.run(
+        [sys.executable, "-m", "surefoot", "drill", "--rate", "3", "--duration", "3",
+         "--no-embeddings", "--faults", "replica_kill,replica_freeze,compound", "--hold", "4",
+         "--out", str(out)],
+        env=isolated_env, capture_output=True, text=True, timeout=400)
+    report = json.loads((out / "report.json").read_text())
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    kill, freeze = report["phases"]["replica_kill"], report["phases"]["replica_freeze"]
+    assert kill["victim"]
+    assert kill["broken"] == 0
+    assert freeze["victim"]
+    assert freeze["broken"] == 0
+    compound = report["phases"]["compound"]
+    assert [s["step"] for s in compound["steps"]] == [
+        "gpu_fault_fallback_node", "evict_primary_node", "gpu_fault_primary_node",
+        "kill_replica"]
+    assert all("skipped" not in s["did"] for s in compound["steps"])
+    assert compound["failed_while_ready"] == 0
+    assert all(s["capacity"] for s in compound["steps"])
+    assert "PASS  compound: 0 failed while a replica was ready" in proc.stdout

@@ -107,3 +107,37 @@ def test_compound_failures_with_nothing_ready_are_excused_and_no_others() -> Non
     assert report["continuity"]["failed"] == 1
     assert "FAIL  compound: 0 failed while a replica was ready" in format_report(report)
     assert "cordoned before: node-9" in format_report(report)
+
+
+class _Metrics(BaseHTTPRequestHandler):
+    body = b""
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("content-length", str(len(self.body)))
+        self.end_headers()
+        self.wfile.write(self.body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_gateway_events_are_summed_over_every_gateway() -> None:
+    from surefoot._drill_abrupt import gateway_events
+
+    servers = []
+    for n in (2, 5):
+        handler = type("M", (_Metrics,), {"body": (
+            f'surefoot_gateway_events_total{{event="resume_broken"}} {n}.0\n'
+            'surefoot_gateway_events_total{event="retries"} 1.0\n').encode()})
+        server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+    try:
+        urls = [f"http://127.0.0.1:{s.server_address[1]}" for s in servers]
+        assert gateway_events([*urls, "http://127.0.0.1:9"]) == {
+            "resume_broken": 7.0, "retries": 2.0}
+    finally:
+        for s in servers:
+            s.shutdown()
+            s.server_close()
