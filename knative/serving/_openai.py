@@ -7,10 +7,14 @@ answers, so a client fixes its request in one round trip; each problem names its
 
 from __future__ import annotations
 
+import functools
 import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
+
+from knative.serving import _features as ft
+from knative.serving._features import Constraint, Prompt, Tools
 
 MAX_STOP_SEQUENCES = 4
 
@@ -75,12 +79,19 @@ class Resume:
 @dataclass(frozen=True)
 class CompletionRequest:
     model: str
-    prompts: tuple[str, ...]
+    prompts: tuple[Prompt, ...]
     params: SamplingParams
     stream: bool = False
     include_usage: bool = False
     echo: bool = False
     resume: Resume | None = None
+    n: int = 1
+    logprobs: int | None = None  # alternatives per position; None: no logprobs
+
+    @property
+    def plain(self) -> bool:
+        """Whether the engine's plain text path answers it (no logprobs asked)."""
+        return self.logprobs is None
 
 
 @dataclass(frozen=True)
@@ -97,13 +108,24 @@ class ChatRequest:
     stream: bool = False
     include_usage: bool = False
     resume: Resume | None = None
+    n: int = 1
+    logprobs: int | None = None  # top_logprobs when logprobs is true; None: off
+    constraint: Constraint | None = None
+    tools: Tools = field(default_factory=Tools)
+
+    @property
+    def plain(self) -> bool:
+        """Whether the engine's plain text path answers it (no logprobs, no constraint,
+        no tools)."""
+        return self.logprobs is None and self.constraint is None and not self.tools.active
 
 
 @dataclass(frozen=True)
 class EmbeddingRequest:
     model: str
-    inputs: tuple[str, ...]
+    inputs: tuple[Prompt, ...]
     encoding_format: str = "float"
+    dimensions: int | None = None
 
 
 @dataclass(frozen=True)
@@ -112,6 +134,7 @@ class Limits:
     default_max_tokens: int = 16
     max_batch: int = 16
     max_embedding_inputs: int = 256
+    max_n: int = 8
 
 
 @dataclass
@@ -198,9 +221,6 @@ def _sampling(c: _Collector, limits: Limits, token_field: str = "max_tokens") ->
             stop = tuple(stop_raw)
     elif stop_raw is not None:
         c.add("stop", "must be a string or a list of strings")
-    n = c.integer("n", 1)
-    if n is not None and n != 1:
-        c.add("n", "only n=1 is supported")
     return SamplingParams(
         max_tokens=max_tokens,
         temperature=c.number("temperature", 1.0, 0.0, 2.0),
@@ -257,36 +277,30 @@ def parse_completion(body: Any, served: list[str], limits: Limits,
                      internal: bool = False) -> CompletionRequest:
     c = _Collector(_require_object(body))
     model = c.model(served)
-    raw = c.body.get("prompt")
-    prompts: tuple[str, ...] = ()
-    if raw is None:
-        c.add("prompt", "is required")
-    elif isinstance(raw, str):
-        prompts = (raw,)
-    elif isinstance(raw, list) and raw and all(isinstance(p, str) for p in raw):
-        if len(raw) > limits.max_batch:
-            c.add("prompt", f"at most {limits.max_batch} prompts per request")
-        prompts = tuple(raw)
-    else:
-        c.add("prompt", "must be a string or a non-empty list of strings")
+    prompts = ft.prompts(c, "prompt", c.body.get("prompt"), limits.max_batch)
     params = _sampling(c, limits)
+    n = ft.choices_n(c, limits.max_n)
+    ft.best_of(c, n)
+    logprobs = ft.completion_logprobs(c)
+    ft.logit_bias(c)
+    if len(prompts) * n > limits.max_batch:
+        c.add("n", f"prompts times n must be at most {limits.max_batch}")
     stream = c.boolean("stream")
     include_usage = _stream_options(c, stream)
     echo = c.boolean("echo")
     resume = _resume(c, internal, stream)
-    if resume is not None and (len(prompts) != 1 or echo):
-        c.add(RESUME_FIELD, "needs a single prompt and no echo")
-    if c.body.get("logprobs") is not None:
-        c.add("logprobs", "is not supported")
-    if c.body.get("suffix") is not None:
-        c.add("suffix", "is not supported")
+    if resume is not None and (len(prompts) != 1 or echo or n != 1 or logprobs is not None):
+        c.add(RESUME_FIELD, "needs a single prompt, n=1, no echo and no logprobs")
+    if c.body.get("suffix") not in (None, ""):
+        c.add("suffix", "insertion (a suffix) is not supported")
     c.raise_if_any()
     if model not in served:
         raise ModelNotFound(model, served)
-    return CompletionRequest(model, prompts, params, stream, include_usage, echo, resume)
+    return CompletionRequest(model, prompts, params, stream, include_usage, echo, resume, n,
+                             logprobs)
 
 
-_ROLES = {"system", "developer", "user", "assistant"}
+_ROLES = {"system", "developer", "user", "assistant", "tool"}
 
 
 def _message_content(c: _Collector, i: int, content: Any) -> str:
@@ -295,17 +309,51 @@ def _message_content(c: _Collector, i: int, content: Any) -> str:
     if isinstance(content, list):
         parts = []
         for j, part in enumerate(content):
-            if (
-                isinstance(part, dict)
-                and part.get("type") == "text"
-                and isinstance(part.get("text"), str)
-            ):
-                parts.append(part["text"])
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind in ("text", "refusal") and isinstance(part.get(kind), str):
+                parts.append(part[kind])  # an earlier refusal reads as the text it said
             else:
                 c.add(f"messages[{i}].content[{j}]", "only text parts are supported")
         return "".join(parts)
     c.add(f"messages[{i}].content", "must be a string or a list of text parts")
     return ""
+
+
+def _message(c: _Collector, i: int, m: Any) -> ChatMessage | None:
+    if not isinstance(m, dict):
+        c.add(f"messages[{i}]", "must be an object with role and content")
+        return None
+    role = m.get("role")
+    if role not in _ROLES:
+        c.add(f"messages[{i}].role", f"must be one of {sorted(_ROLES)}, got {role!r}")
+    calls = m.get("tool_calls") if role == "assistant" else None
+    if calls:
+        if not isinstance(calls, list) or not all(isinstance(x, dict) for x in calls):
+            c.add(f"messages[{i}].tool_calls", "must be a list of tool calls")
+            return None
+        return ChatMessage("assistant", ft.tool_call_text(calls))
+    if m.get("content") is None:
+        c.add(f"messages[{i}].content", "is required")
+        return None
+    text = _message_content(c, i, m["content"])
+    if role == "tool":
+        call_id = m.get("tool_call_id")
+        if not isinstance(call_id, str):
+            c.add(f"messages[{i}].tool_call_id", "is required for a tool message")
+        return ChatMessage("user", f"Result of the tool call {call_id}: {text}")
+    return ChatMessage("system" if role == "developer" else str(role), text)
+
+
+def _merged(messages: list[ChatMessage]) -> tuple[ChatMessage, ...]:
+    """Consecutive turns of one role (tool results after a user turn) as one turn: chat
+    templates that alternate roles refuse them otherwise."""
+    out: list[ChatMessage] = []
+    for m in messages:
+        if out and out[-1].role == m.role and m.role in ("user", "assistant"):
+            out[-1] = ChatMessage(m.role, f"{out[-1].content}\n\n{m.content}")
+        else:
+            out.append(m)
+    return tuple(out)
 
 
 def parse_chat(body: Any, served: list[str], limits: Limits,
@@ -320,57 +368,64 @@ def parse_chat(body: Any, served: list[str], limits: Limits,
         c.add("messages", "must be a non-empty list of messages")
     else:
         for i, m in enumerate(raw):
-            if not isinstance(m, dict):
-                c.add(f"messages[{i}]", "must be an object with role and content")
-                continue
-            role = m.get("role")
-            if role not in _ROLES:
-                c.add(f"messages[{i}].role", f"must be one of {sorted(_ROLES)}, got {role!r}")
-            if "content" not in m:
-                c.add(f"messages[{i}].content", "is required")
-                continue
-            text = _message_content(c, i, m["content"])
-            messages.append(ChatMessage("system" if role == "developer" else str(role), text))
+            msg = _message(c, i, m)
+            if msg is not None:
+                messages.append(msg)
     params = _sampling(c, limits, token_field="max_completion_tokens")
     stream = c.boolean("stream")
     include_usage = _stream_options(c, stream)
     resume = _resume(c, internal, stream)
-    for unsupported in ("tools", "functions", "logprobs"):
-        if c.body.get(unsupported) not in (None, False, []):
-            c.add(unsupported, "is not supported")
+    n = ft.choices_n(c, limits.max_n)
+    logprobs = ft.chat_logprobs(c)
+    ft.logit_bias(c)
+    constraint = ft.response_format(c)
+    tools = ft.tools(c)
+    ft.refused_chat(c)
+    if constraint is not None and tools.active:
+        c.add("response_format", "cannot be combined with tools (tool_choice none allows it)")
+    req = ChatRequest(model, _merged(messages), params, stream, include_usage, resume, n,
+                      logprobs, constraint, tools)
+    if resume is not None and (n != 1 or not req.plain):
+        c.add(RESUME_FIELD, "needs n=1, no logprobs, no response_format and no tools")
     c.raise_if_any()
     if model not in served:
         raise ModelNotFound(model, served)
-    return ChatRequest(model, tuple(messages), params, stream, include_usage, resume)
+    return req
 
 
 def parse_embedding(body: Any, served: list[str], limits: Limits) -> EmbeddingRequest:
     c = _Collector(_require_object(body))
     model = c.model(served)
-    raw = c.body.get("input")
-    inputs: tuple[str, ...] = ()
-    if raw is None:
-        c.add("input", "is required")
-    elif isinstance(raw, str):
-        inputs = (raw,)
-    elif isinstance(raw, list) and raw and all(isinstance(s, str) for s in raw):
-        if len(raw) > limits.max_embedding_inputs:
-            c.add("input", f"at most {limits.max_embedding_inputs} inputs per request")
-        inputs = tuple(raw)
-    else:
-        c.add("input", "must be a string or a non-empty list of strings")
+    inputs = ft.prompts(c, "input", c.body.get("input"), limits.max_embedding_inputs)
     fmt = c.body.get("encoding_format", "float")
     if fmt not in ("float", "base64"):
         c.add("encoding_format", f"must be 'float' or 'base64', got {fmt!r}")
+    dims = c.integer("dimensions", None)
+    if dims is not None and dims < 1:
+        c.add("dimensions", f"must be at least 1, got {dims}")
     c.raise_if_any()
     if model not in served:
         raise ModelNotFound(model, served)
-    return EmbeddingRequest(model, inputs, str(fmt))
+    return EmbeddingRequest(model, inputs, str(fmt), dims)
 
 
 def error_body(message: str, error_type: str, param: str | None = None,
                code: str | None = None) -> dict[str, Any]:
     return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+
+
+@functools.lru_cache(maxsize=64)
+def fingerprint(model: str) -> str:
+    """``system_fingerprint``: the serving configuration answers come from (the model and
+    this server's build of llama.cpp)."""
+    import hashlib
+    from importlib import metadata
+
+    try:
+        version = metadata.version("llama_cpp_python")
+    except metadata.PackageNotFoundError:
+        version = "none"
+    return "fp_" + hashlib.sha256(f"{model}/{version}".encode()).hexdigest()[:10]
 
 
 def new_id(prefix: str) -> str:

@@ -35,11 +35,22 @@ class SeqSpec:
     echo_prefix: str = ""  # text put before the generated text (completions' echo)
 
 
-def completion_spec(llm: Any, prompt: str, kwargs: dict[str, Any], echo: bool = False,
-                    grammar: Any = None) -> SeqSpec:
+def prompt_ids(llm: Any, ids: tuple[int, ...]) -> list[int]:
+    """A prompt given as token ids, as the engine reads it: BOS first (added when the ids do
+    not start with it, as a text prompt gets it)."""
+    bos = int(llm.token_bos())
+    return list(ids) if ids and ids[0] == bos else [bos, *ids]
+
+
+def completion_spec(llm: Any, prompt: str | tuple[int, ...], kwargs: dict[str, Any],
+                    echo: bool = False, grammar: Any = None) -> SeqSpec:
     """The spec of ``create_completion(prompt, **kwargs)`` on ``llm``: the same tokens (BOS
-    plus the prompt with special tokens parsed) and the same sampler settings."""
-    if prompt:
+    plus the prompt with special tokens parsed, or the ids given) and the same sampler
+    settings."""
+    if isinstance(prompt, tuple):
+        tokens = prompt_ids(llm, prompt)
+        prompt = llm.detokenize(tokens).decode("utf-8", errors="replace") if echo else ""
+    elif prompt:
         tokens = list(llm.tokenize(prompt.encode("utf-8"), add_bos=True, special=True))
     else:
         tokens = [int(llm.token_bos())]

@@ -37,6 +37,8 @@ class ServeSettings:
     n_gpu_layers: int = 0  # -1 offloads every layer on a GPU node
     cuda: bool = False  # torch embeddings on CUDA
     max_tokens: int = 1024
+    # choices one request may ask for (``n``)
+    max_n: int = 8
     # sequences the engine decodes together (continuous batching); 1: one request at a time
     slots: int = DEFAULT_SLOTS
     # admission: requests admitted at once (running plus waiting for the engine)
@@ -57,15 +59,19 @@ class ServeSettings:
     # breakers: a Redis URL lets readiness follow the node's breaker ("" to disable)
     redis_url: str = ""
     admin_token: str = ""
-    # shared with the gateway: lets it resume a stream here ("" refuses every resume)
+    # shared with the gateway: lets it resume a stream here ("" refuses every resume); the
+    # local platform also uses it to hand a lost replica's identity to a standby
     internal_token: str = ""
+    # start as a standby: load the models, serve nothing until POST /admin/adopt
+    standby: bool = False
     log_level: str = "INFO"
 
     def validate(self) -> ServeSettings:
         errors = []
         if not 0 < self.port < 65536:
             errors.append(f"port: {self.port} is not a TCP port")
-        for name in ("n_ctx", "max_tokens", "queue_capacity", "max_body_bytes", "slots"):
+        for name in ("n_ctx", "max_tokens", "queue_capacity", "max_body_bytes", "slots",
+                     "max_n"):
             if getattr(self, name) <= 0:
                 errors.append(f"{name}: must be positive, got {getattr(self, name)}")
         if self.max_tokens >= self.n_ctx:
@@ -75,6 +81,9 @@ class ServeSettings:
                 errors.append(f"{name}: must not be negative")
         if not self.model:
             errors.append("model: is required")
+        if self.standby and len(self.internal_token) < 8:
+            errors.append("standby: needs SUREFOOT_INTERNAL_TOKEN (at least 8 characters), "
+                          "which protects POST /admin/adopt")
         if errors:
             raise SettingsError("; ".join(errors))
         return self

@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 DONE = b"data: [DONE]\n\n"
 
 Run = Callable[[Any], Iterator[Delta]]  # one input (a prompt, a message list) -> its deltas
+# a choice's index -> what turns each of its deltas into that chunk's ``logprobs`` (or None)
+Formatter = Callable[[int], Callable[[Delta], Any]]
 
 
 def sse(obj: Any) -> bytes:
@@ -64,6 +66,16 @@ COMPLETION = StreamKind("text_completion", "cmpl", chat=False)
 CHAT = StreamKind("chat.completion.chunk", "chatcmpl", chat=True)
 
 
+@dataclass(frozen=True)
+class Shape:
+    """How a stream's choices come out: what ``formatter`` makes of each delta's logprobs
+    (none without one), and whether the choices are generated side by side (``interleave``)
+    or one after another."""
+
+    formatter: Formatter | None = None
+    interleave: bool = False
+
+
 class _Chunks:
     """The chunks of one stream (one id, one creation time)."""
 
@@ -72,22 +84,26 @@ class _Chunks:
         self.model = model
         self.rid = resume.id if resume else oa.new_id(kind.id_prefix)
         self.created = resume.created if resume else oa.now()
+        self.fingerprint = oa.fingerprint(model)
 
     def envelope(self, choices: list[dict[str, Any]]) -> dict[str, Any]:
         return {"id": self.rid, "object": self.kind.obj, "created": self.created,
-                "model": self.model, "choices": choices}
+                "model": self.model, "system_fingerprint": self.fingerprint,
+                "choices": choices}
 
-    def choice(self, index: int, text: str | None, finish: str | None,
-               role: bool = False) -> dict[str, Any]:
+    def choice(self, index: int, text: str | None, finish: str | None, role: bool = False,
+               logprobs: Any = None, tool_calls: Any = None) -> dict[str, Any]:
         if not self.kind.chat:
-            return self.envelope([{"index": index, "text": text or "", "logprobs": None,
+            return self.envelope([{"index": index, "text": text or "", "logprobs": logprobs,
                                    "finish_reason": finish}])
         delta: dict[str, Any] = {}
         if role:
             delta["role"] = "assistant"
         if text is not None:
             delta["content"] = text
-        return self.envelope([{"index": index, "delta": delta, "logprobs": None,
+        if tool_calls:
+            delta["tool_calls"] = [{"index": i, **call} for i, call in enumerate(tool_calls)]
+        return self.envelope([{"index": index, "delta": delta, "logprobs": logprobs,
                                "finish_reason": finish}])
 
     def usage(self, prompt: int, completion: int) -> dict[str, Any]:
@@ -99,7 +115,7 @@ class _Stream:
 
     def __init__(self, metrics: Metrics, ticket: Ticket, chunks: _Chunks,
                  inputs: tuple[Any, ...], run: Run, include_usage: bool,
-                 resumable: Resumable | None = None) -> None:
+                 resumable: Resumable | None = None, shape: Shape | None = None) -> None:
         self.metrics = metrics
         self.ticket = ticket
         self.chunks = chunks
@@ -109,6 +125,9 @@ class _Stream:
         self.prompt_tokens = 0
         self.completion_tokens = 0
         self.resumable = resumable
+        shape = shape or Shape()
+        self.formatter = shape.formatter
+        self.interleave = shape.interleave and len(inputs) > 1
         self._ids: list[int] = []  # token ids not yet reported (resumable streams)
 
     def _sse(self, obj: Any) -> bytes:
@@ -143,7 +162,9 @@ class _Stream:
 
     def events(self, first_iter: Iterator[Delta], first: Delta | None) -> Iterator[bytes]:
         try:
-            for index, item in enumerate(self.inputs):
+            if self.interleave:
+                yield from self._interleaved(first_iter, first)
+            for index, item in enumerate(() if self.interleave else self.inputs):
                 it = first_iter if index == 0 else self.run(item)
                 pending = first if index == 0 else next(it, None)
                 yield from self._choice(index, it, pending)
@@ -157,21 +178,47 @@ class _Stream:
             self.metrics.tokens.labels(self.chunks.model).inc(self.completion_tokens)
             self.ticket.release()
 
+    def _interleaved(self, first_iter: Iterator[Delta], first: Delta | None) -> Iterator[bytes]:
+        from knative.serving._interleave import merged
+
+        fmts: dict[int, Callable[[Delta], Any] | None] = {}
+        deltas = merged(self.run, self.inputs, first_iter, first)
+        try:
+            for index, delta in deltas:
+                if index not in fmts:
+                    fmts[index] = self.formatter(index) if self.formatter is not None else None
+                    if self.chunks.kind.chat:
+                        yield self._sse(self.chunks.choice(index, "", None, role=True))
+                if delta is not None:
+                    yield from self._delta(index, delta, fmts[index])
+        finally:
+            deltas.close()
+
     def _choice(self, index: int, it: Iterator[Delta], pending: Delta | None) -> Iterator[bytes]:
         chat = self.chunks.kind.chat
+        fmt = self.formatter(index) if self.formatter is not None else None
         if chat and not (self.resumable and self.resumable.resumed):
             yield self._sse(self.chunks.choice(index, "", None, role=True))
         while pending is not None:
-            if pending.usage:
-                self.prompt_tokens += pending.usage[0]
-                self.completion_tokens += pending.usage[1]
-            self._took(pending)
-            if pending.text or not chat:
-                yield self._sse(self.chunks.choice(index, pending.text, None))
-            if pending.finish_reason:
-                yield self._sse(self.chunks.choice(index, None if chat else "",
-                                                   pending.finish_reason))
+            yield from self._delta(index, pending, fmt)
             pending = next(it, None)
+
+    def _delta(self, index: int, d: Delta,
+               fmt: Callable[[Delta], Any] | None) -> Iterator[bytes]:
+        """The chunks of one delta of choice ``index``: its text (with its logprobs) or its
+        tool calls, then its finish."""
+        chat = self.chunks.kind.chat
+        if d.usage:
+            self.prompt_tokens += d.usage[0]
+            self.completion_tokens += d.usage[1]
+        self._took(d)
+        lp = fmt(d) if fmt is not None else None
+        if d.tool_calls:
+            yield self._sse(self.chunks.choice(index, None, None, tool_calls=d.tool_calls))
+        elif d.text or not chat or d.logprobs:
+            yield self._sse(self.chunks.choice(index, d.text, None, logprobs=lp))
+        if d.finish_reason:
+            yield self._sse(self.chunks.choice(index, None if chat else "", d.finish_reason))
 
 
 class Resumable:
@@ -185,9 +232,11 @@ class Resumable:
 
 def stream_response(metrics: Metrics, ticket: Ticket, kind: StreamKind, model: str,
                     inputs: tuple[Any, ...], run: Run, include_usage: bool,
-                    resumable: bool = False, resume: oa.Resume | None = None) -> Response:
+                    resumable: bool = False, resume: oa.Resume | None = None,
+                    shape: Shape | None = None) -> Response:
     """The event-stream response of one admitted request; it owns ``ticket`` from here.
-    A ``resumable`` one (the gateway's) reports its token ids and may continue ``resume``."""
+    A ``resumable`` one (the gateway's) reports its token ids and may continue ``resume``;
+    each input is one choice, shaped by ``shape``."""
     r = Resumable(resume) if resumable else None
     return _Stream(metrics, ticket, _Chunks(kind, model, resume), inputs, run, include_usage,
-                   r).open()
+                   r, shape).open()

@@ -133,7 +133,7 @@ BAD = [
     ("/v1/completions", {"prompt": "x", "temperature": 3}, 400, "temperature"),
     ("/v1/completions", {"prompt": "x", "stream": "yes"}, 400, "stream"),
     ("/v1/completions", {"prompt": "x", "stop": [1]}, 400, "stop"),
-    ("/v1/completions", {"prompt": "x", "n": 2}, 400, "n"),
+    ("/v1/completions", {"prompt": "x", "n": 99}, 400, "n"),
     ("/v1/completions", {"prompt": "x", "model": "gpt-9"}, 404, "model"),
     ("/v1/completions", {"prompt": LONG_PROMPT, "max_tokens": 4}, 400, "prompt"),
     ("/v1/completions", {"prompt": "word " * 200, "max_tokens": 64}, 400, "max_tokens"),

@@ -26,6 +26,17 @@ def test_only_single_streamed_generations_are_resumable() -> None:
     assert not resumable_body("/v1/completions", b'{"stream": true, not json')
     assert not resumable_body("/v1/completions",
                               b'{"prompt": "x", "stream": true, "surefoot_resume": {}}')
+    # what the replica streams whole, without reporting its token ids
+    for extra in ({"n": 2}, {"logprobs": True}, {"top_logprobs": 2},
+                  {"response_format": {"type": "json_object"}},
+                  {"tools": [{"type": "function", "function": {"name": "f"}}]}):
+        assert not resumable_body("/v1/chat/completions", json.dumps({**chat, **extra}).encode())
+    assert resumable_body("/v1/chat/completions", json.dumps(
+        {**chat, "n": 1, "response_format": {"type": "text"}, "tool_choice": "none",
+         "tools": [{"type": "function", "function": {"name": "f"}}]}).encode())
+    assert not resumable_body("/v1/completions", b'{"prompt": "x", "stream": true, "logprobs": 2}')
+    assert not resumable_body("/v1/completions", b'{"prompt": [818, 7217], "stream": true}')
+    assert not resumable_body("/v1/completions", b'{"prompt": [818], "stream": true}')
 
 
 def ev(obj: dict[str, object], ids: list[int], chars: int) -> bytes:
