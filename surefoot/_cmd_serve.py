@@ -32,20 +32,26 @@ def register(subparsers: Any) -> None:
     p.add_argument("--checkpoint-dir")
     p.add_argument("--checkpoint-interval", type=float)
     p.add_argument("--redis-url")
+    p.add_argument("--standby", action="store_const", const=True,
+                   help="load the models, serve nothing until POST /admin/adopt")
     p.set_defaults(func=run)
 
 
 _FLAGS = (
     "host", "port", "model", "model_id", "embedding_model", "n_ctx", "n_threads",
     "n_gpu_layers", "cuda", "max_tokens", "queue_capacity", "grace_seconds", "replica",
-    "revision", "node", "checkpoint_dir", "checkpoint_interval", "redis_url",
+    "revision", "node", "checkpoint_dir", "checkpoint_interval", "redis_url", "standby",
 )
 
 
 def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from knative.breakers import BreakerRegistrySettings, InvalidBreakerSettings
+    from knative.breakers import (
+        BreakerRegistrySettings,
+        InvalidBreakerSettings,
+        check_credentials,
+    )
     from knative.serving import (
         ModelLoadError,
         ServeSettings,
@@ -62,7 +68,9 @@ def run(args: argparse.Namespace) -> int:
         # Readiness follows the node's breaker when there is a Redis and a node, with the
         # breaker settings every process of the system reads from its environment.
         breakers = (BreakerRegistrySettings.from_env(os.environ, redis_url=settings.redis_url)
-                    if settings.redis_url and settings.node else None)
+                    if settings.redis_url and (settings.node or settings.standby) else None)
+        if breakers is not None:
+            check_credentials(breakers.redis_url)
         # Resolve once, here: fail fast with one line before forking a worker, and spare the
         # worker a second pass over the model file (the packaged model is sha256-checked).
         path = str(resolve_gguf(settings.model))

@@ -84,6 +84,31 @@ class ReplicaCheckpoints:
                  restored.bytes_verified)
         return restored
 
+    def restore_state(self) -> Restored | None:
+        """A standby taking over: the revision's latest checkpoint, its engine state put back.
+
+        The model is loaded already (the same model id, resolved and checked when the process
+        started), so the checkpoint's copy of the model file is not read again: only the
+        state blobs are, verified. The engine state is checked against the loaded model."""
+        start = time.perf_counter()
+        try:
+            restored = self.store.restore_latest(self.model_id, self.rt.settings.revision,
+                                                 verify_model_files=False)
+        except CheckpointError as exc:
+            log.warning("no checkpoint restored: %s", exc)
+            return None
+        self.rt.phases["checkpoint_restored"] = self.clock()
+        if restored is None:
+            log.info("no valid checkpoint for %s@%s: serving with a cold cache", self.model_id,
+                     self.rt.settings.revision)
+            return None
+        self.restored = restored
+        self.last = restored.manifest
+        self.rt.metrics.restore_seconds.set(time.perf_counter() - start)
+        self.restore_after_load()
+        log.info("took over checkpoint %s in %.3f s", restored.id, time.perf_counter() - start)
+        return restored
+
     def restore_after_load(self) -> None:
         """Put the engine's runtime state back, once the model is loaded."""
         gen = self._gen
@@ -103,7 +128,7 @@ class ReplicaCheckpoints:
             gen = self._gen
             blobs: dict[str, bytes] = {}
             model_files: dict[str, Path] = {}
-            if gen is not None and self.rt.loaded.is_set():
+            if gen is not None and self.rt.model_ready(gen.model_id):
                 blobs = gen.save_state()
                 if gen.model_path is not None:
                     model_files[MODEL_FILE] = gen.model_path
@@ -143,7 +168,9 @@ class ReplicaCheckpoints:
 
     def on_drain(self) -> None:
         self.stop_timer()
-        if not self.rt.settings.snapshot_on_exit or not self.rt.loaded.is_set():
+        # a standby's state is nobody's: it must not become its revision's latest checkpoint
+        if (not self.rt.settings.snapshot_on_exit or self.rt.standby
+                or not self.rt.loaded.is_set()):
             return
         try:
             self.snapshot("sigterm")
@@ -182,6 +209,8 @@ class ReplicaCheckpoints:
                 return jsonify({"error": "Authorization: wrong token"}), 403
         if not self.rt.loaded.is_set():
             return jsonify({"error": "model not loaded yet"}), 409
+        if self.rt.standby:
+            return jsonify({"error": "a standby has no serving state to snapshot"}), 409
         return None
 
 

@@ -1,8 +1,10 @@
 """A replica's operational routes and request bookkeeping: the probes Kubernetes (or the local
 platform) asks, Prometheus metrics, the admin status, and per-route request counts and latency.
 
-Readiness tells the truth: false while the model loads, while draining and while the node is
-quarantined; liveness only says the process answers.
+Readiness tells the truth: false until a model is loaded, while draining, while the node is
+quarantined and while the replica is a standby; ``/readyz?model=NAME`` answers for one model
+(a replica serves completions while its embedding model still loads). Liveness only says the
+process answers.
 """
 
 from __future__ import annotations
@@ -57,10 +59,18 @@ class OpsRoutes:
         return jsonify({"status": "ok"})
 
     def readyz(self) -> Response:
-        reason = self.rt.not_ready_reason()
+        model = request.args.get("model") or None
+        if model is not None and model not in self.rt.served_models():
+            resp = jsonify({"ready": False, "error": f"model: {model!r} is not served here "
+                            f"(models: {', '.join(self.rt.served_models()) or 'none'})"})
+            resp.status_code = 404
+            return resp
+        reason = self.rt.not_ready_reason(model)
+        models = self.rt.models_readiness()
         if reason is None:
-            return jsonify({"ready": True})
-        resp = jsonify({"ready": False, "reason": reason})
+            return jsonify({"ready": True, "models": models})
+        resp = jsonify({"ready": False, "reason": reason, "models": models,
+                        "standby": self.rt.standby})
         resp.status_code = 503
         return resp
 

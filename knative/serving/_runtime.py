@@ -2,9 +2,13 @@
 
 The routes, the probes, the checkpoints and the server's SIGTERM handler all act on one
 :class:`Runtime` through its public methods, so the rules of readiness, admission and drain
-live in one place: readiness is false while the model loads, while draining and while the
-node is quarantined; a replica that is not ready, or is full, refuses work with a retryable
-503 (:class:`Unavailable`).
+live in one place: readiness is false until a model is loaded, while draining, while the
+node is quarantined and while the replica is a standby; a replica that is not ready, or is
+full, refuses work with a retryable 503 (:class:`Unavailable`).
+
+Readiness is per model: completions are served as soon as the LLM is loaded, embeddings once
+their model is (a request to a model still loading gets a 503 with ``Retry-After``, which a
+router takes as "try another replica").
 """
 
 from __future__ import annotations
@@ -99,17 +103,46 @@ class Runtime:
     phases: dict[str, float] = field(default_factory=dict)
     drain_hooks: list[Callable[[], None]] = field(default_factory=list)
     quarantine_check: Callable[[], str | None] | None = None
+    # a standby is loaded but serves nothing until it adopts the identity of a lost replica
+    standby: bool = False
     admission: Admission = field(init=False)
+    _ready_models: set[str] = field(init=False, default_factory=set)
 
     def __post_init__(self) -> None:
         self.admission = Admission(self.settings.queue_capacity, self.metrics.publish_admission)
+        self.standby = self.standby or self.settings.standby
 
     # --- models ----------------------------------------------------------------------------
     def mark_loaded(self) -> None:
         """Every model is in: readiness may turn true."""
+        for model in self.served_models():
+            self.mark_model_ready(model)
         self.phases["model_loaded"] = time.time()
         self.loaded.set()
-        self.metrics.ready.set(1)
+        self._publish_ready()
+
+    def mark_model_ready(self, model: str) -> None:
+        """``model`` is loaded: its requests are served from now on (readiness may turn true
+        before the other models are in)."""
+        self._ready_models.add(model)
+        self.phases[f"ready:{model}"] = time.time()
+        self._publish_ready()
+
+    def model_ready(self, model: str) -> bool:
+        return model in self._ready_models
+
+    def models_readiness(self) -> dict[str, bool]:
+        """Each served model and whether it is loaded."""
+        return {m: m in self._ready_models for m in self.served_models()}
+
+    def adopted(self) -> None:
+        """A standby has taken over a replica's identity: it serves from now on."""
+        self.standby = False
+        self.phases["adopted"] = time.time()
+        self._publish_ready()
+
+    def _publish_ready(self) -> None:
+        self.metrics.ready.set(1 if self.not_ready_reason() is None else 0)
 
     def served_models(self) -> list[str]:
         return self.generation_models() + self.embedding_models()
@@ -124,26 +157,40 @@ class Runtime:
         """The generation backend serving ``model``; :class:`oa.ModelNotFound` otherwise."""
         if self.generation is None or model != self.generation.model_id:
             raise oa.ModelNotFound(model, self.generation_models())
+        self._check_model_ready(model)
         return self.generation
 
     def embedding_for(self, model: str) -> EmbeddingBackend:
         """The embedding backend serving ``model``; :class:`oa.ModelNotFound` otherwise."""
         if self.embedding is None or model != self.embedding.model_id:
             raise oa.ModelNotFound(model, self.embedding_models())
+        self._check_model_ready(model)
         return self.embedding
+
+    def _check_model_ready(self, model: str) -> None:
+        if model not in self._ready_models and self.load_error is None:
+            self.metrics.rejected.labels("model_loading").inc()
+            raise Unavailable(f"model {model!r} is still loading on this replica",
+                              retry_after=1, code="model_loading")
 
     def models_created(self) -> int:
         """The ``created`` time of the served models (when they loaded)."""
         return int(self.phases.get("model_loaded", time.time()))
 
     # --- readiness -------------------------------------------------------------------------
-    def not_ready_reason(self) -> str | None:
+    def not_ready_reason(self, model: str | None = None) -> str | None:
+        """Why the replica (or, with ``model``, that model) cannot serve now; None: it can."""
         if self.load_error:
             return f"model load failed: {self.load_error}"
-        if not self.loaded.is_set():
+        if model is not None and model not in self.served_models():
+            return f"model {model!r} is not served here"
+        loading = model not in self._ready_models if model else not self._ready_models
+        if loading:
             return "loading model"
         if self.draining:
             return "draining"
+        if self.standby:
+            return "standby"
         if self.quarantine_check is not None:
             reason = self.quarantine_check()
             if reason:
@@ -177,7 +224,7 @@ class Runtime:
             log.info("draining: readiness false, refusing new requests, %d in flight",
                      self.admission.inflight)
         self.draining = True
-        self.metrics.ready.set(0)
+        self._publish_ready()
 
     def wait_idle(self, timeout: float) -> bool:
         return self.admission.wait_idle(timeout)
@@ -205,6 +252,7 @@ class Runtime:
             "replica": s.replica, "revision": s.revision, "node": s.node, "pid": os.getpid(),
             "ready": reason is None, "reason": reason, "draining": self.draining,
             "inflight": self.admission.inflight, "models": self.served_models(),
+            "models_ready": self.models_readiness(), "standby": self.standby,
             "phases": self.phases,
         }
 
@@ -229,8 +277,8 @@ def build_backends(
 def load_models(runtime: Runtime, before: Callable[[], object] | None = None,
                 after: Callable[[], object] | None = None) -> None:
     """Load every model of the runtime, recording phases and load seconds; ``before`` runs
-    first (restore a checkpoint), ``after`` once the models are in (put engine state back).
-    Readiness turns true only when all of it is done."""
+    first (restore a checkpoint), ``after`` once the LLM is in (put its engine state back).
+    The LLM serves as soon as it and its state are in; the embedding model when it is in."""
     try:
         if before is not None:
             before()
@@ -242,11 +290,11 @@ def load_models(runtime: Runtime, before: Callable[[], object] | None = None,
             seconds = time.perf_counter() - start
             runtime.metrics.load_seconds.labels(backend.model_id).set(seconds)
             log.info("model %s loaded in %.2f s", backend.model_id, seconds)
+            if backend is runtime.generation and after is not None:
+                after()
+            runtime.mark_model_ready(backend.model_id)
         runtime.phases["model_loaded"] = time.time()
-        if after is not None:
-            after()
         runtime.loaded.set()
-        runtime.metrics.ready.set(1)
     except ModelLoadError as exc:
         runtime.load_error = str(exc)
         log.error("model load failed: %s", exc)

@@ -6,6 +6,10 @@ and fast refusals. On SIGTERM the arbiter forwards the signal to the worker, whe
 (not gunicorn's) turns readiness false, keeps answering (503 for new work, so a router retries
 elsewhere), lets in-flight requests and streams finish, runs the drain hooks and only then lets
 the worker exit; the arbiter then exits 0.
+
+A standby (``standby`` in the settings) loads its models the same way but restores no
+checkpoint and watches no node until it adopts a lost replica's identity
+(:mod:`knative.serving._standby`); then it does both, and serves.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from knative.serving._checkpoint import attach as attach_checkpoints
 from knative.serving._quarantine import NodeBreakerWatch
 from knative.serving._runtime import Runtime, load_models
 from knative.serving._settings import ServeSettings
+from knative.serving._standby import Standby, warm_up
 
 if TYPE_CHECKING:
     from knative.breakers import BreakerRegistrySettings
@@ -80,10 +85,36 @@ class _ReplicaServer(BaseApplication):  # type: ignore[misc]
             store = open_store(CheckpointSettings(
                 directory=Path(self.settings.checkpoint_dir), keep=self.settings.checkpoint_keep))
             self.checkpoints = attach_checkpoints(app, rt, store)
+        if self.settings.standby:
+            standby = Standby(rt)
+            standby.hooks.append(self._take_over)
+            app.register_blueprint(standby.blueprint())
         if self.on_app:
             self.on_app(app, rt)
         self._app = app
         return app
+
+    def _take_over(self) -> dict[str, Any]:
+        """What a standby does as it adopts an identity: the revision's latest checkpoint
+        (engine state included), the checkpoint timer, the node's breaker watch."""
+        rt = runtime_of(self._app)
+        facts: dict[str, Any] = {"checkpoint": None}
+        cps = self.checkpoints
+        if cps is not None:
+            restored = cps.restore_state()
+            if restored is not None:
+                facts["checkpoint"] = restored.id
+                facts["state_restored"] = "state_restored" in rt.phases
+            cps.start_timer(self.settings.checkpoint_interval)
+        self._watch_node(rt)
+        return facts
+
+    def _watch_node(self, rt: Runtime) -> None:
+        node = rt.settings.node
+        if self.breakers is not None and node:
+            watch = NodeBreakerWatch(self.breakers, node)
+            rt.quarantine_check = watch.reason
+            watch.start()
 
     def _post_worker_init(self, worker: Any) -> None:
         rt = runtime_of(self._app)
@@ -104,15 +135,15 @@ class _ReplicaServer(BaseApplication):  # type: ignore[misc]
 
         def loader() -> None:
             try:
-                if cps is None:
+                if self.settings.standby:  # it restores when it takes over
+                    load_models(rt, after=lambda: warm_up(rt))
+                elif cps is None:
                     load_models(rt)
                 else:
                     load_models(rt, cps.restore_before_load, cps.restore_after_load)
                     cps.start_timer(self.settings.checkpoint_interval)
-                if self.breakers is not None and self.settings.node:
-                    watch = NodeBreakerWatch(self.breakers, self.settings.node)
-                    rt.quarantine_check = watch.reason
-                    watch.start()
+                if not self.settings.standby:
+                    self._watch_node(rt)
             except ModelLoadError:
                 # A replica without its model can never become ready: exit so the supervisor
                 # (or the kubelet) sees a crash, with gunicorn's "do not respawn" code.

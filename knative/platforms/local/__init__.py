@@ -2,7 +2,8 @@
 HTTP control API through which the other processes of ``surefoot up`` reach it."""
 
 from knative.platforms.local._control import LocalPlatformClient, create_control_app
-from knative.platforms.local._platform import LocalPlatform, LocalSettings, RevisionSpec
+from knative.platforms.local._platform import LocalPlatform
+from knative.platforms.local._records import LocalSettings, RevisionSpec
 
 __all__ = [
     "LocalPlatform",

@@ -8,23 +8,23 @@ with exponential backoff (CrashLoopBackOff), replaces deleted and evicted ones (
 from the shared checkpoint store), probes readiness, and emits the same lifecycle CloudEvents
 as the cluster watcher. Eviction honours a disruption budget of one unavailable replica per
 revision (HTTP 429's "not now", as the Eviction API answers).
+
+With standbys (``LocalSettings.standby``, :mod:`knative.platforms.local._standby`) a lost
+replica's replacement is a loaded process that takes over at once instead of one that starts
+from nothing; placement and the reasons a replica stays Pending are in
+:mod:`knative.platforms.local._placement`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import secrets
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -53,95 +53,24 @@ from knative.platforms import (
     TooManyRequests,
     validate_traffic,
 )
+from knative.platforms.local._placement import pending_reason, placeable
+from knative.platforms.local._procs import free_port, renice_tree, signal_group, spawn
+from knative.platforms.local._records import (
+    INTERNAL_TOKEN_ENV,
+    LocalSettings,
+    NodeRecord,
+    ReplicaRecord,
+    RevisionSpec,
+    serve_command,
+    serve_env,
+)
+from knative.platforms.local._standby import AdoptFailed, StandbyPool, StandbyRecord
 
 log = logging.getLogger(__name__)
 
 SOURCE = "surefoot/local-platform"
 
-
-@dataclass(frozen=True)
-class RevisionSpec:
-    """One revision of a service: how many replicas, and the ``surefoot serve`` flags."""
-
-    name: str
-    service: str
-    tag: str
-    min_scale: int
-    max_scale: int
-    serve_args: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class LocalSettings:
-    """How the local platform runs its replicas.
-
-    A replica's environment is ``base_env`` (what a process inherits from its parent: the entry
-    point passes ``os.environ``), then ``env``, then ``SUREFOOT_REVISION`` (and
-    ``SUREFOOT_REDIS_URL`` when ``redis_url`` is set).
-    """
-
-    nodes: int = 4
-    namespace: str = "default"
-    checkpoint_dir: str = ""
-    log_dir: str = ""
-    redis_url: str = ""
-    grace_seconds: float = 10.0
-    crash_backoff: float = 1.0
-    crash_backoff_max: float = 30.0
-    crashloop_after: int = 3  # restarts before the replica is reported in CrashLoopBackOff
-    tick: float = 0.05
-    # A starting replica runs at this nice level until it is ready: on a cluster it would start
-    # on a node of its own, not take CPU from the replicas that serve (0 disables).
-    start_nice: int = 19
-    probe_timeout: float = 0.5
-    python: str = sys.executable
-    env: Mapping[str, str] = field(default_factory=dict)
-    base_env: Mapping[str, str] = field(default_factory=dict)
-
-
-@dataclass
-class _Node:
-    name: str
-    unschedulable: bool = False
-    ready: bool = True
-    labels: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass
-class _Replica:
-    name: str
-    revision: str
-    service: str
-    node: str | None = None
-    port: int | None = None
-    proc: subprocess.Popen[bytes] | None = None
-    phase: str = "Pending"  # Pending | Running | Terminating | CrashLoopBackOff
-    ready: bool = False
-    restarts: int = 0
-    restart_at: float = 0.0
-    terminate_reason: str = ""
-    kill_at: float = 0.0
-    exit_code: int | None = None
-    # timeline, wall clock
-    created: float = field(default_factory=time.time)
-    scheduled: float | None = None
-    started: float | None = None
-    ready_at: float | None = None
-    terminating_at: float | None = None
-
-    @property
-    def url(self) -> str | None:
-        return f"http://127.0.0.1:{self.port}" if self.port else None
-
-    def view(self) -> Replica:
-        return Replica(self.name, self.node, self.revision, self.url if self.proc else None,
-                       self.ready, self.phase, self.proc.pid if self.proc else None)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+__all__ = ["LocalPlatform", "LocalSettings", "RevisionSpec", "renice_tree"]
 
 
 class LocalPlatform:
@@ -151,18 +80,18 @@ class LocalPlatform:
     def __init__(self, settings: LocalSettings, revisions: list[RevisionSpec],
                  traffic: Mapping[str, list[Target]], emit: Callable[[Event], None] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self.settings = settings
+        self.settings = settings.validate()
         self._specs = {r.name: r for r in revisions}
         self._traffic = {svc: list(t) for svc, t in traffic.items()}
         for targets in self._traffic.values():
             validate_traffic(targets)
         # simulated GPU nodes, labelled as the NVIDIA GPU operator labels real ones
         self._nodes = {
-            f"node-{i}": _Node(f"node-{i}", labels={
+            f"node-{i}": NodeRecord(f"node-{i}", labels={
                 "kubernetes.io/hostname": f"node-{i}", "nvidia.com/gpu.present": "true"})
             for i in range(1, settings.nodes + 1)
         }
-        self._replicas: dict[str, _Replica] = {}
+        self._replicas: dict[str, ReplicaRecord] = {}
         self._history: list[dict[str, Any]] = []  # replicas that are gone, for timelines
         self._emit = emit or (lambda event: None)
         self._clock = clock
@@ -173,6 +102,10 @@ class LocalPlatform:
                                    limits=httpx.Limits(max_connections=32))
         self._probers = ThreadPoolExecutor(max_workers=8, thread_name_prefix="probe")
         self.log_dir = Path(settings.log_dir or Path.cwd() / ".surefoot" / "logs")
+        env_token = settings.env.get(INTERNAL_TOKEN_ENV) or settings.base_env.get(
+            INTERNAL_TOKEN_ENV, "")
+        self._token = env_token or (secrets.token_urlsafe(16) if settings.standby else "")
+        self._pool = StandbyPool(settings, self.log_dir, self._token, self._probe, clock)
 
     # --- lifecycle ---------------------------------------------------------------------------
     def start(self) -> LocalPlatform:
@@ -191,14 +124,15 @@ class LocalPlatform:
         grace = self.settings.grace_seconds if timeout is None else timeout
         with self._lock:
             procs = [r.proc for r in self._replicas.values() if r.proc and r.proc.poll() is None]
+            procs += self._pool.procs()
         for p in procs:
-            _signal_group(p, signal.SIGTERM)
+            signal_group(p, signal.SIGTERM)
         deadline = time.monotonic() + grace
         for p in procs:
             try:
                 p.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                _signal_group(p, signal.SIGKILL)
+                signal_group(p, signal.SIGKILL)
                 p.wait(5)
         self._probers.shutdown(wait=True)
         self._probe.close()
@@ -253,6 +187,17 @@ class LocalPlatform:
                 raise NotFound(f"revision {revision!r} is not part of service {service!r}")
             self._specs[revision] = RevisionSpec(spec.name, spec.service, spec.tag, min_scale,
                                                  max_scale, spec.serve_args)
+            self._reconcile()
+
+    def set_standby(self, count: int) -> None:
+        """Keep ``count`` loaded standbys per revision from now on (0 stops them)."""
+        if count < 0:
+            raise PermanentPlatformError(f"standby: must be 0 or more, got {count}")
+        if count and not self._token:
+            raise PermanentPlatformError(
+                "standby: the platform was started without an internal token for standbys")
+        with self._lock:
+            self._pool.want = count
             self._reconcile()
 
     def delete_replica(self, name: str) -> None:
@@ -359,17 +304,21 @@ class LocalPlatform:
                                   for t in ts] for svc, ts in self._traffic.items()},
                 "history": list(self._history[-50:]),
                 "start_nice": self.settings.start_nice,
+                "cordoned": [n.name for n in self._nodes.values() if n.unschedulable],
+                "standby": self._pool.status(),
             }
 
-    def _describe(self, r: _Replica) -> dict[str, Any]:
+    def _describe(self, r: ReplicaRecord) -> dict[str, Any]:
         return {
             "name": r.name, "revision": r.revision, "service": r.service, "node": r.node,
             "phase": r.phase, "ready": r.ready, "pid": r.proc.pid if r.proc else None,
             "url": r.url if r.proc else None, "restarts": r.restarts,
-            "reason": r.terminate_reason or None, "exit_code": r.exit_code,
+            "reason": r.terminate_reason or r.pending_reason or None, "exit_code": r.exit_code,
             "created": r.created, "scheduled": r.scheduled, "started": r.started,
             "ready_at": r.ready_at, "terminating_at": r.terminating_at,
-            "log": str(self.log_dir / f"{r.name}.log"),
+            "pending_reason": r.pending_reason or None,
+            "standby": r.adopted_from or None,
+            "log": str(self.log_dir / f"{r.log_name}.log"),
         }
 
     # --- internals ---------------------------------------------------------------------------
@@ -379,7 +328,7 @@ class LocalPlatform:
         except KeyError:
             raise NotFound(f"revision {revision!r} does not exist") from None
 
-    def _node(self, node: str) -> _Node:
+    def _node(self, node: str) -> NodeRecord:
         try:
             return self._nodes[node]
         except KeyError:
@@ -392,35 +341,25 @@ class LocalPlatform:
         except Exception:  # an event sink must never break the supervisor
             log.exception("could not emit %s", type(payload).__name__)
 
-    def _disruption_allowed(self, r: _Replica) -> bool:
+    def _disruption_allowed(self, r: ReplicaRecord) -> bool:
         if not r.ready:
             return True  # evicting a replica that is not serving costs no availability
         others = [o for o in self._replicas.values()
                   if o.revision == r.revision and o is not r and o.phase != "Terminating"]
         return all(o.ready for o in others)
 
-    def _terminate(self, r: _Replica, reason: str) -> None:
+    def _terminate(self, r: ReplicaRecord, reason: str, send: bool = True) -> None:
         r.phase = "Terminating"
         r.terminate_reason = reason
         r.terminating_at = time.time()
         r.kill_at = self._clock() + self.settings.grace_seconds
         was_ready, r.ready = r.ready, False
-        if r.proc is not None and r.proc.poll() is None:
-            _signal_group(r.proc, signal.SIGTERM)
+        if send and r.proc is not None and r.proc.poll() is None:
+            signal_group(r.proc, signal.SIGTERM)
         if was_ready:
             self._emit_event(PodNotReady(namespace=self.settings.namespace, pod=r.name,
                                          reason="Terminating", node=r.node,
                                          revision=r.revision, service=r.service))
-
-    def _placeable(self, revision: str) -> list[_Node]:
-        used = {r.node for r in self._replicas.values() if r.revision == revision and r.node}
-        load = {n: 0 for n in self._nodes}
-        for r in self._replicas.values():
-            if r.node:
-                load[r.node] += 1
-        nodes = [n for n in self._nodes.values()
-                 if n.ready and not n.unschedulable and n.name not in used]
-        return sorted(nodes, key=lambda n: (load[n.name], n.name))
 
     def _reconcile(self) -> None:
         if self._stop.is_set():  # stop() has taken its list of processes: start no more
@@ -431,40 +370,68 @@ class LocalPlatform:
             want = max(spec.min_scale, 0)
             for _ in range(want - len(active)):
                 name = f"{spec.name}-{secrets.token_hex(3)}"
-                self._replicas[name] = _Replica(name, spec.name, spec.service)
+                self._replicas[name] = ReplicaRecord(name, spec.name, spec.service)
             extra = len(active) - max(want, 0) if len(active) > spec.max_scale else 0
             for r in sorted(active, key=lambda r: (r.ready, -r.created))[:max(extra, 0)]:
                 self._terminate(r, "scaled down")
-            for r in self._replicas.values():
+            for r in list(self._replicas.values()):
                 if r.revision == spec.name and r.phase == "Pending" and r.node is None:
-                    nodes = self._placeable(spec.name)
-                    if nodes:
-                        r.node = nodes[0].name
-                        r.scheduled = time.time()
-                        self._launch(r)
+                    self._place(r, spec)
+        self._pool.reconcile(self._specs)
 
-    def _launch(self, r: _Replica) -> None:
+    def _place(self, r: ReplicaRecord, spec: RevisionSpec) -> None:
+        nodes = placeable(self._nodes, self._replicas.values(), spec, self._specs)
+        if not nodes:
+            reason = pending_reason(self._nodes, self._replicas.values(), spec)
+            if reason != r.pending_reason:
+                log.warning("%s is Pending: %s", r.name, reason)
+            r.pending_reason = reason
+            return
+        r.node = nodes[0].name
+        r.pending_reason = ""
+        r.scheduled = time.time()
+        sb = self._pool.take(spec.name)
+        if sb is None:
+            self._launch(r)
+        else:
+            self._take_over(r, sb)
+
+    def _take_over(self, r: ReplicaRecord, sb: StandbyRecord) -> None:
+        """``sb`` becomes replica ``r`` (on ``r.node``): ready once it has adopted."""
+        r.proc, r.port, r.adopted_from = sb.proc, sb.port, sb.name
+        r.started = time.time()
+        r.phase, r.ready, r.exit_code = "Running", False, None
+        log.info("standby %s takes over as %s (%s) on %s", sb.name, r.name, r.revision, r.node)
+        self._probers.submit(self._adopt, r, sb)
+
+    def _adopt(self, r: ReplicaRecord, sb: StandbyRecord) -> None:
+        assert r.node is not None
+        try:
+            facts = self._pool.adopt(sb, r.name, r.node)
+        except AdoptFailed as exc:
+            log.warning("%s; starting %s from nothing", exc, r.name)
+            with self._lock:
+                current = r.proc is sb.proc and r.phase == "Running"
+                self._pool.discard(sb)
+                if current and not self._stop.is_set():  # its port goes with it
+                    r.proc, r.adopted_from, r.port = None, "", None
+                    self._launch(r)
+            return
+        with self._lock:
+            if r.proc is not sb.proc or r.phase != "Running":
+                return  # lost again meanwhile
+            log.info("%s ready: standby %s took over in %.3f s (checkpoint %s)", r.name,
+                     sb.name, facts.get("seconds", 0.0), facts.get("checkpoint"))
+            self._set_ready(r, True)
+
+    def _launch(self, r: ReplicaRecord) -> None:
         s = self.settings
         spec = self._specs[r.revision]
-        r.port = r.port or _free_port()
-        cmd = [
-            s.python, "-m", "surefoot", "serve", "--host", "127.0.0.1", "--port", str(r.port),
-            "--replica", r.name, "--revision", r.revision, "--node", r.node or "",
-            "--grace-seconds", str(s.grace_seconds), *spec.serve_args,  # later flags win
-        ]
-        if s.checkpoint_dir:
-            cmd += ["--checkpoint-dir", s.checkpoint_dir]
-        env = {**s.base_env, **s.env, "SUREFOOT_REVISION": r.revision}
-        if s.redis_url:
-            env["SUREFOOT_REDIS_URL"] = s.redis_url
-        logf = open(self.log_dir / f"{r.name}.log", "ab")  # noqa: SIM115 - owned by the child
-        try:
-            nice = s.start_nice
-            r.proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env,
-                                      start_new_session=True,
-                                      preexec_fn=(lambda: os.nice(nice)) if nice else None)
-        finally:
-            logf.close()
+        r.port = r.port or free_port()
+        r.adopted_from = ""
+        cmd = serve_command(s, spec, r.name, r.port, r.node)
+        r.proc = spawn(cmd, serve_env(s, spec, self._token), self.log_dir / f"{r.name}.log",
+                       s.start_nice)
         r.started = time.time()
         r.phase = "Running"
         r.ready = False
@@ -481,32 +448,43 @@ class LocalPlatform:
 
     def _step(self) -> None:
         now = self._clock()
-        to_probe: list[_Replica] = []
+        to_probe: list[ReplicaRecord] = []
         with self._lock:
             for r in list(self._replicas.values()):
                 if r.proc is not None and r.proc.poll() is not None:
                     self._exited(r, now)
                 elif r.phase == "Terminating" and r.proc is not None and now >= r.kill_at:
                     log.warning("%s did not exit within its grace period: SIGKILL", r.name)
-                    _signal_group(r.proc, signal.SIGKILL)
+                    signal_group(r.proc, signal.SIGKILL)
                 elif r.phase == "Terminating" and r.proc is None:
                     self._forget(r)
-                elif r.phase == "CrashLoopBackOff" and now >= r.restart_at:
-                    self._launch(r)
+                elif r.phase == "CrashLoopBackOff":
+                    self._restart(r, now)
                 elif r.phase == "Running":
                     to_probe.append(r)
+            standbys = self._pool.step(self._specs)
             self._reconcile()
         # probed side by side: one wedged replica must not delay what the others report
         list(self._probers.map(self._probe_ready, to_probe))
+        list(self._probers.map(self._pool.probe, standbys))
 
-    def _exited(self, r: _Replica, now: float) -> None:
+    def _restart(self, r: ReplicaRecord, now: float) -> None:
+        """A crashed replica comes back: a standby takes its place at once, if there is one;
+        else a new process when its backoff has run out."""
+        sb = self._pool.take(r.revision)
+        if sb is not None:
+            self._take_over(r, sb)
+        elif now >= r.restart_at:
+            self._launch(r)
+
+    def _exited(self, r: ReplicaRecord, now: float) -> None:
         assert r.proc is not None
         code = r.proc.returncode
         r.exit_code = code
         # The serve master is gone; a worker it left behind would keep the port (and answer
         # on it) until it notices: the whole process group goes with the master, as a
         # container's processes do.
-        _signal_group(r.proc, signal.SIGKILL)
+        signal_group(r.proc, signal.SIGKILL)
         if r.phase == "Terminating":
             log.info("%s exited with %s after %s", r.name, code, r.terminate_reason)
             r.proc = None
@@ -521,6 +499,7 @@ class LocalPlatform:
         r.phase = "CrashLoopBackOff"
         log.warning("%s exited with %s (restart %d in %.1f s)", r.name, code, r.restarts,
                     backoff)
+        self._restart(r, now)
         ns = self.settings.namespace
         if code == -signal.SIGKILL:
             self._emit_event(PodOomKilled(namespace=ns, pod=r.name, container="serve",
@@ -534,59 +513,55 @@ class LocalPlatform:
                                           message=f"exit code {code}", node=r.node,
                                           revision=r.revision, service=r.service))
 
-    def _forget(self, r: _Replica) -> None:
+    def _forget(self, r: ReplicaRecord) -> None:
         self._replicas.pop(r.name, None)
         d = self._describe(r)
         d["gone"] = time.time()
         self._history.append(d)
 
-    def _probe_ready(self, r: _Replica) -> None:
+    def _probe_ready(self, r: ReplicaRecord) -> None:
         url = r.url
         if url is None:
             return
+        reason = None
         try:
-            ok = self._probe.get(f"{url}/readyz").status_code == 200
+            resp = self._probe.get(f"{url}/readyz")
+            ok = resp.status_code == 200
+            if not ok:
+                reason = _reason(resp)
         except httpx.HTTPError:
             ok = False
         with self._lock:
-            if r.phase != "Running" or r.ready == ok:
+            if r.phase != "Running" or reason == "standby":
+                return  # a standby still taking over: its adoption says when it is ready
+            if reason == "draining" and self.settings.standby:
+                # A replica that drains (a SIGTERM from outside) never serves again: replaced
+                # now, by a standby, rather than after its drain.
+                self._terminate(r, "draining", send=False)
+                self._reconcile()
                 return
-            r.ready = ok
-            ns = self.settings.namespace
-            if ok:
-                r.ready_at = time.time()
-                if self.settings.start_nice and r.proc is not None:
-                    renice_tree(r.proc.pid, 0)
-                self._emit_event(PodReady(namespace=ns, pod=r.name, node=r.node,
-                                          revision=r.revision, service=r.service))
-            else:
-                self._emit_event(PodNotReady(namespace=ns, pod=r.name, reason="ReadinessProbe",
-                                             node=r.node, revision=r.revision,
-                                             service=r.service))
+            self._set_ready(r, ok)
+
+    def _set_ready(self, r: ReplicaRecord, ok: bool) -> None:
+        if r.ready == ok:
+            return
+        r.ready = ok
+        ns = self.settings.namespace
+        if ok:
+            r.ready_at = time.time()
+            if self.settings.start_nice and r.proc is not None:
+                renice_tree(r.proc.pid, 0)
+            self._emit_event(PodReady(namespace=ns, pod=r.name, node=r.node,
+                                      revision=r.revision, service=r.service))
+        else:
+            self._emit_event(PodNotReady(namespace=ns, pod=r.name, reason="ReadinessProbe",
+                                         node=r.node, revision=r.revision, service=r.service))
 
 
-def renice_tree(pid: int, value: int) -> None:
-    """Set the nice value of every thread of ``pid`` and of its child processes (Linux keeps
-    a nice value per thread)."""
-    pids = [pid]
+def _reason(resp: httpx.Response) -> str | None:
     try:
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                try:
-                    with open(f"/proc/{entry}/stat") as fh:
-                        ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
-                except (OSError, ValueError, IndexError):
-                    continue
-                if ppid == pid:
-                    pids.append(int(entry))
-        for p in pids:
-            for tid in os.listdir(f"/proc/{p}/task"):
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.setpriority(os.PRIO_PROCESS, int(tid), value)
-    except OSError:
-        pass
-
-
-def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, sig)
+        body = resp.json()
+    except ValueError:
+        return None
+    reason = body.get("reason") if isinstance(body, dict) else None
+    return reason if isinstance(reason, str) else None

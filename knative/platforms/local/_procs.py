@@ -1,0 +1,63 @@
+"""The processes of the local platform: how a ``surefoot serve`` replica is started, signalled
+and given its priority.
+
+A replica (or a standby) is a process group of its own (the serve master and its worker), so
+that a signal reaches both, as it reaches every process of a container. A process that starts
+runs at a low priority until the platform says otherwise: on a cluster it would start on a
+node of its own, not take CPU from the replicas that serve.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def spawn(cmd: Sequence[str], env: Mapping[str, str], log_path: Path,
+          nice: int) -> subprocess.Popen[bytes]:
+    """Start ``cmd`` in a session of its own, appending its output to ``log_path``, at
+    ``nice`` (0: the parent's priority)."""
+    logf = open(log_path, "ab")  # noqa: SIM115 - owned by the child
+    try:
+        return subprocess.Popen(list(cmd), stdout=logf, stderr=subprocess.STDOUT,
+                                env=dict(env), start_new_session=True,
+                                preexec_fn=(lambda: os.nice(nice)) if nice else None)
+    finally:
+        logf.close()
+
+
+def renice_tree(pid: int, value: int) -> None:
+    """Set the nice value of every thread of ``pid`` and of its child processes (Linux keeps
+    a nice value per thread)."""
+    pids = [pid]
+    try:
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    with open(f"/proc/{entry}/stat") as fh:
+                        ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+                except (OSError, ValueError, IndexError):
+                    continue
+                if ppid == pid:
+                    pids.append(int(entry))
+        for p in pids:
+            for tid in os.listdir(f"/proc/{p}/task"):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.setpriority(os.PRIO_PROCESS, int(tid), value)
+    except OSError:
+        pass
+
+
+def signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, sig)
