@@ -37,6 +37,12 @@ def register(subparsers: Any) -> None:
     p.add_argument("--state-dir", help="where state, logs and checkpoints go "
                    "(default ~/.cache/surefoot/run)")
     p.add_argument("--redis-url", help="a Redis to use instead of the embedded one")
+    p.add_argument("--standby", type=int, default=1,
+                   help="loaded standby replicas per revision that take over a lost replica "
+                        "at once (default 1; 0: none)")
+    p.add_argument("--gateways", type=int, default=2,
+                   help="gateway processes sharing the port, so that one lost leaves the "
+                        "others serving (default 2)")
     p.set_defaults(func=run_up)
 
     s = subparsers.add_parser("status", help="replicas, breakers, traffic, latest checkpoint")
@@ -145,11 +151,16 @@ def _up_settings(args: argparse.Namespace) -> UpSettings:
         raise CliError(f"--port {args.port} is not a TCP port")
     if args.nodes < 1 or args.replicas < 1:
         raise CliError("--nodes and --replicas must be at least 1")
+    if not 1 <= args.gateways <= 8:
+        raise CliError(f"--gateways {args.gateways}: must be within 1..8")
+    if not 0 <= args.standby <= 4:
+        raise CliError(f"--standby {args.standby}: must be within 0..4")
     return UpSettings(
         host=args.host, port=args.port, nodes=args.nodes, primary_replicas=args.replicas,
         model=args.model, embeddings=not args.no_embeddings,
         checkpoint_interval=args.checkpoint_interval, grace_seconds=args.grace_seconds,
         state_dir=args.state_dir or "", redis_url=args.redis_url or "",
+        gateways=args.gateways, standby=args.standby,
     )
 
 
@@ -194,8 +205,9 @@ def run_up(args: argparse.Namespace) -> int:
 def _serve_until_stopped(system: LocalSystem, stop: threading.Event) -> None:
     """Start ``system``, say where everything is, and wait until ``stop`` is set (then raise
     KeyboardInterrupt)."""
+    from knative.breakers import redacted
     from knative.platforms.local import LocalPlatformClient
-    from surefoot._up import redacted
+    from surefoot._up_durable import dead_letter_path
 
     def interrupted() -> None:
         if stop.is_set():
@@ -215,8 +227,9 @@ def _serve_until_stopped(system: LocalSystem, stop: threading.Event) -> None:
           f"{st.control_url}\nbroker                {st.broker_url}\nfunctions             "
           f"{st.functions_url or '-'}\nredis                 {redacted(st.redis_url)}\n"
           f"checkpoints           {st.checkpoint_dir}\nlogs                  {st.log_dir}\n")
-    print(format_status(collect_status(LocalPlatformClient(st.control_url), st.service,
-                                       st.redis_url, st.checkpoint_dir, st.control_url)))
+    print(format_status(collect_status(
+        LocalPlatformClient(st.control_url), st.service, st.redis_url, st.checkpoint_dir,
+        st.control_url, dead_letter_file=str(dead_letter_path(system.state_dir)))))
     if not ready:
         print("\nnot every replica is ready yet: see `surefoot status` and the logs",
               flush=True)
@@ -240,14 +253,24 @@ def _components(control_url: str) -> dict[str, Any]:
         return {"components": [], "components_error": str(exc)}
 
 
+QUARANTINE_LABEL = "surefoot.dev/gpu-error"  # what quarantine_node labels its nodes with
+FUNCTIONS_PREFIX = "surefoot:fn"  # the functions' Redis prefix (quarantine reasons)
+
+
 def collect_status(platform: Any, service: str, redis_url: str | None,
-                   checkpoint_dir: str | None, control_url: str | None = None) -> dict[str, Any]:
+                   checkpoint_dir: str | None, control_url: str | None = None, *,
+                   dead_letter_file: str | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {"service": service}
     if control_url:
         out.update(_components(control_url))
     out["replicas"] = [r.__dict__ for r in platform.replicas(service)]
     out["traffic"] = [t.__dict__ for t in platform.traffic(service)]
     out["nodes"] = [n.__dict__ for n in platform.nodes()]
+    scales, reasons, standby = _platform_detail(platform)
+    out["standby"] = standby
+    out["pending"] = [{"name": r["name"], "revision": r["revision"],
+                       "reason": reasons.get(r["name"]) or ""}
+                      for r in out["replicas"] if r["phase"] == "Pending"]
     out["breakers"] = []
     if redis_url:
         try:
@@ -258,6 +281,12 @@ def collect_status(platform: Any, service: str, redis_url: str | None,
             out["breakers"] = [b.to_json() for b in statuses]
         except Exception as exc:  # status still answers when Redis does not
             out["breakers_error"] = str(exc)
+    out["capacity"] = _capacity(out["replicas"], out["traffic"], scales, out["breakers"])
+    out["cordoned"] = _cordoned(out["nodes"], redis_url)
+    if dead_letter_file:
+        from surefoot._up_durable import DeadLetterLog
+
+        out["dead_letters"] = DeadLetterLog(Path(dead_letter_file)).describe(last=5)
     out["latest_checkpoint"] = None
     if checkpoint_dir and Path(checkpoint_dir).exists():
         from checkpoint_store import CheckpointStore, FilesystemBackend
@@ -273,21 +302,139 @@ def collect_status(platform: Any, service: str, redis_url: str | None,
     return out
 
 
+def _platform_detail(platform: Any
+                     ) -> tuple[dict[str, int], dict[str, str], list[dict[str, Any]]]:
+    """The revisions' min-scale, why each Pending replica waits, and the warm standbys, from
+    the platform's own status when it has one (the local platform); empty otherwise."""
+    status = getattr(platform, "status", None)
+    if not callable(status):
+        return {}, {}, []
+    try:
+        st = status()
+    except Exception:  # the detail is optional; the status answers without it
+        return {}, {}, []
+    reasons = {str(r.get("name")): str(r.get("pending_reason") or r.get("reason") or "")
+               for r in st.get("replicas", []) if isinstance(r, dict)}
+    scales = {str(v.get("name")): int(v.get("min_scale") or 0)
+              for v in st.get("revisions", []) if isinstance(v, dict)}
+    standby = [{k: s.get(k) for k in ("name", "revision", "phase", "pid", "restarts")}
+               for s in st.get("standby") or [] if isinstance(s, dict)]
+    return scales, reasons, standby
+
+
+def _capacity(replicas: list[dict[str, Any]], traffic: list[Any], scales: dict[str, int],
+              breakers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per revision: ready replicas, those on nodes whose breaker is open, and the desired
+    count (its min-scale when known, else how many replicas it has)."""
+    bad = {str(b.get("key", "")).removeprefix("node:") for b in breakers
+           if str(b.get("key", "")).startswith("node:")
+           and b.get("state") in ("open", "forced_open", "half_open")}
+    names = list(dict.fromkeys([t["revision"] for t in traffic]
+                               + [r["revision"] for r in replicas]))
+    out = []
+    for name in names:
+        mine = [r for r in replicas if r["revision"] == name and r["phase"] != "Terminating"]
+        ready = [r for r in mine if r["ready"]]
+        behind = sum(1 for r in ready if r["node"] in bad)
+        out.append({"revision": name, "ready": len(ready) - behind, "behind_open_breakers": behind,
+                    "desired": scales.get(name, len(mine)),
+                    "pending": sum(1 for r in mine if r["phase"] == "Pending")})
+    return out
+
+
+def _cordoned(nodes: list[dict[str, Any]], redis_url: str | None) -> list[dict[str, Any]]:
+    """The cordoned nodes and by whom: Surefoot's quarantine labels its nodes (and keeps why
+    in Redis); any other cordon is someone else's (an operator's drain, a repair)."""
+    out = []
+    for n in nodes:
+        if not n.get("unschedulable"):
+            continue
+        ours = (n.get("labels") or {}).get(QUARANTINE_LABEL) == "true"
+        row: dict[str, Any] = {"node": n["name"],
+                               "by": "surefoot quarantine" if ours else "not Surefoot"}
+        if ours and redis_url:
+            row["reason"] = _quarantine_reason(redis_url, n["name"])
+        out.append(row)
+    return out
+
+
+def _quarantine_reason(redis_url: str, node: str) -> str:
+    import redis
+
+    try:
+        client = redis.Redis.from_url(redis_url, socket_timeout=2.0, socket_connect_timeout=2.0)
+        try:
+            raw = client.hget(f"{FUNCTIONS_PREFIX}:quarantine:{node}", "reason")
+        finally:
+            client.close()
+    except redis.RedisError:
+        return ""
+    return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else ""
+
+
+def _pending_lines(pending: list[dict[str, Any]]) -> list[str]:
+    """The Pending replicas, and why each waits when the platform says."""
+    if not pending:
+        return []
+    reasons = [p.get("reason") or "" for p in pending]
+    why = ("no node satisfies anti-affinity" if all(not r or "anti-affinity" in r
+                                                   for r in reasons)
+           else "no node can take them")
+    lines = [f"pending ({why}): " + ", ".join(p["name"] for p in pending)]
+    lines.extend(f"  {p['name']}: {p['reason']}" for p in pending if p.get("reason"))
+    return lines
+
+
+def _degraded_lines(st: dict[str, Any]) -> list[str]:
+    lines = []
+    caps = st.get("capacity") or []
+    if caps:
+        parts = []
+        for c in caps:
+            text = f"{c['revision']} {c['ready']}/{c['desired']} ready"
+            if c.get("behind_open_breakers"):
+                text += f" (+{c['behind_open_breakers']} behind open node breakers)"
+            if c.get("pending"):
+                text += f", {c['pending']} pending"
+            if c["ready"] == 0:
+                text += " (NONE READY)"
+            parts.append(text)
+        lines.append("capacity: " + "; ".join(parts))
+    cordoned = st.get("cordoned") or []
+    lines.append("cordoned: " + ("; ".join(
+        f"{c['node']} by {c['by']}" + (f" ({c['reason']})" if c.get("reason") else "")
+        for c in cordoned) if cordoned else "none"))
+    dl = st.get("dead_letters")
+    if dl is not None:
+        lines.append(f"dead letters: {dl['count']}" + (f" ({dl['path']})" if dl["count"] else ""))
+        for row in dl.get("last") or []:
+            lines.append(f"  {row.get('time') or '-'} {row.get('type')} {row.get('id')} -> "
+                         f"{row.get('dest')}: HTTP {row.get('code') or '-'}"
+                         + (f" {row['reason']}" if row.get("reason") else ""))
+    return lines
+
+
 def format_status(st: dict[str, Any]) -> str:
     lines = [f"{'REPLICA':<28}{'NODE':<9}{'REVISION':<22}{'PHASE':<18}{'READY':<7}"
              f"{'PID':<8}URL"]
     for r in st["replicas"]:
         lines.append(f"{r['name']:<28}{r['node'] or '-':<9}{r['revision']:<22}{r['phase']:<18}"
                      f"{'yes' if r['ready'] else 'no':<7}{r['pid'] or '-'!s:<8}{r['url'] or '-'}")
-    pending = [r["name"] for r in st["replicas"] if r["phase"] == "Pending"]
-    if pending:
-        lines.append(f"pending (no node satisfies anti-affinity): {', '.join(pending)}")
+    pending = st.get("pending")
+    if pending is None:  # a status from before Pending reasons were collected
+        pending = [{"name": r["name"]} for r in st["replicas"] if r["phase"] == "Pending"]
+    lines.extend(_pending_lines(pending))
     lines.append("")
     lines.append("traffic: " + ", ".join(
         f"{t['revision']}={t['percent']}%" + (f" ({t['tag']})" if t.get("tag") else "")
         for t in st["traffic"]))
     lines.append("nodes: " + ", ".join(
         n["name"] + (" (cordoned)" if n["unschedulable"] else "") for n in st["nodes"]))
+    lines.extend(_degraded_lines(st))
+    for sb in st.get("standby") or []:
+        lines.append(f"standby {sb['name']} ({sb['revision']}): {sb['phase']}"
+                     + (f" (pid {sb['pid']})" if sb.get("pid") else "")
+                     + (f", restarts {sb['restarts']}" if sb.get("restarts") else ""))
     breakers = st.get("breakers") or []
     if st.get("breakers_error"):
         lines.append(f"breakers: unknown ({st['breakers_error']})")
@@ -309,12 +456,18 @@ def run_status(args: argparse.Namespace) -> int:
     platform, service = platform_for(args)
     from knative import PlatformError
 
-    redis_url = ckpt = control = None
+    redis_url = ckpt = control = dead = None
     if args.platform == "local":
+        from surefoot._up import default_state_dir
+        from surefoot._up_durable import dead_letter_path
+
         st = _state(args)
         redis_url, ckpt, control = st.redis_url, st.checkpoint_dir, st.control_url
+        state_dir = Path(args.state_dir) if args.state_dir else default_state_dir(os.environ)
+        dead = str(dead_letter_path(state_dir))
     try:
-        status = collect_status(platform, service, redis_url, ckpt, control)
+        status = collect_status(platform, service, redis_url, ckpt, control,
+                                dead_letter_file=dead)
     except PlatformError as exc:
         raise CliError(str(exc), code=EXIT_FAILED) from exc
     print(json.dumps(status, indent=2, default=str) if args.json else format_status(status))

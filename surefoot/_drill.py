@@ -253,7 +253,22 @@ class Drill:
         self.report["phases"]["pod_delete"] = {
             "victim": victim.name, "node": victim.node, "replacement": new,
             "recovery_s": round(t_ready - t_del, 3) if ready else None,
+            **self._first_served(set(new), t_del),
         }
+
+    def _first_served(self, names: set[str], t_loss: float) -> dict[str, float | None]:
+        """When the first request the replacement answered was answered (seconds from the
+        loss), and its latency over the steady load's median."""
+        served = sorted((x for x in self.samples() if x.ok and x.replica in names
+                         and x.kind == "plain"), key=lambda x: x.end)
+        if not served:
+            return {"first_served_s": None, "first_latency_ratio": None}
+        steady = self.windows.get("steady")
+        base = sorted(x.latency for x in self.samples() if x.ok and x.kind == "plain"
+                      and steady and steady[0] <= x.start < steady[1])
+        median = base[len(base) // 2] if base else None
+        return {"first_served_s": round(served[0].end - t_loss, 3),
+                "first_latency_ratio": round(served[0].latency / median, 3) if median else None}
 
     def _snapshot_primaries(self) -> None:
         headers = {"Authorization": f"Bearer {self.t.admin_token}"} if self.t.admin_token else {}

@@ -126,7 +126,9 @@ def format_report(report: dict[str, Any]) -> str:
         d = ph["pod_delete"]
         lines.append(f"pod delete ({d['victim']}): {d['failed']} failed of {d['requests']}, "
                      f"p99 {d['p99_ms']} ms ({d['p99_ratio']}x steady), replacement ready in "
-                     f"{d['recovery_s']} s")
+                     f"{d['recovery_s']} s, first request served by it "
+                     f"{d.get('first_served_s')} s after the delete (its latency "
+                     f"{d.get('first_latency_ratio')}x the steady median)")
     if "node_evict" in ph:
         lines += _evict_lines(report, ph["node_evict"])
     if "gpu_fault" in ph:

@@ -15,10 +15,8 @@ import json
 import logging
 import os
 import secrets
-import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -48,16 +46,17 @@ from knative import Target
 from knative.breakers import (
     BreakerError,
     BreakerRegistrySettings,
+    DurableBreakers,
     EmbeddedRedis,
     InvalidBreakerSettings,
+    redacted,
 )
 from knative.platforms.local import LocalPlatform, LocalSettings, RevisionSpec, create_control_app
-from surefoot._up_durable import DurableBreakers
+from surefoot._up_durable import dead_letter_path, file_breakers
+from surefoot._up_gateway import Gateways, free_port, gateway_command, gateway_env
 from surefoot._up_supervise import (
-    ProcessChild,
     Supervised,
     Supervisor,
-    kill_group,
     prune_replica_logs,
 )
 
@@ -103,6 +102,8 @@ class UpSettings:
     replica_threads: int = 0  # 0: this machine's cores shared out among the replicas
     ready_timeout: float = 180.0
     replica_logs_kept: int = 3  # logs of gone replicas kept per revision
+    standby: int = 1  # loaded standby replicas per revision, that take over a lost replica
+    gateways: int = 2  # gateway processes sharing the port: one lost leaves the others serving
     restart_backoff: float = 0.1  # first restart of Redis or the gateway; doubles per crash
     restart_backoff_max: float = 10.0
 
@@ -194,7 +195,11 @@ class LocalSystem:
         self.platform: LocalPlatform | None = None
         self.control: HttpServer | None = None
         self.functions_url = ""
-        self._gateway = ProcessChild(self._spawn_gateway)
+        self.gateways = Gateways(settings.gateways, self._gateway_command,
+                                 lambda: gateway_env(self.env, self.admin_token,
+                                                     self.internal_token),
+                                 self.state_dir / "logs", settings.host,
+                                 lambda: free_port(settings.host))
         self.durable: DurableBreakers | None = None
         self.supervisor: Supervisor | None = None
         self.publisher: Publisher | None = None
@@ -203,8 +208,8 @@ class LocalSystem:
 
     @property
     def gateway(self) -> subprocess.Popen[bytes] | None:
-        """The gateway's master process (a new one after each restart)."""
-        return self._gateway.proc
+        """The first gateway's master process (a new one after each restart)."""
+        return self.gateways.first
 
     @property
     def gateway_url(self) -> str:
@@ -261,7 +266,7 @@ class LocalSystem:
             settings = BreakerRegistrySettings.from_env(self.env, redis_url=self.redis_url)
         except (InvalidBreakerSettings, BreakerError) as exc:
             raise UpError(str(exc)) from None
-        self.durable = DurableBreakers(self.state_dir / "forced.json", settings)
+        self.durable = file_breakers(self.state_dir / "forced.json", settings)
         self._on_stop("durable breakers", self.durable.close)
         if self.redis is not None:
             self.redis.prepare = self.durable.restore
@@ -287,15 +292,17 @@ class LocalSystem:
         if self.platform is None:
             return
         st = self.platform.status()
+        live = {Path(r["log"]).stem for r in st["replicas"] + st.get("standby", [])}
         prune_replica_logs(self.state_dir / "logs", [r["name"] for r in st["revisions"]],
-                           {r["name"] for r in st["replicas"]}, self.s.replica_logs_kept)
+                           live, self.s.replica_logs_kept)
 
     def components(self) -> list[dict[str, Any]]:
         """What ``surefoot up`` runs itself, with restarts (for ``surefoot status``)."""
         return self.supervisor.status() if self.supervisor is not None else []
 
     def _start_broker(self) -> None:
-        self.broker = BrokerServer(BrokerSettings(host="127.0.0.1", port=0)).start()
+        dead = SenderSettings(dead_letter=str(dead_letter_path(self.state_dir)))
+        self.broker = BrokerServer(BrokerSettings(host="127.0.0.1", port=0, sender=dead)).start()
         self._on_stop("broker", self.broker.stop)
         sender = Sender(SenderSettings())
         self.publisher = Publisher(sender, self.broker.url)
@@ -330,7 +337,7 @@ class LocalSystem:
         self.platform = LocalPlatform(
             LocalSettings(nodes=s.nodes, checkpoint_dir=str(ckpt_dir), log_dir=str(log_dir),
                           redis_url=self.redis_url, grace_seconds=s.grace_seconds,
-                          env={"SUREFOOT_ADMIN_TOKEN": self.admin_token,
+                          standby=s.standby, env={"SUREFOOT_ADMIN_TOKEN": self.admin_token,
                                "SUREFOOT_INTERNAL_TOKEN": self.internal_token},
                           base_env=self.env),
             self._revisions(), traffic, emit=self.publisher,
@@ -373,41 +380,15 @@ class LocalSystem:
         self._on_stop("state file", lambda: path.unlink(missing_ok=True))
 
     def _start_gateway(self, log_dir: Path) -> None:
-        self._on_stop("gateway", self._stop_gateway)
-        self._gateway.launch()
+        self._on_stop("gateway", self.gateways.stop)
+        self.gateways.launch()
 
-    def _spawn_gateway(self) -> subprocess.Popen[bytes]:
+    def _gateway_command(self) -> list[str]:
         assert self.control is not None
         assert self.broker is not None
         s = self.s
-        log_dir = self.state_dir / "logs"
-        cmd = [
-            sys.executable, "-m", "surefoot", "gateway", "--host", s.host, "--port", str(s.port),
-            "--platform", "local", "--control-url", self.control.url, "--service", s.service,
-            "--fallback-revision", s.fallback_revision, "--redis-url", self.redis_url,
-            "--events-sink", self.broker.url, "--refresh-interval", "0.25",
-        ]
-        env = {**self.env, "SUREFOOT_GATEWAY_ADMIN_TOKEN": self.admin_token,
-               "SUREFOOT_GATEWAY_INTERNAL_TOKEN": self.internal_token}
-        logf = open(log_dir / "gateway.log", "ab")  # noqa: SIM115 - owned by the child
-        try:
-            return subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=env,
-                                    start_new_session=True)
-        finally:
-            logf.close()
-
-    def _stop_gateway(self) -> None:
-        p = self.gateway
-        if p is None or p.poll() is not None:
-            return
-        try:
-            os.killpg(p.pid, signal.SIGTERM)
-            p.wait(10)
-        except subprocess.TimeoutExpired:
-            kill_group(p.pid, signal.SIGKILL)
-            p.wait(5)
-        except ProcessLookupError:
-            pass
+        return gateway_command(s.host, s.port, self.control.url, s.service,
+                               s.fallback_revision, self.redis_url, self.broker.url)
 
     def _start_gpu_source(self) -> None:
         assert self.publisher is not None
@@ -436,13 +417,10 @@ class LocalSystem:
             self._supervise_gateway()
 
     def _supervise_gateway(self) -> None:
-        """Restart the gateway from now on (an exit during start-up is a failed start)."""
-        sup = self.supervisor
-        if sup is None or self.gateway is None or self.gateway.poll() is not None:
-            return
-        if not any(c.name == "gateway" for c in sup.children):
-            sup.add(Supervised("gateway", self._gateway, backoff=self.s.restart_backoff,
-                               backoff_max=self.s.restart_backoff_max))
+        """Restart the gateways from now on (an exit during start-up is a failed start)."""
+        if self.supervisor is not None:
+            self.gateways.supervise(self.supervisor, self.s.restart_backoff,
+                                    self.s.restart_backoff_max)
 
     def _wait_ready(self, stop: threading.Event) -> bool:
         assert self.platform is not None
@@ -462,9 +440,10 @@ class LocalSystem:
         return False
 
     def _check_gateway(self) -> None:
-        if self.gateway is not None and self.gateway.poll() is not None:
-            raise UpError(f"the gateway exited with {self.gateway.returncode}; see "
-                          f"{self.state_dir / 'logs' / 'gateway.log'}")
+        gone = self.gateways.exited()
+        if gone is not None:
+            raise UpError(f"the {gone[0]} exited with {gone[1]}; see "
+                          f"{self.state_dir / 'logs' / f'{gone[0]}.log'}")
 
     # --- stop --------------------------------------------------------------------------------
     def stop(self) -> None:
@@ -493,12 +472,6 @@ def _check_redis(url: str) -> None:
                       failed=True) from None
     finally:
         client.close()
-
-
-def redacted(url: str) -> str:
-    """``url`` without the credentials in it (for what is printed)."""
-    head, sep, tail = url.rpartition("@")
-    return f"{head.split('//')[0]}//***@{tail}" if sep else url
 
 
 class _RedisChild:

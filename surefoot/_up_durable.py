@@ -1,112 +1,88 @@
-"""A durable home for the operator's hand on the breakers under ``surefoot up``.
+"""What ``surefoot up`` keeps on disk beside Redis, in its state directory.
 
-A forced-open revision or a forced-closed node is an operator's decision: it must outlive the
-Redis that holds it, even one that comes back empty (its append-only file lost, a fresh server,
-a flush). :class:`DurableBreakers` copies every forced (and disabled) breaker to a JSON file in
-the state directory, written atomically, each time it finds them changed; and it writes them
-back into a Redis that does not hold its marker key (a server that has lost what was written
-to it) before routing depends on them: the embedded Redis runs :meth:`DurableBreakers.restore`
-while it still refuses every other client, and :meth:`DurableBreakers.sync` restores an
-external Redis found empty at its next pass. Quarantined nodes need no copy here: their
-durable home is the platform's node label, from which the functions' sweep re-admits them.
+- The operator's hand on the breakers: a forced-open revision or a forced-closed node must
+  outlive the Redis that holds it, even one that comes back empty. :func:`file_breakers` keeps
+  them in ``forced.json`` (``knative.breakers.DurableBreakers`` over a file); the embedded Redis
+  runs its ``restore`` while it still refuses every other client, and its ``sync`` restores an
+  external Redis found empty at its next pass. Quarantined nodes need no copy here: their
+  durable home is the platform's node label, from which the functions' sweep re-admits them.
+- The events the broker gave up on: a JSON-lines dead-letter file (:class:`DeadLetterLog`
+  reads it for ``surefoot status``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
-import os
 from pathlib import Path
 from typing import Any
 
-import redis
-
-from knative.breakers import BreakerError, BreakerRegistrySettings, BreakerStore
-
-log = logging.getLogger(__name__)
-
-# the operator's states, and the action that puts a breaker back in each
-KEPT = {"forced_open": "force_open", "forced_closed": "force_closed", "disabled": "disable"}
+from knative.breakers import BreakerRegistrySettings, DurableBreakers, FileHome
 
 
-class DurableBreakers:
-    """The file ``path`` mirrors the forced breakers of the Redis ``settings`` names."""
+def file_breakers(path: Path, settings: BreakerRegistrySettings) -> DurableBreakers:
+    """The forced breakers of the Redis ``settings`` names, mirrored in the JSON file
+    ``path``."""
+    return DurableBreakers(FileHome(path), settings)
 
-    def __init__(self, path: Path, settings: BreakerRegistrySettings) -> None:
+
+DEAD_LETTER_FILE = "dead-letters.jsonl"
+
+
+def dead_letter_path(state_dir: Path) -> Path:
+    """Where the broker of ``surefoot up`` keeps the events it gave up on (one structured
+    CloudEvent per line, with Knative's ``knativeerror*`` extensions saying where and why)."""
+    return state_dir / DEAD_LETTER_FILE
+
+
+class DeadLetterLog:
+    """Reads the broker's dead-letter file of ``surefoot up``: how many, and the last few.
+
+    The file outlives Redis and the run (it is the broker's durable record of what no
+    subscriber accepted); ``surefoot status`` and the drill read it."""
+
+    def __init__(self, path: Path) -> None:
         self.path = path
-        self.settings = settings
-        self.marker = f"{settings.prefix}:durable"
-        self._store: BreakerStore | None = None
-        self.restored = 0  # breakers written back, over this process's life
 
-    def read(self) -> dict[str, dict[str, str]]:
-        """The kept states: ``{key: {"state": ..., "reason": ...}}`` (empty when none)."""
+    def rows(self) -> list[dict[str, Any]]:
         try:
-            data = json.loads(self.path.read_text())
+            text = self.path.read_text(encoding="utf-8", errors="replace")
         except FileNotFoundError:
-            return {}
-        except ValueError as exc:
-            log.error("%s is not valid JSON (%s): no forced breaker can be restored",
-                      self.path, exc)
-            return {}
-        rows = data.get("breakers", {}) if isinstance(data, dict) else {}
-        return {k: v for k, v in rows.items()
-                if isinstance(v, dict) and v.get("state") in KEPT}
-
-    def write(self, rows: dict[str, dict[str, str]]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        with tmp.open("w") as fh:
-            json.dump({"breakers": rows}, fh, indent=2, sort_keys=True)
-            fh.flush()
-            os.fsync(fh.fileno())
-        tmp.replace(self.path)
-        with contextlib.suppress(OSError):  # the rename itself made durable
-            fd = os.open(self.path.parent, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-
-    def restore(self, client: redis.Redis) -> int:
-        """Write the kept states into the Redis behind ``client`` (those it does not already
-        hold) and set the marker; returns how many were written."""
-        store = BreakerStore(client, self.settings)
-        n = 0
-        for key, row in sorted(self.read().items()):
-            if store.status(key).state == row["state"]:
+            return []
+        out = []
+        for line in text.splitlines():
+            if not line.strip():
                 continue
-            reason = row.get("reason") or "restored"
-            store.act(key, KEPT[row["state"]], reason)
-            n += 1
-        client.set(self.marker, "1")
-        if n:
-            log.warning("restored %d forced breaker(s) from %s", n, self.path)
-        self.restored += n
-        return n
+            try:
+                doc = json.loads(line)
+            except ValueError:
+                doc = {"unreadable": line[:200]}
+            out.append(doc if isinstance(doc, dict) else {"unreadable": line[:200]})
+        return out
 
-    def sync(self) -> None:
-        """One pass: restore into a Redis without the marker, else copy what changed to the
-        file. Quiet while Redis is away (the supervisor restarts it)."""
-        if self._store is None:
-            self._store = BreakerStore.from_url(self.settings)
-        store = self._store
+    def describe(self, last: int = 5) -> dict[str, Any]:
+        """``{"path", "count", "last": [{id, type, subject, dest, code, reason}]}``."""
+        rows = self.rows()
+        return {"path": str(self.path), "count": len(rows),
+                "last": [_dead_letter_row(r) for r in rows[-last:]] if last > 0 else []}
+
+
+def _dead_letter_row(doc: dict[str, Any]) -> dict[str, Any]:
+    import base64
+
+    why = ""
+    raw = doc.get("knativeerrordata")
+    if isinstance(raw, str):
         try:
-            if not store.client.exists(self.marker):
-                self.restore(store.client)
-                return
-            rows, _ = store.statuses()
-        except (redis.RedisError, BreakerError) as exc:
-            log.debug("durable breakers: redis away (%s)", exc)
-            return
-        kept = {s.key: {"state": s.state, "reason": s.reason} for s in rows if s.state in KEPT}
-        if kept != self.read():
-            self.write(kept)
-
-    def close(self) -> None:
-        if self._store is not None:
-            self._store.client.close()
-
-    def describe(self) -> dict[str, Any]:
-        return {"path": str(self.path), "kept": len(self.read()), "restored": self.restored}
+            why = base64.b64decode(raw).decode("utf-8", "replace")
+        except ValueError:
+            why = raw
+        try:
+            parsed = json.loads(why)
+            if isinstance(parsed, dict) and isinstance(parsed.get("error"), str):
+                why = parsed["error"]
+        except ValueError:
+            pass
+    return {"id": doc.get("id"), "type": doc.get("type"), "subject": doc.get("subject"),
+            "time": doc.get("time"), "dest": doc.get("knativeerrordest"),
+            "code": doc.get("knativeerrorcode"), "reason": " ".join(why.split())[:200],
+            **({"unreadable": doc["unreadable"]} if "unreadable" in doc else {})}

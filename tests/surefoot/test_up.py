@@ -233,7 +233,8 @@ def test_status_text_and_json(running: tuple[LocalPlatform, Path],
     assert main(["status", "--json", "--state-dir", str(state_dir)]) == 0
     st = json.loads(capsys.readouterr().out)
     assert set(st) == {"service", "replicas", "traffic", "nodes", "breakers",
-                       "latest_checkpoint"}
+                       "latest_checkpoint", "pending", "capacity", "cordoned", "dead_letters",
+                       "standby"}
     assert st["service"] == "sf"
     assert st["breakers"] == []
     assert st["latest_checkpoint"] is None
@@ -285,7 +286,8 @@ def test_commands_without_a_running_up(tmp_path: Path, capsys: pytest.CaptureFix
 
 def test_up_rejects_bad_flags(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     for argv, word in ((["--port", "0"], "--port"), (["--port", "70000"], "--port"),
-                       (["--nodes", "0"], "--nodes"), (["--replicas", "0"], "--replicas")):
+                       (["--nodes", "0"], "--nodes"), (["--replicas", "0"], "--replicas"),
+                       (["--gateways", "0"], "--gateways"), (["--standby", "-1"], "--standby")):
         assert main(["up", "--state-dir", str(tmp_path), *argv]) == 2
         assert word in one_line(capsys.readouterr().err)
     assert not (tmp_path / "state.json").exists()

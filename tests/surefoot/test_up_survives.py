@@ -17,7 +17,7 @@ import pytest
 import redis
 
 from knative.breakers import BreakerRegistrySettings, BreakerStore, EmbeddedRedis
-from surefoot._up_durable import DurableBreakers
+from surefoot._up_durable import file_breakers
 from surefoot._up_supervise import BACKOFF, RUNNING, Supervised, prune_replica_logs
 from tests.surefoot.test_up import Up, free_port, one_line, ups, wait_for
 
@@ -124,7 +124,7 @@ def test_redis_sigkill_keeps_breaker_states(tmp_path: Path) -> None:
 
 def test_forced_states_come_back_into_an_empty_redis(tmp_path: Path, redis_url: str) -> None:
     settings = BreakerRegistrySettings(redis_url=redis_url, redis_timeout=5.0)  # a busy machine
-    keeper = DurableBreakers(tmp_path / "forced.json", settings)
+    keeper = file_breakers(tmp_path / "forced.json", settings)
     store = BreakerStore.from_url(settings)
     keeper.sync()  # marks this Redis as holding what was written
     store.force_open("revision:sf-primary", "bad rollout")
@@ -148,11 +148,11 @@ def test_forced_states_come_back_into_an_empty_redis(tmp_path: Path, redis_url: 
 def test_embedded_redis_lets_no_client_in_before_the_restore(tmp_path: Path) -> None:
     settings0 = BreakerRegistrySettings(redis_url="redis://127.0.0.1:1/0")
     path = tmp_path / "forced.json"
-    DurableBreakers(path, settings0).write(
+    file_breakers(path, settings0).write(
         {"revision:sf-primary": {"state": "forced_open", "reason": "bad rollout"}})
     seen: list[Any] = []
     server = EmbeddedRedis(data_dir=str(tmp_path / "redis"), persist=True)
-    keeper = DurableBreakers(path, BreakerRegistrySettings(redis_url=server.url,
+    keeper = file_breakers(path, BreakerRegistrySettings(redis_url=server.url,
                                                            redis_timeout=5.0))
 
     def prepare(client: redis.Redis) -> None:
@@ -239,11 +239,15 @@ def test_redis_and_gateway_killed_under_up_come_back(tmp_path: Path, ups: list[U
     assert r.headers["X-Surefoot-Revision"] == "surefoot-fallback"
 
     gateway_pid = _component(sd, "gateway")["pid"]
+    second_pid = _component(sd, "gateway-2")["pid"]  # on the same port
     os.kill(gateway_pid, signal.SIGKILL)
     wait_for(lambda: _answers(url), 60, "the gateway to answer again", every=0.1)
+    wait_for(lambda: _component(sd, "gateway")["restarts"] == 1, 60, "the gateway restarted")
     gw = _component(sd, "gateway")
-    assert gw["restarts"] == 1
     assert gw["pid"] != gateway_pid
+    second = _component(sd, "gateway-2")  # untouched: it answered meanwhile
+    assert second["pid"] == second_pid
+    assert second["restarts"] == 0
     assert "gateway: Running" in _cli("status", *sd_args).stdout
 
     # a reader that stops early: the command ends quietly
