@@ -62,8 +62,14 @@ def split_at(current: list[Target], settings: Any, primary_percent: int) -> list
     assert fallback is not None
     pool = primary.percent + fallback.percent
     want = min(max(primary_percent, 0), pool)
+    return _shared(with_fallback, primary, fallback, want, pool)
+
+
+def _shared(current: list[Target], primary: Target, fallback: Target, want: int,
+            pool: int) -> list[Target]:
+    """``current`` with the primary at ``want`` and the fallback at the rest of ``pool``."""
     out = []
-    for t in with_fallback:
+    for t in current:
         if t is primary:
             out.append(Target(t.revision, want, t.tag))
         elif t is fallback:
@@ -105,15 +111,7 @@ def restored_split(current: list[Target], settings: Any, normal_primary: int,
     pool = primary.percent + fallback.percent
     want = normal_primary if step >= 100 else round(normal_primary * step / 100)
     want = min(max(want, primary.percent), pool)
-    out = []
-    for t in current:
-        if t is primary:
-            out.append(Target(t.revision, want, t.tag))
-        elif t is fallback:
-            out.append(Target(t.revision, pool - want, t.tag))
-        else:
-            out.append(t)
-    return out
+    return _shared(current, primary, fallback, want, pool)
 
 
 def wire(targets: list[Target]) -> tuple[dict[str, Any], ...]:

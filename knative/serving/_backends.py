@@ -410,6 +410,7 @@ class LlamaCppBackend:
     def token_stream(self, spec: SeqSpec, top: int | None) -> Iterator[Delta]:
         """The deltas of ``spec`` token by token, each with a TokenOut per token it adds
         (log probabilities with ``top`` alternatives when ``top`` is not None)."""
+        from knative.serving import _continuation as cn
         from knative.serving import _tokens as tk
 
         llm = self.llm
@@ -421,7 +422,7 @@ class LlamaCppBackend:
                 lambda: tk.serial_tokens(llm, spec, reader, build)))
         out: list[Any] = []
         signals = self._batched(spec, lambda: tk.LogprobSampler(build(), reader, out))
-        return tk.deltas(cont, tk.recorded(signals, out))
+        return tk.deltas(cont, cn.recorded(signals, out))
 
     def prompt_logprobs(self, spec: SeqSpec, top: int) -> list[Any]:
         """A TokenOut for each prompt token of ``spec`` after BOS (on the single-sequence

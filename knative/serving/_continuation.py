@@ -12,9 +12,11 @@ back until it is whole.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 from knative.serving._backends import Delta
+
+T = TypeVar("T")
 
 Detokenize = Callable[[list[int], list[int]], bytes]  # (tokens, previous tokens) -> bytes
 
@@ -122,9 +124,10 @@ class Recorder:
         return getattr(self._inner, name)
 
 
-def recorded(signals: Iterator[Any], ids: list[int]) -> Iterator[list[int]]:
-    """The ids a :class:`Recorder` kept, in runs, as each of the engine's ``signals`` (its
-    pieces of text) arrives; closing this closes ``signals``."""
+def recorded(signals: Iterator[Any], ids: list[T]) -> Iterator[list[T]]:
+    """What a recorder kept in ``ids`` (a :class:`Recorder`'s token ids, a logprob sampler's
+    tokens), in runs, as each of the engine's ``signals`` (its pieces of text) arrives;
+    closing this closes ``signals``."""
     seen = 0
     try:
         for _ in signals:

@@ -131,24 +131,6 @@ def serial_tokens(llm: Any, spec: Any, reader: LogprobReader | None,
         llm.eval([t])
 
 
-def recorded(signals: Iterator[Any], out: list[TokenOut]) -> Iterator[list[TokenOut]]:
-    """The tokens a :class:`LogprobSampler` kept, in runs, as the engine's ``signals`` come;
-    closing this closes ``signals``."""
-    seen = 0
-    try:
-        for _ in signals:
-            n = len(out)
-            if n > seen:
-                yield out[seen:n]
-                seen = n
-        if len(out) > seen:
-            yield out[seen:]
-    finally:
-        close = getattr(signals, "close", None)
-        if close is not None:
-            close()
-
-
 def deltas(cont: Continuation, runs: Iterator[list[TokenOut]]) -> Iterator[Delta]:
     """Deltas of text as runs of tokens come, each with the entries of the tokens it adds;
     an end-of-generation token is not an entry. The last delta has the finish reason."""
