@@ -141,3 +141,49 @@ def test_gateway_events_are_summed_over_every_gateway() -> None:
         for s in servers:
             s.shutdown()
             s.server_close()
+
+
+class _Platform:
+    """Records what the compound phase asks of a platform with one node cordoned before."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+        self.down = {"node-9"}
+
+    def nodes(self) -> list[Any]:
+        return [SimpleNamespace(name=n, unschedulable=n in self.down)
+                for n in ("node-1", "node-2", "node-9")]
+
+    def replicas(self, service: str) -> list[Any]:
+        return [_replica("p", True, "node-9"), _replica("p", True, "node-1")]
+
+    def cordon(self, node: str) -> None:
+        self.calls.append(("cordon", node))
+        self.down.add(node)
+
+    def uncordon(self, node: str) -> None:
+        self.calls.append(("uncordon", node))
+        self.down.discard(node)
+
+    def evict(self, node: str, timeout: float) -> Any:
+        self.calls.append(("evict", node))
+        return SimpleNamespace(evicted=[])
+
+    def label(self, node: str, key: str, value: str | None) -> None:
+        self.calls.append(("label", node))
+
+
+def test_compound_leaves_nodes_cordoned_before_it_alone() -> None:
+    from surefoot._drill_compound import CompoundPhase
+
+    platform = _Platform()
+    target = SimpleNamespace(platform=platform, service="svc", primary_revision="p",
+                             fallback_revision="", broker_url="", redis_url="")
+    phase = CompoundPhase(target, lambda m: 0.0, lambda m: None, hold=0.0)
+    phase.cordoned_before = ["node-9"]
+    assert [r.node for r in phase._ready("p")] == ["node-1"]  # never a victim on node-9
+    assert phase._evict_primary_node().startswith("evicted node-1")
+    phase._cordoned.add("node-9")  # even were it touched, it is not the phase's to release
+    phase._release()
+    assert ("uncordon", "node-1") in platform.calls
+    assert ("uncordon", "node-9") not in platform.calls
