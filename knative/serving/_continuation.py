@@ -15,22 +15,11 @@ from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 from knative.serving._backends import Delta
+from knative.serving._sampling import utf8_complete
 
 T = TypeVar("T")
 
 Detokenize = Callable[[list[int], list[int]], bytes]  # (tokens, previous tokens) -> bytes
-
-
-def _utf8_complete(data: bytes) -> int:
-    """The length of ``data`` without a trailing, unfinished UTF-8 character."""
-    for back in range(1, min(4, len(data)) + 1):
-        byte = data[-back]
-        if byte & 0xC0 == 0x80:
-            continue
-        need = 2 if byte & 0xE0 == 0xC0 else 3 if byte & 0xF0 == 0xE0 else (
-            4 if byte & 0xF8 == 0xF0 else 1)
-        return len(data) - back if back < need else len(data)
-    return len(data)
 
 
 class Continuation:
@@ -90,7 +79,7 @@ class Continuation:
             return self._send(data[:data.index(hit)])
         if self.finish is not None:
             return self._send(data)
-        end = _utf8_complete(data)
+        end = utf8_complete(data)
         hold = 0
         for s in self.stops:
             for i in range(min(len(s), end), 0, -1):

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from knative.serving._sampling import SeqSpec, StopText
-from knative.serving._serial import Claim
+from knative.serving._serial import Claim, drained
 
 log = logging.getLogger(__name__)
 
@@ -146,17 +146,8 @@ class BatchEngine:
 
     @staticmethod
     def _pieces(req: _Request) -> Generator[Piece, None, None]:
-        try:
-            while True:
-                kind, value = req.out.get()
-                if kind == "piece":
-                    yield value
-                elif kind == "error":
-                    raise value
-                else:
-                    return
-        finally:
-            req.cancel()  # a consumer gone early frees the slot at the next step
+        # a consumer gone early frees the slot at the next step
+        yield from drained(req.out, "piece", req.cancel)
 
     # --- engine thread ----------------------------------------------------------------------
     def _attach(self, llm: Any, n_ctx: int) -> None:

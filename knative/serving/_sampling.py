@@ -133,7 +133,7 @@ def sampler_factory(llm: Any, spec: SeqSpec) -> Callable[[], Any]:
     return build
 
 
-def _utf8_complete(data: bytes) -> int:
+def utf8_complete(data: bytes) -> int:
     """The length of ``data`` without a trailing, unfinished UTF-8 character."""
     for back in range(1, min(4, len(data)) + 1):
         byte = data[-back]
@@ -158,7 +158,7 @@ class StopText:
         hit = next((s for s in self.stops if s in data), None)  # the first listed, as the
         if hit is not None:  # single path takes it
             return self._send(data[:data.index(hit)]), True
-        end = _utf8_complete(data)
+        end = utf8_complete(data)
         hold = 0
         for s in self.stops:
             for i in range(min(len(s), end), 0, -1):

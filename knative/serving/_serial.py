@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
 
@@ -110,14 +110,23 @@ class SerialEngine:
 
     def stream(self, fn: Callable[[], Iterator[Any]]) -> Iterator[Any]:
         job = self._submit(fn, stream=True)
-        try:
-            while True:
-                kind, value = job.out.get()
-                if kind == "item":
-                    yield value
-                elif kind == "error":
-                    raise value
-                else:
-                    return
-        finally:
-            job.cancel()  # a consumer that stops early frees the engine at the next token
+        # a consumer that stops early frees the engine at the next token
+        yield from drained(job.out, "item", job.cancel)
+
+
+def drained(out: queue.SimpleQueue[Any], kind: str,
+            cancel: Callable[[], object]) -> Generator[Any, None, None]:
+    """The values an engine thread puts on ``out`` as ``(kind, value)``, until it puts
+    anything else; an ``("error", exc)`` is raised here. ``cancel`` runs however the consumer
+    leaves, so one that stops early frees what the engine holds for it."""
+    try:
+        while True:
+            got, value = out.get()
+            if got == kind:
+                yield value
+            elif got == "error":
+                raise value
+            else:
+                return
+    finally:
+        cancel()
