@@ -122,6 +122,7 @@ class LlamaCppBackend:
         queue_timeout: float = 60.0,
         chat_format: str = "",
         slots: int = DEFAULT_SLOTS,
+        batch_invariant: bool = True,
     ) -> None:
         self.model = model
         self.slots = slots
@@ -131,7 +132,8 @@ class LlamaCppBackend:
         self.n_threads = n_threads or os.cpu_count() or 1
         self.n_gpu_layers = n_gpu_layers
         self._engine = _Engine(f"engine-{self.model_id}", queue_timeout)
-        self._batcher = (BatchEngine(f"batch-{self.model_id}", slots, queue_timeout)
+        self._batcher = (BatchEngine(f"batch-{self.model_id}", slots, queue_timeout,
+                                     invariant=batch_invariant)
                          if slots > 1 else None)
         self._llm: Any = None
         self.model_path: Path | None = None
@@ -381,7 +383,7 @@ class LlamaCppBackend:
         if cont.finish is not None:
             return cn.deltas(cont, iter(()))
         spec = replace(spec, tokens=spec.tokens + tuple(cont.generated),
-                       max_tokens=cont.remaining, stop=())
+                       max_tokens=cont.remaining, stop=(), decoded_from=len(spec.tokens))
         if self._batcher is None:
             return cn.deltas(cont, self._engine.stream(lambda: cn.serial_ids(llm, spec)))
         ids: list[int] = []
@@ -516,7 +518,9 @@ class LlamaCppBackend:
         if "slot_tokens" not in blobs or "llama_state" not in blobs:
             raise BackendError("engine state is not of a batching engine")
         try:
-            self._batcher.load_state(blobs["llama_state"], json.loads(blobs["slot_tokens"]))
+            exact = json.loads(blobs["slot_exact"]) if "slot_exact" in blobs else None
+            self._batcher.load_state(blobs["llama_state"], json.loads(blobs["slot_tokens"]),
+                                     exact)
         except (EngineFault, ValueError) as exc:
             raise BackendError(str(exc)) from exc
 

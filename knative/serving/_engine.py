@@ -13,6 +13,23 @@ that moment waits for it instead of reading it twice.
 
 The thread also runs the engine's other work (loading, state snapshots) between steps, so all
 calls into llama.cpp come from one thread and one OpenMP team.
+
+Batch invariance (on by default). llama.cpp's CPU kernels take different paths by the number
+of rows a decode holds, and those paths round differently. Measured on an AVX2 CPU: one token
+of each of 1 to 4 sequences gives every row the result it has alone; 5 to 7 rows, 8 rows or
+more, and several tokens of one sequence each give others; the weights the CPU backend
+repacks add their own split. A sequence decoded alone or among seven others would then give
+other tokens. In invariant mode the engine keeps every token in one class whatever else runs:
+generated tokens are decoded a token per sequence in calls of at most ``decode_rows`` rows,
+prompt tokens in calls of one sequence and at least ``prefill_rows`` rows (a prompt shorter
+than that in one call of its own), on the plain weight layouts and a KV stream per slot
+(llama.cpp forms a sub-batch of the sequences whose slot numbers follow each other, so new
+requests take the lowest free slot). A cached prefix is reused only where it was computed as
+a prompt would be, and the tokens of a resumed stream that an earlier run generated are
+decoded again a token a step, as they were generated, so the stream goes on as it would have.
+The price is throughput at high concurrency (a full batch runs as several calls); with
+``invariant=False`` every step is one decode on one unified cache with the repacked
+weights, as llama.cpp's own server runs it.
 """
 
 from __future__ import annotations
@@ -34,6 +51,10 @@ log = logging.getLogger(__name__)
 
 # a prefix at least this long is worth waiting for while another sequence reads it
 FOLLOW_MIN_TOKENS = 32
+# the rows classes of llama.cpp's CPU kernels (module docstring): generated tokens in calls
+# of at most DECODE_ROWS rows, prompt tokens in calls of at least PREFILL_ROWS
+DECODE_ROWS = 4
+PREFILL_ROWS = 8
 
 Piece = tuple[str, str | None, tuple[int, int] | None]  # text, finish reason, usage
 
@@ -76,6 +97,9 @@ class _Request(Claim):
         self.generated: list[int] = []
         self.text = StopText(spec.stop)
         self.follow: tuple[_Request, int] | None = None
+        # leading tokens whose KV was computed as prompt tokens are (what others may reuse)
+        self.exact = 0
+        self.decoded_from = len(spec.tokens) if spec.decoded_from is None else spec.decoded_from
 
 class _Job:
     def __init__(self, fn: Callable[[], Any]) -> None:
@@ -96,16 +120,21 @@ class BatchEngine:
     """The engine thread and its slots; :meth:`attach` gives it a model to batch on."""
 
     def __init__(self, name: str, n_slots: int, queue_timeout: float, chunk: int = 64,
-                 n_batch: int = 512) -> None:
+                 n_batch: int = 512, invariant: bool = True, decode_rows: int = DECODE_ROWS,
+                 prefill_rows: int = PREFILL_ROWS) -> None:
         self.n_slots = n_slots
         self.queue_timeout = queue_timeout
-        self.chunk = chunk
+        self.chunk = max(chunk, prefill_rows)
         self.n_batch = n_batch
+        self.invariant = invariant
+        self.decode_rows = decode_rows
+        self.prefill_rows = prefill_rows
         self.stats = EngineStats()
         self._inbox: queue.SimpleQueue[_Request | _Job] = queue.SimpleQueue()
         self._waiting: deque[_Request] = deque()
         self._slots: list[_Request | None] = [None] * n_slots
         self._cache: list[list[int]] = [[] for _ in range(n_slots)]
+        self._exact: list[int] = [0] * n_slots  # per free slot: its request's ``exact``
         self._llm: Any = None
         self._model: Any = None
         self._ctx: Any = None
@@ -154,20 +183,21 @@ class BatchEngine:
         import llama_cpp
         from llama_cpp import _internals
 
-        # the weights again, without the CPU's repacked layouts: their kernels take one path
-        # for fewer than four rows and another for more, which round differently, so a
-        # sequence's logits would depend on how many others share its step; the plain
-        # layouts give every row the same result in a batch of any size
-        mparams = llama_cpp.llama_model_params.from_buffer_copy(llm.model_params)
-        mparams.use_extra_bufts = False
-        self._model = _internals.LlamaModel(path_model=llm.model_path, params=mparams,
-                                            verbose=False)
+        if self.invariant:
+            # the weights again, without the CPU's repacked layouts, whose kernels split the
+            # rows classes once more (module docstring)
+            mparams = llama_cpp.llama_model_params.from_buffer_copy(llm.model_params)
+            mparams.use_extra_bufts = False
+            self._model = _internals.LlamaModel(path_model=llm.model_path, params=mparams,
+                                                verbose=False)
+        else:
+            self._model = llm._model
         params = llama_cpp.llama_context_params.from_buffer_copy(llm.context_params)
         params.n_ctx = n_ctx * self.n_slots
         params.n_seq_max = self.n_slots
-        # a KV stream per slot: a sequence's attention then never spans another's cells, so
-        # its logits do not depend on which other sequences share the cache
-        params.kv_unified = False
+        # invariant: a KV stream per slot, so a sequence's attention never spans another's
+        # cells (their place in a shared cache would change the order of its sums)
+        params.kv_unified = not self.invariant
         params.n_batch = self.n_batch
         params.n_ubatch = self.n_batch
         self._ctx = _internals.LlamaContext(model=self._model, params=params, verbose=False)
@@ -224,6 +254,7 @@ class BatchEngine:
     def _leave(self, slot: int, req: _Request) -> None:
         self._slots[slot] = None
         self._cache[slot] = req.kv_tokens
+        self._exact[slot] = req.exact if self.invariant else len(req.kv_tokens)
         for other in self._slots:  # those waiting on its prefix read it themselves
             if other is not None and other.follow is not None and other.follow[0] is req:
                 other.follow = None
@@ -245,19 +276,36 @@ class BatchEngine:
             self._place(req)
             req.out.put(("started", None))
 
+    def _reuse(self, req: _Request, lcp: int, exact: int, slot: int) -> int:
+        """How many leading tokens of ``req`` it may take from ``slot``, which holds ``lcp`` of
+        them, the first ``exact`` computed as prompt tokens are."""
+        n = min(lcp, len(req.spec.tokens) - 1)  # the last token is decoded for its logits
+        if self.invariant:
+            d = req.decoded_from
+            n = min(n, exact, d)
+            if n < d and d - n < self.prefill_rows:  # what is left is read in one class
+                n = max(0, d - self.prefill_rows)
+        return self._reusable(slot, n)
+
     def _place(self, req: _Request) -> None:
         """Put ``req`` in the free slot whose cached tokens share the longest prefix with its
-        prompt, or copy a longer prefix a live sequence holds, or wait for one it reads."""
+        prompt (invariant: the lowest free slot, unless one saves a long prefix), or copy a
+        longer prefix a live sequence holds, or wait for one it reads."""
         import llama_cpp
 
         prompt = req.spec.tokens
-        limit = len(prompt) - 1  # the last prompt token is decoded for its logits
+        limit = len(prompt) - 1
         free = [i for i, s in enumerate(self._slots) if s is None]
-        slot = max(free, key=lambda i: _lcp(self._cache[i], prompt))
-        n = self._reusable(slot, min(_lcp(self._cache[slot], prompt), limit))
+        reuse = {i: self._reuse(req, _lcp(self._cache[i], prompt), self._exact[i], i)
+                 for i in free}
+        if self.invariant:
+            slot = max(free, key=lambda i: reuse[i] if reuse[i] >= FOLLOW_MIN_TOKENS else 0)
+        else:
+            slot = max(free, key=lambda i: reuse[i])
+        n = reuse[slot]
         live = [r for r in self._slots if r is not None]
         src = max(live, key=lambda r: _lcp(r.kv_tokens, prompt), default=None)
-        src_n = (self._reusable(src.slot, min(_lcp(src.kv_tokens, prompt), limit))
+        src_n = (self._reuse(req, _lcp(src.kv_tokens, prompt), src.exact, src.slot)
                  if src is not None else 0)
         if src is not None and src_n > n:
             self._copy(src.slot, slot, src_n)
@@ -267,6 +315,7 @@ class BatchEngine:
         req.slot = slot
         req.kv_tokens = list(prompt[:n])
         req.pending = list(prompt[n:])
+        req.exact = n
         self.stats.prompt_tokens_reused += n
         readers = [r for r in live if r.prefilling and r.follow is None]
         lead = max(readers, key=lambda r: _lcp(r.spec.tokens, prompt), default=None)
@@ -277,8 +326,8 @@ class BatchEngine:
         self._slots[slot] = req
 
     def _copy(self, src: int, dst: int, n: int) -> None:
-        """The first ``n`` tokens of slot ``src`` into slot ``dst``: slots are separate
-        streams, which llama.cpp copies whole, so the copy is cut back to ``n`` after."""
+        """The first ``n`` tokens of slot ``src`` into slot ``dst`` (separate streams are
+        copied whole by llama.cpp, so the copy is cut back to ``n`` after)."""
         import llama_cpp
 
         llama_cpp.llama_memory_seq_rm(self._mem, dst, 0, -1)
@@ -293,40 +342,67 @@ class BatchEngine:
             if len(lead.kv_tokens) < n:
                 continue
             req.follow = None
-            if not self._reusable(lead.slot, n):
+            n = self._reuse(req, n, lead.exact, lead.slot)
+            if n <= len(req.kv_tokens):
                 continue
             self._copy(lead.slot, req.slot, n)
             self.stats.prompt_tokens_reused += n - len(req.kv_tokens)
             req.kv_tokens = list(req.spec.tokens[:n])
             req.pending = list(req.spec.tokens[n:])
+            req.exact = n
 
-    def _plan(self) -> list[tuple[_Request, int, bool]]:
-        """This step's batch: (sequence, tokens it decodes, whether its logits are needed)."""
+    def _plan(self) -> list[list[tuple[_Request, int, bool]]]:
+        """This step's decodes, each a list of (sequence, tokens it decodes, whether its logits
+        are needed): one decode for all, or (invariant) the generated tokens in calls of at
+        most ``decode_rows`` rows and each prompt chunk in a call of its own."""
         live = [r for r in self._slots if r is not None]
-        plan = [(r, 1, True) for r in live if not r.prefilling]
-        budget = self.n_batch - len(plan)
-        cap = self.chunk if plan else budget
+        # invariant: what an earlier run generated is decoded again a token a step, as then
+        replaying = {r.slot for r in live if self.invariant and r.prefilling
+                     and r.follow is None and len(r.kv_tokens) >= r.decoded_from}
+        decoding = [(r, 1, not r.prefilling or len(r.pending) == 1) for r in live
+                    if not r.prefilling or r.slot in replaying]
+        reading: list[tuple[_Request, int, bool]] = []
+        budget = self.n_batch - (0 if self.invariant else len(decoding)) - self.prefill_rows
+        cap = self.chunk if decoding else budget
         for r in live:
-            if not r.prefilling or r.follow is not None:
+            if not r.prefilling or r.follow is not None or r.slot in replaying:
                 continue
-            take = min(len(r.pending), cap, budget)
+            take = self._chunk(r, min(cap, budget))
             if take <= 0:
                 break
-            plan.append((r, take, take == len(r.pending)))
+            reading.append((r, take, take == len(r.pending)))
             cap -= take
             budget -= take
-        return plan
+        if not self.invariant:
+            return [decoding + reading] if decoding or reading else []
+        rows = self.decode_rows
+        calls = [decoding[i:i + rows] for i in range(0, len(decoding), rows)]
+        return calls + [[entry] for entry in reading]
+
+    def _chunk(self, req: _Request, cap: int) -> int:
+        """Tokens of ``req``'s prompt to read in this step, at most ``cap`` (invariant: never
+        leaving a call of fewer than ``prefill_rows`` rows for later)."""
+        n = min(len(req.pending), cap)
+        if not self.invariant:
+            return n
+        left = req.decoded_from - len(req.kv_tokens)
+        if n < min(left, self.prefill_rows):
+            return 0
+        return left if left - n < self.prefill_rows else n
 
     def _step(self) -> None:
+        self._resolve_follows()
+        self.stats.last_batch_tokens = self.stats.last_batch_seqs = 0
+        for call in self._plan():
+            if not self._decode(call):
+                return
+
+    def _decode(self, call: list[tuple[_Request, int, bool]]) -> bool:
         import llama_cpp
 
-        self._resolve_follows()
-        plan = self._plan()
-        if not plan:
-            return
         b = self._batch
         i = 0
-        for req, take, want in plan:
+        for req, take, want in call:
             pos = len(req.kv_tokens)
             for k in range(take):
                 b.token[i] = req.pending[k]
@@ -337,21 +413,25 @@ class BatchEngine:
                 i += 1
         b.n_tokens = i
         self.stats.steps += 1
-        self.stats.last_batch_tokens = i
-        self.stats.last_batch_seqs = len(plan)
+        self.stats.last_batch_tokens += i
+        self.stats.last_batch_seqs += len(call)
         rc = int(llama_cpp.llama_decode(self._ctx.ctx, b))
         if rc != 0:
-            self._fail(plan, EngineFault(f"llama_decode returned {rc}"))
-            return
+            self._fail(call, EngineFault(f"llama_decode returned {rc}"))
+            return False
         i = 0
-        for req, take, want in plan:
+        for req, take, want in call:
+            pos = len(req.kv_tokens)
             req.kv_tokens.extend(req.pending[:take])
             if req.prefilling:
                 self.stats.prompt_tokens_computed += take
+                if req.exact == pos and pos < req.decoded_from and take >= self.prefill_rows:
+                    req.exact = min(len(req.kv_tokens), req.decoded_from)
             del req.pending[:take]
             i += take
             if want:
                 self._advance(req, int(req.sampler.sample(self._ctx, i - 1)))
+        return True
 
     def _fail(self, plan: list[tuple[_Request, int, bool]], exc: Exception) -> None:
         import llama_cpp
@@ -360,6 +440,7 @@ class BatchEngine:
         for req, _, _ in plan:
             llama_cpp.llama_memory_seq_rm(self._mem, req.slot, 0, -1)
             req.kv_tokens = []
+            req.exact = 0
             req.out.put(("error", exc))
             self._leave(req.slot, req)
 
@@ -412,17 +493,21 @@ class BatchEngine:
                 raise EngineFault("llama.cpp returned more state than it announced")
             held = [r.kv_tokens if r is not None else self._cache[i]
                     for i, r in enumerate(self._slots)]
+            exact = [r.exact if r is not None else self._exact[i]
+                     for i, r in enumerate(self._slots)]
             return {
                 "llama_state": ctypes.string_at(buf, n_bytes),
                 "input_ids": b"",
                 "last_logits": b"",
                 "slot_tokens": json.dumps(held).encode(),
+                "slot_exact": json.dumps(exact).encode(),
             }
 
         blobs: dict[str, bytes] = self.call(grab)
         return blobs
 
-    def load_state(self, raw: bytes, slot_tokens: list[list[int]]) -> None:
+    def load_state(self, raw: bytes, slot_tokens: list[list[int]],
+                   slot_exact: list[int] | None = None) -> None:
         """Put back a state of :meth:`save_state` while no sequence is live: the slots then
         hold their prefixes again, for the next requests to reuse."""
 
@@ -435,5 +520,10 @@ class BatchEngine:
             if llama_cpp.llama_state_set_data(self._ctx.ctx, buf, len(raw)) != len(raw):
                 raise EngineFault("llama.cpp refused the engine state")
             self._cache = [list(map(int, t)) for t in slot_tokens]
+            # a snapshot of an older engine says nothing of how its prefixes were computed
+            self._exact = ([min(int(e), len(t)) for e, t in zip(slot_exact, self._cache,
+                                                                  strict=True)]
+                           if slot_exact is not None and len(slot_exact) == self.n_slots
+                           else [0] * self.n_slots)
 
         self.call(put_back)

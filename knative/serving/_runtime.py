@@ -265,7 +265,7 @@ def build_backends(
         settings.model, model_id=settings.model_id or None, n_ctx=settings.n_ctx,
         n_threads=settings.n_threads or None, n_gpu_layers=settings.n_gpu_layers,
         queue_timeout=settings.queue_timeout, chat_format=settings.chat_format,
-        slots=settings.slots,
+        slots=settings.slots, batch_invariant=settings.batch_invariant,
     ) if settings.model else None
     emb = SentenceTransformerBackend(
         settings.embedding_model, cuda=settings.cuda, queue_timeout=settings.queue_timeout,

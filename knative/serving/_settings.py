@@ -41,6 +41,9 @@ class ServeSettings:
     max_n: int = 8
     # sequences the engine decodes together (continuous batching); 1: one request at a time
     slots: int = DEFAULT_SLOTS
+    # batched tokens come out as they would alone (knative.serving._engine); off: faster at
+    # high concurrency, but a request's output then depends on what it shares steps with
+    batch_invariant: bool = True
     # admission: requests admitted at once (running plus waiting for the engine)
     queue_capacity: int = 8
     queue_timeout: float = 60.0

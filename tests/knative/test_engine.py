@@ -121,3 +121,74 @@ def test_a_grammar_constrained_and_a_free_sequence_share_a_batch(batched):
     assert results["g"].strip() in ("yes.", "no.")
     assert results["f"]
     assert results["f"] not in ("yes.", "no.")
+
+
+@pytest.fixture(scope="module")
+def full() -> LlamaCppBackend:
+    backend = LlamaCppBackend(n_ctx=256, n_threads=2, queue_timeout=60, slots=8)
+    backend.load()
+    return backend
+
+
+def _together(backend: LlamaCppBackend, prompts: list[str], params: SamplingParams) -> list[str]:
+    out: dict[int, str] = {}
+    threads = [threading.Thread(target=lambda i=i: out.__setitem__(
+        i, backend.complete(prompts[i], params).text)) for i in range(len(prompts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return [out[i] for i in range(len(prompts))]
+
+
+def test_greedy_text_is_the_same_alone_and_in_a_full_batch(full):
+    # eight at once span two calls of four rows; alone, each step is one row
+    prompts = [f"{p} (part {i})" for i, p in enumerate(PROMPTS * 2)]
+    params = replace(GREEDY, max_tokens=20)
+    alone = [full.complete(p, params).text for p in prompts]
+    assert _together(full, prompts, params) == alone
+    assert _together(full, prompts[:3], params) == alone[:3]
+
+
+def test_a_reused_prefix_gives_the_text_of_a_fresh_read(full, batched):
+    system = "You answer every question about the weather in one careful sentence. " * 3
+    params = replace(GREEDY, max_tokens=12)
+    full.complete(system + "What is rain?", params)
+    before = full.engine_stats()["prompt_tokens_reused"]
+    reused = full.complete(system + "What is hail made of?", params).text
+    assert full.engine_stats()["prompt_tokens_reused"] - before >= 32
+    assert batched.complete(system + "What is hail made of?", params).text == reused
+
+
+def test_a_resumed_stream_goes_on_as_the_uninterrupted_one(full):
+    params = replace(GREEDY, max_tokens=24)
+    whole = list(full.stream_tokens(PROMPTS[2], params))
+    ids = [t for d in whole for t in d.tokens]
+    text = "".join(d.text for d in whole)
+    assert len(ids) == 24
+    cuts = [(sum(len(d.tokens) for d in whole[:j]), sum(len(d.text) for d in whole[:j]))
+            for j in (1, 6, 13)]
+    for k, sent in cuts:
+        rest = list(full.stream_tokens(PROMPTS[2], params, resumed=tuple(ids[:k]),
+                                       sent_chars=sent))
+        assert ids[:k] + [t for d in rest for t in d.tokens] == ids
+        assert text[:sent] + "".join(d.text for d in rest) == text
+        assert rest[-1].finish_reason == "length"
+
+
+def test_without_invariance_every_step_is_one_decode():
+    backend = LlamaCppBackend(n_ctx=256, n_threads=2, queue_timeout=30, slots=4,
+                              batch_invariant=False)
+    backend.load()
+    params = replace(GREEDY, max_tokens=8)
+    texts = _together(backend, PROMPTS, params)
+    assert all(texts)
+    assert backend.engine_stats()["last_batch_seqs"] >= 1
+    assert backend.complete(PROMPTS[0], params).text == backend.complete(PROMPTS[0], params).text
+
+
+def test_batch_invariance_setting_reads_the_environment():
+    assert ServeSettings.from_env({}).batch_invariant is True
+    assert ServeSettings.from_env({"SUREFOOT_BATCH_INVARIANT": "off"}).batch_invariant is False
+    with pytest.raises(ValueError, match="SUREFOOT_BATCH_INVARIANT"):
+        ServeSettings.from_env({"SUREFOOT_BATCH_INVARIANT": "maybe"})
