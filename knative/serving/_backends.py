@@ -248,9 +248,11 @@ class LlamaCppBackend:
         prompt, completion = last.usage or (0, 0)
         return Generation("".join(texts), last.finish_reason or "stop", prompt, completion)
 
-    def _chat_spec(self, messages: tuple[ChatMessage, ...], params: SamplingParams) -> SeqSpec:
-        try:
-            spec = chat_spec(self.llm, self._messages(messages), self._kwargs(params))
+    def _chat_spec(self, messages: tuple[ChatMessage, ...], params: SamplingParams,
+                   template: dict[str, Any] | None = None) -> SeqSpec:
+        try:  # template: what else the chat template is given (tools)
+            spec = chat_spec(self.llm, self._messages(messages),
+                             {**self._kwargs(params), **(template or {})})
         except ValueError as exc:
             raise BackendError(str(exc)) from exc
         if len(spec.tokens) >= self._n_ctx:
@@ -318,8 +320,8 @@ class LlamaCppBackend:
         return self._engine.stream(run)
 
     @staticmethod
-    def _messages(messages: tuple[ChatMessage, ...]) -> list[dict[str, str]]:
-        return [{"role": m.role, "content": m.content} for m in messages]
+    def _messages(messages: tuple[ChatMessage, ...]) -> list[dict[str, Any]]:
+        return [m.as_template() for m in messages]
 
     def _chat_call(self, messages: tuple[ChatMessage, ...], params: SamplingParams,
                    stream: bool) -> Any:
@@ -392,7 +394,7 @@ class LlamaCppBackend:
         return cn.deltas(cont, cn.recorded(signals, ids))
 
     def spec(self, request: Prompt | tuple[ChatMessage, ...], params: SamplingParams,
-             grammar: Any = None) -> SeqSpec:
+             grammar: Any = None, template: dict[str, Any] | None = None) -> SeqSpec:
         """The engine request of a prompt (text or ids) or a conversation, checked to fit."""
         from dataclasses import replace
 
@@ -401,7 +403,7 @@ class LlamaCppBackend:
             self._check_fits(prompt, params)
             spec = completion_spec(self.llm, prompt, self._kwargs(params))
         else:
-            spec = self._chat_spec(tuple(request), params)  # type: ignore[arg-type]
+            spec = self._chat_spec(tuple(request), params, template)  # type: ignore[arg-type]
         return replace(spec, grammar=grammar) if grammar is not None else spec
 
     def decode(self, ids: tuple[int, ...]) -> str:

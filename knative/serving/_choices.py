@@ -5,8 +5,11 @@ generation, with the request's seed moved by its index so seeded choices differ 
 A choice that asks nothing more than text runs on the backend's plain path, untouched; one that
 asks for logprobs, a ``response_format`` or tools runs token by token
 (:meth:`knative.serving.LlamaCppBackend.token_stream`) with the grammar those impose, and its
-answer is shaped here: logprobs in the endpoint's format, tool calls parsed out of the text.
-The prompt is counted once in the usage however many choices it has.
+answer is shaped here: logprobs in the endpoint's format, tool calls parsed out of the text
+(streamed, call by call as they grow). A conversation reaches the model through its chat
+template with its tools and tool turns when that template renders tools, else as text turns
+with the tools described in a system turn. The prompt is counted once in the usage however
+many choices it has.
 """
 
 from __future__ import annotations
@@ -30,8 +33,8 @@ Item = tuple[Any, oa.SamplingParams, int]  # (prompt or messages, sampling, choi
 class TokenBackend(Protocol):
     """What the token-by-token path needs of a generation backend."""
 
-    def spec(self, request: Any, params: oa.SamplingParams,
-             grammar: Any = None) -> SeqSpec: ...
+    def spec(self, request: Any, params: oa.SamplingParams, grammar: Any = None,
+             template: dict[str, Any] | None = None) -> SeqSpec: ...
 
     def token_stream(self, spec: SeqSpec, top: int | None) -> Iterator[Delta]: ...
 
@@ -141,18 +144,44 @@ class Choices:
     def chat_items(self, req: oa.ChatRequest) -> tuple[Item, ...]:
         return _items((req.messages,), req.params, req.n)
 
-    def chat(self, req: oa.ChatRequest, item: Item) -> Iterator[Delta]:
-        messages, params, j = item
-        if req.plain:
-            return _later(self.backend.stream_chat(messages, params), j)
+    def renders_tools(self, req: oa.ChatRequest) -> bool:
+        """Whether the model's chat template renders this request's tools and tool turns."""
+        return ((req.tools.active or req.tool_turns)
+                and tl.renders_tools(getattr(self.backend, "llm", None)))
+
+    def chat_spec(self, req: oa.ChatRequest, item: Item) -> SeqSpec:
+        """The engine request of a chat choice run token by token: the conversation through
+        the chat template with its tools when the template renders them, else as text turns
+        told of the tools (or of the format) in a system turn."""
+        messages, params, _ = item
+        grammar = tl.grammar(req.constraint, req.tools)
+        if self.renders_tools(req):
+            turns = tl.with_instructions(req.turns, tl.constraint_text(req.constraint))
+            return self.tokens.spec(turns, params, grammar, tl.template_kwargs(req.tools))
         note = tl.tools_text(req.tools) if req.tools.active else tl.constraint_text(
             req.constraint)
-        grammar = tl.grammar(req.constraint, req.tools)
-        spec = self.tokens.spec(tl.with_instructions(messages, note), params, grammar)
-        deltas = self.tokens.token_stream(spec, req.logprobs)
+        turns = tl.with_instructions(messages, note)
+        llm = getattr(self.backend, "llm", None)
+        if note and llm is not None and not tl.keeps_system(llm):
+            turns = tl.folded_system(turns)
+        return self.tokens.spec(turns, params, grammar)
+
+    def _chat_tokens(self, req: oa.ChatRequest, item: Item) -> Iterator[Delta]:
+        deltas = self.tokens.token_stream(self.chat_spec(req, item), req.logprobs)
+        return _later(deltas, item[2])
+
+    def _plain(self, req: oa.ChatRequest) -> bool:
+        return req.plain and not self.renders_tools(req)
+
+    def chat(self, req: oa.ChatRequest, item: Item) -> Iterator[Delta]:
+        """A streamed chat choice; a tools answer's calls come as they grow."""
+        messages, params, j = item
+        if self._plain(req):
+            return _later(self.backend.stream_chat(messages, params), j)
+        deltas = self._chat_tokens(req, item)
         if req.tools.active:
-            deltas = _tool_answer(deltas, req.tools)
-        return _later(deltas, j)
+            deltas = tl.streamed_calls(deltas, req.tools, req.tools.choice != "auto")
+        return deltas
 
     @staticmethod
     def chat_formatter(req: oa.ChatRequest) -> Formatter | None:
@@ -164,13 +193,16 @@ class Choices:
                    index: int) -> tuple[dict[str, Any], tuple[int, int]]:
         messages, params, j = item
         message: dict[str, Any] = {"role": "assistant", "content": None, "refusal": None}
-        if req.plain:
+        if self._plain(req):
             out = self.backend.chat(messages, params)
             message["content"] = out.text
             choice = {"index": index, "finish_reason": out.finish_reason, "logprobs": None,
                       "message": message}
             return choice, (0 if j else out.prompt_tokens, out.completion_tokens)
-        text, last, entries, calls = _joined(self.chat(req, item))
+        deltas = self._chat_tokens(req, item)
+        if req.tools.active:
+            deltas = _tool_answer(deltas, req.tools)
+        text, last, entries, calls = _joined(deltas)
         if calls:
             message["tool_calls"] = list(calls)
         else:

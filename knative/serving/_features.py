@@ -221,14 +221,27 @@ def refused_chat(c: _Collector) -> None:
         c.add("store", "completions are not stored here: store must be false")
 
 
-def tool_call_text(calls: list[dict[str, Any]]) -> str:
-    """An assistant turn's tool calls as the text the model is asked to write for them."""
+def template_calls(calls: list[dict[str, Any]]) -> tuple[dict[str, Any], ...]:
+    """An assistant turn's tool calls as chat templates read them: each ``{id, type,
+    function: {name, arguments}}`` with the arguments as an object (the JSON text parsed;
+    kept as text when it does not parse)."""
     out = []
     for call in calls:
-        fn = call.get("function") or {}
+        got = call.get("function")
+        fn: dict[str, Any] = got if isinstance(got, dict) else {}
+        raw = fn.get("arguments") or "{}"
         try:
-            args = json.loads(fn.get("arguments") or "{}")
+            args = json.loads(raw) if isinstance(raw, str) else raw
         except ValueError:
-            args = fn.get("arguments")
-        out.append({"name": fn.get("name"), "arguments": args})
+            args = raw
+        out.append({"id": str(call.get("id") or ""), "type": "function",
+                    "function": {"name": fn.get("name"), "arguments": args}})
+    return tuple(out)
+
+
+def tool_call_text(calls: tuple[dict[str, Any], ...]) -> str:
+    """An assistant turn's tool calls (:func:`template_calls`) as the text the model is asked
+    to write for them."""
+    out = [{"name": c["function"]["name"], "arguments": c["function"]["arguments"]}
+           for c in calls]
     return json.dumps(out[0] if len(out) == 1 else out)

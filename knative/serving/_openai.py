@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from knative.serving import _features as ft
@@ -96,8 +96,25 @@ class CompletionRequest:
 
 @dataclass(frozen=True)
 class ChatMessage:
+    """One turn of a conversation; an assistant's tool calls and a tool result's call id are
+    kept for chat templates that render them (``arguments`` as objects, as templates expect)."""
+
     role: str
     content: str
+    tool_calls: tuple[dict[str, Any], ...] = ()
+    tool_call_id: str | None = None
+    name: str | None = None  # a tool result's function, when the conversation names it
+
+    def as_template(self) -> dict[str, Any]:
+        """The message as chat templates read it."""
+        out: dict[str, Any] = {"role": self.role, "content": self.content}
+        if self.tool_calls:
+            out["tool_calls"] = [dict(c) for c in self.tool_calls]
+        if self.tool_call_id is not None:
+            out["tool_call_id"] = self.tool_call_id
+        if self.name is not None:
+            out["name"] = self.name
+        return out
 
 
 @dataclass(frozen=True)
@@ -112,6 +129,14 @@ class ChatRequest:
     logprobs: int | None = None  # top_logprobs when logprobs is true; None: off
     constraint: Constraint | None = None
     tools: Tools = field(default_factory=Tools)
+    # the conversation as given (tool calls and tool results kept), for chat templates that
+    # render tools; ``messages`` is it as text turns, for those that do not
+    turns: tuple[ChatMessage, ...] = ()
+
+    @property
+    def tool_turns(self) -> bool:
+        """Whether the conversation has tool calls or tool results in it."""
+        return any(m.tool_calls or m.role == "tool" for m in self.turns)
 
     @property
     def plain(self) -> bool:
@@ -331,7 +356,8 @@ def _message(c: _Collector, i: int, m: Any) -> ChatMessage | None:
         if not isinstance(calls, list) or not all(isinstance(x, dict) for x in calls):
             c.add(f"messages[{i}].tool_calls", "must be a list of tool calls")
             return None
-        return ChatMessage("assistant", ft.tool_call_text(calls))
+        text = "" if m.get("content") is None else _message_content(c, i, m["content"])
+        return ChatMessage("assistant", text, ft.template_calls(calls))
     if m.get("content") is None:
         c.add(f"messages[{i}].content", "is required")
         return None
@@ -340,8 +366,21 @@ def _message(c: _Collector, i: int, m: Any) -> ChatMessage | None:
         call_id = m.get("tool_call_id")
         if not isinstance(call_id, str):
             c.add(f"messages[{i}].tool_call_id", "is required for a tool message")
-        return ChatMessage("user", f"Result of the tool call {call_id}: {text}")
+        return ChatMessage("tool", text, tool_call_id=str(call_id))
     return ChatMessage("system" if role == "developer" else str(role), text)
+
+
+def _named_results(turns: list[ChatMessage]) -> tuple[ChatMessage, ...]:
+    """Tool results with the name of the function whose call they answer."""
+    names: dict[str, str] = {}
+    out = []
+    for m in turns:
+        for call in m.tool_calls:
+            names[str(call.get("id"))] = str(call["function"].get("name"))
+        if m.role == "tool" and m.tool_call_id in names:
+            m = replace(m, name=names[str(m.tool_call_id)])
+        out.append(m)
+    return tuple(out)
 
 
 def _merged(messages: list[ChatMessage]) -> tuple[ChatMessage, ...]:
@@ -354,6 +393,21 @@ def _merged(messages: list[ChatMessage]) -> tuple[ChatMessage, ...]:
         else:
             out.append(m)
     return tuple(out)
+
+
+def text_turns(turns: tuple[ChatMessage, ...]) -> tuple[ChatMessage, ...]:
+    """The conversation as plain text turns, for chat templates without tools: an assistant's
+    calls as the JSON it is asked to write for them, a tool result as a user turn."""
+    out: list[ChatMessage] = []
+    for m in turns:
+        if m.tool_calls:
+            out.append(ChatMessage("assistant", ft.tool_call_text(m.tool_calls)))
+        elif m.role == "tool":
+            out.append(ChatMessage("user", f"Result of the tool call {m.tool_call_id}: "
+                                           f"{m.content}"))
+        else:
+            out.append(m)
+    return _merged(out)
 
 
 def parse_chat(body: Any, served: list[str], limits: Limits,
@@ -383,8 +437,9 @@ def parse_chat(body: Any, served: list[str], limits: Limits,
     ft.refused_chat(c)
     if constraint is not None and tools.active:
         c.add("response_format", "cannot be combined with tools (tool_choice none allows it)")
-    req = ChatRequest(model, _merged(messages), params, stream, include_usage, resume, n,
-                      logprobs, constraint, tools)
+    turns = _named_results(messages)
+    req = ChatRequest(model, text_turns(turns), params, stream, include_usage, resume, n,
+                      logprobs, constraint, tools, turns)
     if resume is not None and (n != 1 or not req.plain):
         c.add(RESUME_FIELD, "needs n=1, no logprobs, no response_format and no tools")
     c.raise_if_any()

@@ -85,11 +85,15 @@ class _Chunks:
         self.rid = resume.id if resume else oa.new_id(kind.id_prefix)
         self.created = resume.created if resume else oa.now()
         self.fingerprint = oa.fingerprint(model)
+        self.null_usage = False  # chat chunks before the usage chunk say ``usage: null``
 
     def envelope(self, choices: list[dict[str, Any]]) -> dict[str, Any]:
-        return {"id": self.rid, "object": self.kind.obj, "created": self.created,
-                "model": self.model, "system_fingerprint": self.fingerprint,
-                "choices": choices}
+        out = {"id": self.rid, "object": self.kind.obj, "created": self.created,
+               "model": self.model, "system_fingerprint": self.fingerprint,
+               "choices": choices}
+        if self.null_usage:
+            out["usage"] = None
+        return out
 
     def choice(self, index: int, text: str | None, finish: str | None, role: bool = False,
                logprobs: Any = None, tool_calls: Any = None) -> dict[str, Any]:
@@ -122,6 +126,7 @@ class _Stream:
         self.inputs = inputs
         self.run = run
         self.include_usage = include_usage
+        chunks.null_usage = include_usage and chunks.kind.chat
         self.prompt_tokens = 0
         self.completion_tokens = 0
         self.resumable = resumable
