@@ -12,8 +12,10 @@ class ProxyRequest:
     """A ``/v1/*`` request as the gateway forwards it, with its deadline and its accounting."""
 
     __slots__ = (
+        "assemble",
         "body",
         "deadline",
+        "first_event",
         "headers",
         "method",
         "path",
@@ -37,6 +39,10 @@ class ProxyRequest:
         self.rev_t0 = 0.0
         # a streamed completion or chat the gateway may continue on another replica
         self.resumable = False
+        # the replica answers with a stream (its first event bounded by a first-event timeout)
+        self.first_event = False
+        # a non-streamed request sent as an internal stream: the gateway assembles the answer
+        self.assemble = False
 
     def with_body(self, body: bytes) -> ProxyRequest:
         """The same request (headers, deadline, accounting) with another body and no permit
@@ -45,6 +51,8 @@ class ProxyRequest:
                              self.ticket)
         other.rev_t0 = self.rev_t0
         other.resumable = self.resumable
+        other.first_event = self.first_event
+        other.assemble = self.assemble
         return other
 
 

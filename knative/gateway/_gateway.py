@@ -35,16 +35,23 @@ from urllib.parse import quote
 
 from knative.breakers import BreakerRegistry, Permit
 from knative.gateway._admin import BreakerAdmin
+from knative.gateway._assemble import assemble
 from knative.gateway._exchange import Failure, Progress, ProxyRequest, Reply
 from knative.gateway._guard import BreakerGuard
 from knative.gateway._inflight import InFlight
 from knative.gateway._metrics import GatewayMetrics
 from knative.gateway._plan import Planner
-from knative.gateway._resume import INTERNAL_HEADER, Gaps, make_stream, resumable_body
+from knative.gateway._resume import Firsts, Gaps, first_event_missed, make_stream, prepare
 from knative.gateway._routing import Endpoint, Resolver, Route, RoutingTable
 from knative.gateway._settings import GatewaySettings
-from knative.gateway._stream import Stream, StreamContext, StreamSource, read_first_events
-from knative.gateway._upstream import Lease, PoolExhausted, UpstreamError, UpstreamPool
+from knative.gateway._stream import (
+    Liveness,
+    Stream,
+    StreamContext,
+    StreamSource,
+    read_first_events,
+)
+from knative.gateway._upstream import Lease, NoFirstByte, PoolExhausted, UpstreamError, UpstreamPool
 from knative.gateway._upstream import Response as UpstreamResponse
 from knative.gateway._wire import (
     BodyTooLarge,
@@ -85,9 +92,11 @@ class Gateway:
         self._rng = rng or random.Random()
         self._sleep = sleep
         self._plan = Planner(self.guard, self.inflight, self._rng)
+        live = Liveness()
         self._streams = StreamContext(settings, self.metrics, self.inflight, self.guard,
-                                      self.pool)
+                                      self.pool, live)
         self._gaps = Gaps()
+        self._firsts = Firsts(live)
 
     @property
     def active(self) -> int:
@@ -124,9 +133,11 @@ class Gateway:
         except BaseException:
             self.inflight.end(req.ticket)
             raise
-        if isinstance(out, Stream):
+        if isinstance(out, Stream) and not req.assemble:
             start_response("200 OK", out.headers)
             return out
+        if isinstance(out, Stream):  # a plain answer read as a stream
+            out = assemble(out, req)
         self.inflight.end(req.ticket)
         if isinstance(out, Reply):
             out.headers.append(("Content-Length", str(len(out.body))))
@@ -160,10 +171,7 @@ class Gateway:
             path = f"{path}?{qs}"
         req = ProxyRequest(method, path, body, forward_headers(environ, self.instance),
                            time.monotonic() + self.settings.deadline, self.inflight.begin())
-        token = self.settings.internal_token
-        if token and method == "POST" and resumable_body(path, body):
-            req.resumable = True
-            req.headers[INTERNAL_HEADER] = token
+        prepare(req, self.settings.internal_token)
         return req
 
     # --- retries ------------------------------------------------------------------------------
@@ -430,7 +438,9 @@ class Gateway:
             lease = self.pool.acquire(ep.host, ep.port, min(s.pool_timeout, try_deadline - t0))
         except PoolExhausted as exc:  # our bound, not the replica's fault: nothing recorded
             return Failure(503, "pool_exhausted", str(exc), retryable=True, retry_after="1")
+        ahead = self.inflight.tries(ep.url)
         self.inflight.try_started(ep.url)
+        lease.wait = self._firsts.waiter(req, ep, ahead, t0, try_deadline, s)
         # When this replica was chosen (for tracing, and to measure how fast an open breaker
         # stops routing).
         req.headers["x-surefoot-sent-at"] = f"{time.time():.6f}"
@@ -439,7 +449,13 @@ class Gateway:
         try:
             out, keep = self._exchange(route, ep, permits, lease, req, t0, try_deadline)
             streaming = isinstance(out, Stream)
+            if isinstance(out, Stream):
+                self._firsts.observe(ep.url, out.first_wait, ahead)
             return out
+        except NoFirstByte as exc:  # a stall before the first event: go on elsewhere
+            self.guard.record(permits, False, time.monotonic() - t0)
+            self.metrics.resumed("first_event")
+            return first_event_missed(route.revision, ep.replica, exc)
         except TimeoutError:
             self.guard.record(permits, False, time.monotonic() - t0)
             return Failure(504, "upstream_timeout",
@@ -497,7 +513,8 @@ class Gateway:
                     raise TimeoutError("per-try timeout")
                 if conn.sock is None:
                     conn.connect(min(self.settings.connect_timeout, remaining))
-                return conn.request(req.method, req.path, req.headers, req.body, remaining)
+                return conn.request(req.method, req.path, req.headers, req.body, remaining,
+                                    lease.wait)
             except TimeoutError:
                 raise
             except ConnectionError:  # reset, refused, broken pipe, closed before the status line

@@ -3,9 +3,14 @@ as in tests, do not share counters), in the exposition format of ``prometheus_cl
 
 - ``surefoot_gateway_events_total{event}``: what happened on the request path (retries,
   fallbacks, broken or stalled streams, upstream failures by kind, budget exhausted, ...);
-- ``surefoot_gateway_resume_pause_seconds``: for each resumed stream, the time from the last
-  event before the break to the first event after it (resumes by cause and resumed tokens are
-  the events ``resume_broken``, ``resume_stalled`` and ``resumed_tokens``);
+- ``surefoot_gateway_resumes_total{cause}``: generations sent to another replica, by cause:
+  ``broken`` (reset, end or error event mid-stream), ``stalled`` (no event for the stall
+  timeout) and ``first_event`` (a try with no first event within the first-event timeout; the
+  request goes on in the usual failover order); also counted as the events ``resume_<cause>``;
+- ``surefoot_gateway_resumed_tokens_total``: token ids replayed to the replica that goes on
+  (also the event ``resumed_tokens``);
+- ``surefoot_gateway_resume_pause_seconds``: for each resume of a broken or stalled
+  generation, the time from the last event before the break to the first event after it;
 - ``surefoot_gateway_active_requests``, ``surefoot_gateway_active_retries``,
   ``surefoot_gateway_waiting_requests``: read from the in-flight counts at scrape time;
 - ``surefoot_gateway_breaker_state{key,state}`` (1 per breaker in this process's view) and
@@ -29,6 +34,7 @@ from knative.breakers import BreakerRegistry
 from knative.gateway._inflight import InFlight
 
 _EVENTS = "surefoot_gateway_events"
+CAUSES = ("broken", "stalled", "first_event")
 
 
 class _LiveCollector:
@@ -88,10 +94,30 @@ class GatewayMetrics:
             "surefoot_gateway_resume_pause_seconds",
             "Last event before a stream broke to the first event after its resume",
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 1.5, 2, 3, 5, 10, 30), registry=self.registry)
+        self._resumes = Counter("surefoot_gateway_resumes", "Generations sent to another "
+                                "replica mid-way or before their first event, by cause",
+                                ["cause"], registry=self.registry)
+        for cause in CAUSES:
+            self._resumes.labels(cause=cause)
+        self._resumed_tokens = Counter("surefoot_gateway_resumed_tokens",
+                                       "Token ids replayed to the replica that goes on",
+                                       registry=self.registry)
         self.registry.register(_LiveCollector(inflight, breakers))
 
     def observe_resume_pause(self, seconds: float) -> None:
         self._pause.observe(seconds)
+
+    def resumed(self, cause: str, tokens: int = 0) -> None:
+        """One generation sent to another replica for ``cause``, replaying ``tokens`` ids."""
+        self._resumes.labels(cause=cause).inc()
+        self.inc(f"resume_{cause}")
+        if tokens:
+            self._resumed_tokens.inc(tokens)
+            self.inc("resumed_tokens", tokens)
+
+    def resumes(self, cause: str) -> int:
+        v = self.registry.get_sample_value("surefoot_gateway_resumes_total", {"cause": cause})
+        return int(v or 0)
 
     def inc(self, event: str, n: int = 1) -> None:
         self._events.labels(event=event).inc(n)

@@ -12,6 +12,13 @@ as the rest of the one stream: the replica keeps the stream's id and creation ti
 second role chunk, and counts the resumed tokens in its usage. The broken replica's breakers
 record a failure. Past the limits (resumes per request, the deadline) the stream ends with the
 SSE error event as before.
+
+A replica can also freeze or die before its first event. A try that gets no first byte within
+the first-event timeout (:class:`Firsts`: a multiple of the replica's usual time to its first
+event, within a floor and a ceiling, counted from its last event to anyone) fails like a stall,
+and the request goes to another replica before anything reached the client. A non-streamed
+single generation is asked for as an internal stream (:func:`prepare`), so it is resumed the
+same way; its answer is assembled by :mod:`knative.gateway._assemble`.
 """
 
 from __future__ import annotations
@@ -22,32 +29,36 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from knative.gateway._exchange import ProxyRequest
+from knative.gateway._exchange import Failure, ProxyRequest
+from knative.gateway._routing import Endpoint
 from knative.gateway._settings import GatewaySettings
-from knative.gateway._stream import Stream, StreamContext, StreamSource
-from knative.gateway._upstream import UpstreamError
+from knative.gateway._stream import Liveness, Stream, StreamContext, StreamSource
+from knative.gateway._upstream import HeadWait, NoFirstByte, UpstreamError, answers
 
 INTERNAL_HEADER = "x-surefoot-internal"
 RESUME_FIELD = "surefoot_resume"
 _MARK = b',"' + RESUME_FIELD.encode() + b'":'
 _PATHS = ("/v1/completions", "/v1/chat/completions")
 
+# (host, port, seconds) -> whether the replica answers at all
+Probe = Callable[[str, int, float], bool]
 # (request, its resumed body, replicas already tried, revision of the broken one) -> a stream
 Reopen = Callable[[ProxyRequest, bytes, set[str], str], "Stream | None"]
 
 
-def resumable_body(path: str, body: bytes) -> bool:
-    """Whether a request is a single streamed completion or chat the gateway can resume."""
-    if path not in _PATHS or b'"stream"' not in body:
-        return False
+def _document(body: bytes) -> dict[str, Any] | None:
     try:
         doc = json.loads(body)
     except ValueError:
-        return False
-    if not isinstance(doc, dict) or doc.get("stream") is not True or RESUME_FIELD in doc:
-        return False
-    if doc.get("n") not in (None, 1) or doc.get("logprobs") not in (None, False):
-        return False  # several choices, or logprobs: the replica streams them whole
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _single(path: str, doc: dict[str, Any]) -> bool:
+    """One choice the replica can report token by token: no logprobs, grammar or tools."""
+    if RESUME_FIELD in doc or doc.get("n") not in (None, 1) or doc.get("logprobs") not in (
+            None, False):
+        return False  # several choices, or logprobs: the replica generates them whole
     if path == "/v1/completions":
         p = doc.get("prompt")
         return (isinstance(p, str) or (isinstance(p, list) and len(p) == 1
@@ -56,6 +67,115 @@ def resumable_body(path: str, body: bytes) -> bool:
     constrained = isinstance(fmt, dict) and fmt.get("type") not in (None, "text")
     tools = bool(doc.get("tools")) and doc.get("tool_choice") != "none"
     return not (constrained or tools or doc.get("top_logprobs"))
+
+
+def resumable_body(path: str, body: bytes) -> bool:
+    """Whether a request is a single streamed completion or chat the gateway can resume."""
+    if path not in _PATHS or b'"stream"' not in body:
+        return False
+    doc = _document(body)
+    return doc is not None and doc.get("stream") is True and _single(path, doc)
+
+
+def prepare(req: ProxyRequest, token: str | None) -> None:
+    """Mark what the gateway does with ``req``: a stream's first event is awaited within the
+    first-event timeout; with ``token`` (the replicas' internal token) a single generation is
+    resumable, and a non-streamed one is asked for as an internal stream (its body rewritten)
+    whose answer the gateway assembles (:mod:`knative.gateway._assemble`)."""
+    if req.method != "POST" or req.path not in _PATHS or (
+            not token and b'"stream"' not in req.body):
+        return
+    doc = _document(req.body)
+    if doc is None:
+        return
+    stream = doc.get("stream")
+    req.first_event = stream is True
+    if not token or not _single(req.path, doc):
+        return
+    if stream is not True:
+        if stream not in (None, False) or "stream_options" in doc:
+            return  # the replica says what is wrong with it
+        doc["stream"] = True
+        doc["stream_options"] = {"include_usage": True}
+        req.body = json.dumps(doc, separators=(",", ":")).encode()
+        req.assemble = req.first_event = True
+    req.resumable = True
+    req.headers[INTERNAL_HEADER] = token
+
+
+class Firsts:
+    """Each replica's usual time from a try's start to its first event, the base of its
+    first-event timeout. Kept per try in progress on the replica when the try began (a replica
+    that runs its requests one after another starts the k-th after the k before it), so a
+    busy replica is given longer; a replica not seen yet gets the average over all. The
+    timeout counts from the try's start or the replica's last event on any other try,
+    whichever is later: a replica that streams to others while this try waits in its queue is
+    alive, a frozen one sends nothing to anyone. When it runs out the replica is asked, on a
+    connection of its own, whether it answers at all (``probe``, within the timeout's floor):
+    one that does is busy (a long prefill, a queue), not frozen, and the try waits on."""
+
+    ALPHA = 0.2
+
+    def __init__(self, live: Liveness | None = None,
+                 clock: Callable[[], float] = time.monotonic, probe: Probe = answers) -> None:
+        self._live = live or Liveness()
+        self._clock = clock
+        self._probe = probe
+        self._per: dict[str, float] = {}
+        self._all: float | None = None
+        self._lock = threading.Lock()
+
+    def observe(self, url: str, seconds: float, ahead: int) -> None:
+        per = seconds / (1 + max(0, ahead))
+        a = self.ALPHA
+        with self._lock:
+            old = self._per.get(url)
+            self._per[url] = per if old is None else old + a * (per - old)
+            self._all = per if self._all is None else self._all + a * (per - self._all)
+
+    def timeout(self, url: str, ahead: int, s: GatewaySettings) -> float:
+        usual = self._per.get(url, self._all)
+        if usual is None:
+            return s.first_event_timeout_max
+        wait = s.first_event_factor * usual * (1 + max(0, ahead))
+        return min(s.first_event_timeout_max, max(s.first_event_timeout_min, wait))
+
+    def waiter(self, req: ProxyRequest, ep: Endpoint, ahead: int, t0: float,
+               try_deadline: float, s: GatewaySettings) -> HeadWait | None:
+        """How a try of ``req`` begun at ``t0`` waits for its first byte (a replica sends its
+        stream's head with the first event); None for an answer read whole (the try timeout
+        bounds it)."""
+        if not req.first_event:
+            return None
+        url = ep.url
+        timeout = self.timeout(url, ahead, s)
+        live, clock, probe = self._live, self._clock, self._probe
+
+        def wait(readable: Callable[[float], bool]) -> None:
+            answered = t0
+            while True:
+                now = clock()
+                if now >= try_deadline:
+                    raise TimeoutError("per-try timeout before the first byte")
+                give_up = max(answered, live.last(url)) + timeout
+                if now >= give_up:
+                    if not probe(ep.host, ep.port, min(s.first_event_timeout_min,
+                                                       try_deadline - now)):
+                        raise NoFirstByte(f"no first byte within {timeout:.2f} s, and no "
+                                          "answer to a health check")
+                    answered = clock()  # alive, only busy: wait on
+                    continue
+                if readable(min(give_up, try_deadline) - now):
+                    return
+
+        return wait
+
+
+def first_event_missed(revision: str, replica: str, exc: Exception) -> Failure:
+    """The failure of a try that sent no first event in time: nothing went to the client, so
+    the request goes on to another replica."""
+    return Failure(504, "first_event_timeout", f"{revision} replica {replica}: {exc}",
+                   retryable=True)
 
 
 class Gaps:
@@ -231,8 +351,7 @@ class ResumableStream(Stream):
             return self._fail(f"stream_{cause}", status, kind, message + "; no replica could "
                               "continue it"), True
         self._resumes += 1
-        ctx.metrics.inc(f"resume_{cause}")
-        ctx.metrics.inc("resumed_tokens", len(track.ids))
+        ctx.metrics.resumed(cause, len(track.ids))
         src, first, tail = new.handoff()
         self.adopt(src, tail)
         self._tried.add(src.url)

@@ -13,12 +13,18 @@ from envreader import env_values
 ENV_PREFIX = "SUREFOOT_GATEWAY_"
 
 _SECONDS = ("try_timeout", "connect_timeout", "deadline", "stream_idle_timeout", "pool_timeout",
-            "stall_timeout_min", "stall_timeout_max", "queue_timeout")
+            "stall_timeout_min", "stall_timeout_max", "queue_timeout",
+            "first_event_timeout_min", "first_event_timeout_max")
 _BACKOFF = ("backoff_base", "backoff_max")
 
 
 class GatewaySettingsError(ValueError):
-    """Gateway settings out of range; the message names every bad field."""
+    """Gateway settings out of range; the message names every bad field (and, for a value
+    read from the environment, its variable)."""
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__("; ".join(errors))
+        self.errors = errors
 
 
 def _is_number(v: object) -> bool:
@@ -42,6 +48,12 @@ class GatewaySettings:
     chats are resumable: a stream that breaks, or sends nothing for ``stall_gap_factor`` times
     its replica's usual gap between events (kept within ``stall_timeout_min`` ..
     ``stall_timeout_max``), continues on another replica, at most ``max_resumes`` times.
+
+    A try of a stream (and of a non-streamed completion or chat the gateway reads as a stream)
+    that sends no first event within ``first_event_factor`` times its replica's usual time to
+    the first event (kept within ``first_event_timeout_min`` .. ``first_event_timeout_max``)
+    and does not answer a health check either is a stall too: its breakers record a failure
+    and the request goes to another replica.
 
     A request that finds no ready replica to try waits for one instead of failing at once: at
     most ``queue_size`` requests wait (0: none; more are answered 503 at once), each at most
@@ -68,6 +80,9 @@ class GatewaySettings:
     stall_timeout_min: float = 1.0
     stall_timeout_max: float = 10.0
     stall_gap_factor: float = 8.0
+    first_event_timeout_min: float = 2.0
+    first_event_timeout_max: float = 10.0
+    first_event_factor: float = 4.0
     queue_size: int = 32
     queue_timeout: float = 30.0
     queue_poll: float = 0.02
@@ -75,7 +90,7 @@ class GatewaySettings:
     def __post_init__(self) -> None:
         errors = self._errors()
         if errors:
-            raise GatewaySettingsError("; ".join(errors))
+            raise GatewaySettingsError(errors)
 
     def _errors(self) -> list[str]:
         errors = []
@@ -89,12 +104,15 @@ class GatewaySettings:
                 errors.append(f"{name}: {v!r} is not within 0..60 seconds")
         if not _int_in(self.max_resumes, 0, 100):
             errors.append(f"max_resumes: {self.max_resumes!r} is not an integer in 0..100")
-        if _is_number(self.stall_timeout_min) and _is_number(self.stall_timeout_max) and (
-                self.stall_timeout_min > self.stall_timeout_max):
-            errors.append("stall_timeout_min: is above stall_timeout_max")
-        f = self.stall_gap_factor
-        if not _is_number(f) or not 1 <= f <= 1000:
-            errors.append(f"stall_gap_factor: {f!r} is not within 1..1000")
+        for lo, hi in (("stall_timeout_min", "stall_timeout_max"),
+                       ("first_event_timeout_min", "first_event_timeout_max")):
+            a, b = getattr(self, lo), getattr(self, hi)
+            if _is_number(a) and _is_number(b) and a > b:
+                errors.append(f"{lo}: {a!r} is above {hi} ({b!r})")
+        for name in ("stall_gap_factor", "first_event_factor"):
+            f = getattr(self, name)
+            if not _is_number(f) or not 1 <= f <= 1000:
+                errors.append(f"{name}: {f!r} is not within 1..1000")
         if self.internal_token is not None and (
             not isinstance(self.internal_token, str) or len(self.internal_token) < 8
         ):
@@ -131,5 +149,15 @@ class GatewaySettings:
         None; :class:`GatewaySettingsError` names every bad variable and field."""
         values, errors = env_values(cls, ENV_PREFIX, env, overrides)
         if errors:
-            raise GatewaySettingsError("; ".join(errors))
-        return replace(cls(), **values)
+            raise GatewaySettingsError(errors)
+        try:
+            return replace(cls(), **values)
+        except GatewaySettingsError as exc:
+            raise GatewaySettingsError([_named(e, env) for e in exc.errors]) from None
+
+
+def _named(error: str, env: Mapping[str, str]) -> str:
+    """``error`` (``"field: why"``) led by the variable it came from, when it came from one."""
+    field = error.split(":", 1)[0]
+    var = ENV_PREFIX + field.upper()
+    return f"{var} ({error})" if var in env else error

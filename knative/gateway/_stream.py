@@ -27,6 +27,20 @@ from knative.gateway._wire import sse_error
 MAX_EVENT = 1 << 20  # an SSE event larger than this is passed on without waiting for its end
 
 
+class Liveness:
+    """When each replica last sent a stream event, on any try: a replica busy streaming to
+    others is alive even while a try waits for its first event."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, float] = {}
+
+    def seen(self, url: str, at: float) -> None:
+        self._last[url] = at  # one store: atomic, no lock on the stream's path
+
+    def last(self, url: str) -> float:
+        return self._last.get(url, float("-inf"))
+
+
 @dataclass(frozen=True)
 class StreamContext:
     """What every stream of one gateway reports to: one per gateway."""
@@ -36,6 +50,7 @@ class StreamContext:
     inflight: InFlight
     guard: BreakerGuard
     pool: UpstreamPool
+    live: Liveness | None = None
 
 
 @dataclass(frozen=True)
@@ -130,6 +145,8 @@ class Stream:
         if cut < 0:
             cut = len(buf) - 2
         self._tail = buf[cut + 2:]
+        if self._ctx.live is not None:
+            self._ctx.live.seen(self._src.url, time.monotonic())
         return buf[: cut + 2]
 
     def _deadline_exceeded(self) -> bytes:
@@ -159,6 +176,11 @@ class Stream:
         ctx.guard.record(src.permits, ok, src.ttfb)
         ctx.pool.release(src.lease, reusable)
         ctx.inflight.try_ended(src.url)
+
+    @property
+    def first_wait(self) -> float:
+        """Seconds from the start of the try this stream reads from to its first event."""
+        return self._src.ttfb
 
     def handoff(self) -> tuple[StreamSource, bytes, bytes]:
         """This stream's try, first events and the rest read, for another stream to go on

@@ -22,6 +22,11 @@ import select
 import socket
 import threading
 import time
+from collections.abc import Callable
+
+# Waits for the response head after a request went out: called with ``readable(seconds)``
+# (whether the head's first bytes arrive within that long); raises TimeoutError to give up.
+HeadWait = Callable[[Callable[[float], bool]], None]
 
 _MAX_LINE = 65536
 _MAX_HEADERS = 200
@@ -34,6 +39,10 @@ class UpstreamError(Exception):
 
 class UpstreamClosed(UpstreamError, ConnectionError):
     """The connection closed before a status line arrived (e.g. an idle keep-alive closed)."""
+
+
+class NoFirstByte(TimeoutError):
+    """The upstream sent no byte of its answer within the wait the caller allowed."""
 
 
 class PoolExhausted(Exception):
@@ -233,8 +242,9 @@ class Connection:
         self.rfile = sock.makefile("rb", buffering=65536)  # type: ignore[assignment]
 
     def request(self, method: str, path: str, headers: dict[str, str], body: bytes,
-                timeout: float) -> Response:
-        """Send the request in one write and read the response head."""
+                timeout: float, wait: HeadWait | None = None) -> Response:
+        """Send the request in one write and read the response head (after ``wait``, when
+        given, says it is coming: it may raise :class:`NoFirstByte` first)."""
         sock = self.sock
         assert sock is not None
         sock.settimeout(timeout)
@@ -245,7 +255,20 @@ class Connection:
             lines.append(f"Content-Length: {len(body)}\r\n")
         lines.append("\r\n")
         sock.sendall("".join(lines).encode("latin-1") + body)
+        if wait is not None:
+            wait(self._readable)
         return self._read_head(method)
+
+    def _readable(self, seconds: float) -> bool:
+        """Whether the answer's first bytes arrive within ``seconds`` (nothing of it is
+        buffered yet: the previous answer on this connection was read to its end)."""
+        if self.sock is None:
+            return True
+        try:
+            readable, _, _ = select.select([self.sock], [], [], max(0.0, seconds))
+        except (OSError, ValueError):
+            return True  # the read that follows says what is wrong
+        return bool(readable)
 
     def _read_head(self, method: str) -> Response:
         """The final response's head; interim 1xx responses (100 Continue, 103 Early Hints)
@@ -307,6 +330,19 @@ class Connection:
             self.sock = None
 
 
+def answers(host: str, port: int, timeout: float, path: str = "/healthz") -> bool:
+    """Whether the server at host:port answers a ``GET path`` at all (any status) within
+    ``timeout``, on a connection of its own: a frozen process accepts connections (the
+    kernel's backlog) but answers nothing."""
+    try:
+        with socket.create_connection((host, port), timeout=max(timeout, 1e-3)) as sock:
+            sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+                         "Connection: close\r\n\r\n".encode("latin-1"))
+            return sock.recv(16).startswith(b"HTTP/")
+    except OSError:  # refused, reset, timed out
+        return False
+
+
 class _HostPool:
     __slots__ = ("host", "idle", "lock", "port", "sem")
 
@@ -321,12 +357,13 @@ class _HostPool:
 class Lease:
     """A connection taken from the pool; give it back with :meth:`UpstreamPool.release`."""
 
-    __slots__ = ("conn", "pool", "reused")
+    __slots__ = ("conn", "pool", "reused", "wait")
 
     def __init__(self, pool: _HostPool, conn: Connection, reused: bool) -> None:
         self.pool = pool
         self.conn = conn
         self.reused = reused
+        self.wait: HeadWait | None = None  # how long the answer's first byte may take
 
 
 class UpstreamPool:

@@ -102,9 +102,9 @@ def registry(redis_url: str) -> Iterator[BreakerRegistry]:
 
 class Gateway:
     def __init__(self, reps: dict[str, Replica], registry: BreakerRegistry | None,
-                 **kw: Any) -> None:
+                 primaries: tuple[str, ...] = ("r1", "r2"), **kw: Any) -> None:
         routes = (Route("primary", 100, tuple(Endpoint(reps[n].url, replica=n)
-                                              for n in ("r1", "r2"))),)
+                                              for n in primaries)),)
         table = RoutingTable(routes, Route("fallback", 0, (Endpoint(reps["r3"].url, "r3"),)))
         settings = GatewaySettings(**{"internal_token": TOKEN, "stall_timeout_min": 0.5,
                                       "stall_timeout_max": 2.0, "deadline": 120.0,

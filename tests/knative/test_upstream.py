@@ -23,9 +23,11 @@ import pytest
 
 from knative.gateway._upstream import (
     Connection,
+    NoFirstByte,
     UpstreamClosed,
     UpstreamError,
     UpstreamPool,
+    answers,
 )
 
 TIMEOUT = 5.0
@@ -161,6 +163,51 @@ def fetch(conn: Connection, method: str = "GET", body: bytes = b"") -> tuple[int
 
 def ok(body: bytes, extra: bytes = b"") -> bytes:
     return b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n%s\r\n%s" % (len(body), extra, body)
+
+
+# --- the wait for the first byte ---------------------------------------------------------------
+
+
+def test_the_wait_for_the_first_byte_sees_it_come(connect: Connect) -> None:
+    with ScriptedUpstream(Scripted(ok(b"late"))) as up:
+        conn = connect(up.port)
+        seen: list[bool] = []
+
+        def wait(readable: Callable[[float], bool]) -> None:
+            seen.append(readable(TIMEOUT))
+
+        resp = conn.request("GET", "/x", {}, b"", TIMEOUT, wait)
+        assert seen == [True]
+        assert resp.read_all(time.monotonic() + TIMEOUT) == b"late"
+
+
+def test_the_wait_for_the_first_byte_may_give_up(connect: Connect) -> None:
+    listener = socket.create_server(("127.0.0.1", 0))  # accepts (the backlog), never answers
+    try:
+        conn = connect(listener.getsockname()[1])
+        polls: list[bool] = []
+
+        def wait(readable: Callable[[float], bool]) -> None:
+            polls.append(readable(0))  # nothing there yet: no waiting in this test
+            raise NoFirstByte("nothing came")
+
+        with pytest.raises(NoFirstByte):
+            conn.request("POST", "/x", {}, b"{}", TIMEOUT, wait)
+        assert polls == [False]
+        assert isinstance(NoFirstByte("x"), TimeoutError)
+    finally:
+        listener.close()
+
+
+def test_the_health_check_of_a_waiting_try() -> None:
+    with ScriptedUpstream(Scripted(b"HTTP/1.1 503 Service Unavailable\r\n"
+                                   b"Content-Length: 0\r\n\r\n")) as up:
+        assert answers("127.0.0.1", up.port, TIMEOUT)  # any status: the process is alive
+        assert up.requests[0].startswith(b"GET /healthz HTTP/1.1\r\n")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # bound, not listening: refused at once
+        assert not answers("127.0.0.1", port, TIMEOUT)
 
 
 # --- framing ----------------------------------------------------------------------------------
