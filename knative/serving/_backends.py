@@ -319,8 +319,11 @@ class LlamaCppBackend:
 
         return self._engine.stream(run)
 
-    @staticmethod
-    def _messages(messages: tuple[ChatMessage, ...]) -> list[dict[str, Any]]:
+    def _messages(self, messages: tuple[ChatMessage, ...]) -> list[dict[str, Any]]:
+        from knative.serving import _tools as tl
+
+        if messages and messages[0].role == "system" and not tl.keeps_system(self.llm):
+            messages = tl.folded_system(messages)  # a format that would drop it
         return [m.as_template() for m in messages]
 
     def _chat_call(self, messages: tuple[ChatMessage, ...], params: SamplingParams,

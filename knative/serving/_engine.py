@@ -41,7 +41,7 @@ import queue
 import threading
 from collections import deque
 from collections.abc import Callable, Generator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from knative.serving._sampling import SeqSpec, StopText
@@ -74,10 +74,13 @@ class EngineStats:
     active: int = 0
     waiting: int = 0
     steps: int = 0
+    decodes: int = 0  # llama_decode calls (an invariant step may take several)
     last_batch_tokens: int = 0
     last_batch_seqs: int = 0
     prompt_tokens_computed: int = 0
     prompt_tokens_reused: int = 0
+    # steps by the number of sequences they advanced (index: sequences)
+    step_seqs: list[int] = field(default_factory=list)
 
 
 class _Request(Claim):
@@ -129,7 +132,7 @@ class BatchEngine:
         self.invariant = invariant
         self.decode_rows = decode_rows
         self.prefill_rows = prefill_rows
-        self.stats = EngineStats()
+        self.stats = EngineStats(step_seqs=[0] * (n_slots + 1))
         self._inbox: queue.SimpleQueue[_Request | _Job] = queue.SimpleQueue()
         self._waiting: deque[_Request] = deque()
         self._slots: list[_Request | None] = [None] * n_slots
@@ -392,8 +395,13 @@ class BatchEngine:
 
     def _step(self) -> None:
         self._resolve_follows()
-        self.stats.last_batch_tokens = self.stats.last_batch_seqs = 0
-        for call in self._plan():
+        stats = self.stats
+        stats.last_batch_tokens = stats.last_batch_seqs = 0
+        calls = self._plan()
+        if calls:
+            stats.steps += 1
+            stats.step_seqs[min(sum(map(len, calls)), self.n_slots)] += 1
+        for call in calls:
             if not self._decode(call):
                 return
 
@@ -412,7 +420,7 @@ class BatchEngine:
                 b.logits[i] = want and k == take - 1
                 i += 1
         b.n_tokens = i
-        self.stats.steps += 1
+        self.stats.decodes += 1
         self.stats.last_batch_tokens += i
         self.stats.last_batch_seqs += len(call)
         rc = int(llama_cpp.llama_decode(self._ctx.ctx, b))

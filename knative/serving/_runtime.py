@@ -17,7 +17,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,9 +84,56 @@ class Metrics:
         )
         self.ready = Gauge("surefoot_ready", "1 when the readiness probe passes", registry=r)
 
+    def watch_engine(self, stats: Callable[[], dict[str, Any]]) -> None:
+        """Publish the batching engine's counters (``stats`` is read at every scrape)."""
+        self.registry.register(_EngineCollector(stats))
+
     def publish_admission(self, inflight: int, running: int) -> None:
         self.inflight.set(inflight)
         self.queue_depth.set(max(0, inflight - running))
+
+
+class _EngineCollector:
+    """Slots in use, requests waiting for one, steps by sequences advanced, prompt tokens
+    computed and reused: what a batching engine reports (nothing without one)."""
+
+    def __init__(self, stats: Callable[[], dict[str, Any]]) -> None:
+        self._stats = stats
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import (
+            CounterMetricFamily,
+            GaugeMetricFamily,
+            HistogramMetricFamily,
+        )
+
+        s = self._stats()
+        if not s:
+            return
+        yield GaugeMetricFamily("surefoot_engine_active_slots", "Slots holding a live sequence",
+                                value=s["active"])
+        yield GaugeMetricFamily("surefoot_engine_waiting_requests",
+                                "Requests waiting for a free slot", value=s["waiting"])
+        yield CounterMetricFamily("surefoot_engine_decodes", "llama_decode calls",
+                                  value=s["decodes"])
+        yield CounterMetricFamily("surefoot_engine_prompt_tokens_computed",
+                                  "Prompt tokens the engine decoded",
+                                  value=s["prompt_tokens_computed"])
+        yield CounterMetricFamily("surefoot_engine_prompt_tokens_reused",
+                                  "Prompt tokens taken from a cached prefix",
+                                  value=s["prompt_tokens_reused"])
+        counts = s["step_seqs"]
+        buckets, total = [], 0
+        for seqs, n in enumerate(counts):
+            total += n
+            buckets.append((str(float(seqs)), total))
+        buckets[-1] = ("+Inf", total)
+        yield HistogramMetricFamily(
+            "surefoot_engine_step_sequences", "Sequences advanced by each engine step",
+            buckets=buckets, sum_value=float(sum(i * n for i, n in enumerate(counts))))
 
 
 @dataclass
@@ -111,6 +158,9 @@ class Runtime:
     def __post_init__(self) -> None:
         self.admission = Admission(self.settings.queue_capacity, self.metrics.publish_admission)
         self.standby = self.standby or self.settings.standby
+        stats = getattr(self.generation, "engine_stats", None)
+        if callable(stats):
+            self.metrics.watch_engine(stats)
 
     # --- models ----------------------------------------------------------------------------
     def mark_loaded(self) -> None:

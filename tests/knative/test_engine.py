@@ -3,9 +3,11 @@ client goes, keep a shared prefix once, and sample under a grammar next to free 
 
 from __future__ import annotations
 
+import re
 import threading
 from dataclasses import replace
 
+import httpx
 import pytest
 
 from knative.serving import LlamaCppBackend, ServeSettings
@@ -52,6 +54,19 @@ def test_concurrent_openai_streams_give_the_sequential_texts():
         for t in threads:
             t.join()
         assert [together[i] for i in range(len(PROMPTS))] == alone
+        metrics = httpx.get(f"{url}/metrics").text
+        assert "surefoot_engine_active_slots 0.0" in metrics
+        computed = re.search(r"^surefoot_engine_prompt_tokens_computed_total (\S+)$", metrics,
+                             re.MULTILINE)
+        assert computed is not None
+        assert float(computed.group(1)) > 0
+        # some step advanced more than one sequence: the four shared steps
+        several = re.search(r'^surefoot_engine_step_sequences_bucket\{le="1.0"\} (\S+)$',
+                            metrics, re.MULTILINE)
+        steps = re.search(r"^surefoot_engine_step_sequences_count (\S+)$", metrics, re.MULTILINE)
+        assert several is not None
+        assert steps is not None
+        assert float(several.group(1)) < float(steps.group(1))
     finally:
         proc.terminate()
         proc.wait(30)
