@@ -50,9 +50,10 @@ class FunctionSettings:
 
     reroute_traffic: the fallback's min-scale goes from ``fallback_min_scale`` to
     ``fallback_min_scale + fallback_boost`` while it carries the primary's share (max-scale
-    ``fallback_max_scale``, 0 = unbounded). A restore walks ``restore_steps`` (percent of the
-    primary's normal share) with ``restore_step_wait_s`` between steps; before each step the
-    primary needs ``restore_min_ready`` ready replicas, waited for up to
+    ``fallback_max_scale``, 0 = unbounded), plus ``fallback_standby`` warm spare pods in both
+    (a reroute waits for the replicas, not for the spares). A restore walks ``restore_steps``
+    (percent of the primary's normal share) with ``restore_step_wait_s`` between steps; before
+    each step the primary needs ``restore_min_ready`` ready replicas, waited for up to
     ``restore_health_timeout_s``. ``kserve_isvc`` names an InferenceService: traffic is then
     steered through its ``canaryTrafficPercent`` (KServe reverts direct Knative patches).
 
@@ -91,6 +92,7 @@ class FunctionSettings:
     fallback_min_scale: int = 1
     fallback_max_scale: int = 0
     fallback_boost: int = 2
+    fallback_standby: int = 0  # warm spare pods in the fallback's min-scale, not waited for
     fallback_ready_timeout_s: float = 60.0  # reroute: wait for the boosted fallback's replicas
     restore_steps: tuple[int, ...] = (10, 50, 100)
     restore_step_wait_s: float = 30.0
@@ -157,15 +159,14 @@ class FunctionSettings:
             if getattr(self, name) < 1:
                 errors[name] = "must be >= 1"
         for name in ("fallback_min_scale", "fallback_max_scale", "fallback_boost",
-                     "restore_min_ready", "primary_min_ready"):
+                     "fallback_standby", "restore_min_ready", "primary_min_ready"):
             if getattr(self, name) < 0:
                 errors[name] = "must be >= 0"
-        if self.fallback_max_scale and self.fallback_max_scale < (
-            self.fallback_min_scale + self.fallback_boost
-        ):
+        boosted = self.fallback_min_scale + self.fallback_standby + self.fallback_boost
+        if self.fallback_max_scale and self.fallback_max_scale < boosted:
             errors["fallback_max_scale"] = (
-                f"{self.fallback_max_scale} is below fallback_min_scale + fallback_boost "
-                f"({self.fallback_min_scale + self.fallback_boost}); use 0 for unbounded"
+                f"{self.fallback_max_scale} is below fallback_min_scale + fallback_standby + "
+                f"fallback_boost ({boosted}); use 0 for unbounded"
             )
         steps = self.restore_steps
         if not steps:

@@ -75,7 +75,7 @@ def scale_member(ctx: Context) -> str:
 
 def fallback_low(ctx: Context, boosted: bool) -> int:
     s = ctx.settings
-    return int(s.fallback_min_scale + (s.fallback_boost if boosted else 0))
+    return int(s.fallback_min_scale + s.fallback_standby + (s.fallback_boost if boosted else 0))
 
 
 def fallback_scale(ctx: Context, boosted: bool) -> str:

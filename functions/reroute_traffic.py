@@ -148,7 +148,7 @@ def _wait_fallback_ready(ctx: Context, epoch: int) -> tuple[bool, str]:
     fallback has none (the share stays; the sweep moves it once one is ready).
     (superseded, note)."""
     s = ctx.settings
-    want = fallback_low(ctx, boosted=True)
+    want = fallback_low(ctx, boosted=True) - s.fallback_standby  # the spares are not waited for
     primary, _ = primary_health(ctx)
     if primary == 0:
         return False, "; the primary has no ready replica: moved at once"

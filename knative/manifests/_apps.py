@@ -87,6 +87,7 @@ def knative_functions(c: RenderConfig) -> Obj:
             "SUREFOOT_FALLBACK_REVISION": c.fallback_revision,
             "SUREFOOT_FALLBACK_MIN_SCALE": str(c.fallback_min_scale),
             "SUREFOOT_FALLBACK_MAX_SCALE": str(c.fallback_max_scale),
+            "SUREFOOT_FALLBACK_STANDBY": str(c.fallback_standby),
             "SUREFOOT_SINK": c.broker_url,
         },
         1, [*redis_env(c, "functions"), secret_env(c, "SUREFOOT_ADMIN_TOKEN", "admin-token")],

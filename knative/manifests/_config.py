@@ -13,6 +13,8 @@ from typing import Any
 
 import yaml
 
+from functions import FunctionSettings
+
 SHAPES = ("knative", "kubernetes")
 POD_SOURCES = ("apiserversource", "surefoot")
 CHECKPOINT_VOLUMES = ("emptydir", "pvc")
@@ -57,10 +59,15 @@ class RenderConfig:
     fallback_gpus: int = 0
     replica_cpu: str = "2"
     replica_memory: str = "8Gi"
-    min_scale: int = 3
+    min_scale: int = 3  # replicas of the primary that serve
     max_scale: int = 6  # 0 = unbounded
     fallback_min_scale: int = 1
     fallback_max_scale: int = 3
+    # warm spare pods per revision, ready and loaded: min-scale = replicas + standby, so a lost
+    # pod leaves the revision's replicas serving while Knative replaces it
+    standby: int = 1
+    fallback_standby: int = 0
+    gpu_budget: int = 0  # nvidia.com/gpu the revisions' pods at min-scale may hold (0 = no check)
     target: int = 4  # autoscaling target: concurrent requests per replica
     container_concurrency: int = 8
     timeout_seconds: int = 300
@@ -204,7 +211,8 @@ def _check_choices(c: RenderConfig) -> list[str]:
 
 
 _NON_NEGATIVE = ("gpus", "fallback_gpus", "min_scale", "max_scale", "fallback_min_scale",
-                 "fallback_max_scale", "gateway_min_scale", "delivery_retry")
+                 "fallback_max_scale", "gateway_min_scale", "delivery_retry", "standby",
+                 "fallback_standby", "gpu_budget")
 _POSITIVE = ("target", "container_concurrency", "timeout_seconds",
              "response_start_timeout_seconds")
 
@@ -226,12 +234,52 @@ def _check_numbers(c: RenderConfig) -> list[str]:
             f"fallback_max_scale: {c.fallback_max_scale} is below fallback_min_scale "
             f"{c.fallback_min_scale}"
         )
+    errors += _check_standby(c)
     if c.response_start_timeout_seconds > c.timeout_seconds:
         errors.append(
             f"response_start_timeout_seconds: {c.response_start_timeout_seconds} exceeds "
             f"timeout_seconds {c.timeout_seconds}"
         )
     return errors
+
+
+def _check_standby(c: RenderConfig) -> list[str]:
+    """The spares fit under max-scale, and every pod at min-scale fits the GPU budget."""
+    errors: list[str] = []
+    for prefix in ("", "fallback_"):
+        lo, hi, spare = (getattr(c, f"{prefix}{f}") for f in ("min_scale", "max_scale",
+                                                               "standby"))
+        if spare > 0 and lo <= hi and hi and lo + spare > hi:
+            errors.append(
+                f"{prefix}standby: {prefix}min_scale {lo} + {prefix}standby {spare} = "
+                f"{lo + spare} pods exceed {prefix}max_scale {hi}; raise {prefix}max_scale "
+                f"or lower {prefix}standby"
+            )
+    boosted = c.fallback_min_scale + c.fallback_standby + FunctionSettings().fallback_boost
+    if c.fallback_max_scale and c.fallback_max_scale < boosted:
+        errors.append(
+            f"fallback_max_scale: {c.fallback_max_scale} leaves no room for the reroute's boost: "
+            f"fallback_min_scale {c.fallback_min_scale} + fallback_standby "
+            f"{c.fallback_standby} + the functions' fallback_boost "
+            f"{FunctionSettings().fallback_boost} = {boosted}; raise fallback_max_scale or "
+            "lower fallback_standby"
+        )
+    need = gpus_at_min_scale(c)
+    if c.gpu_budget and need > c.gpu_budget:
+        errors.append(
+            f"gpu_budget: the revisions' pods at min-scale need {need} nvidia.com/gpu "
+            f"(primary ({c.min_scale} + standby {c.standby}) x {c.gpus}, fallback "
+            f"({c.fallback_min_scale} + fallback_standby {c.fallback_standby}) x "
+            f"{c.fallback_gpus}), more than gpu_budget {c.gpu_budget}; lower standby or "
+            "min_scale, or raise gpu_budget"
+        )
+    return errors
+
+
+def gpus_at_min_scale(c: RenderConfig) -> int:
+    """nvidia.com/gpu the inference pods hold at min-scale: replicas and standbys."""
+    return ((c.min_scale + c.standby) * c.gpus
+            + (c.fallback_min_scale + c.fallback_standby) * c.fallback_gpus)
 
 
 def _check_formats(c: RenderConfig) -> list[str]:

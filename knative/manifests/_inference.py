@@ -25,9 +25,17 @@ from knative.manifests._objects import (
 )
 from knative.manifests._secrets import redis_env, secret_env
 
+STANDBY_ANNOTATION = "surefoot.dev/standby"  # how many of a revision's min-scale pods are spares
+
 
 class Revision:
-    """One inference revision as rendered: role, name, model, GPUs, image and scale bounds."""
+    """One inference revision as rendered: role, name, model, GPUs, image and scale bounds.
+
+    ``min_scale`` replicas serve and ``standby`` more are warm spares: the revision keeps
+    ``pods`` (their sum) ready, so that a lost pod leaves ``min_scale`` ready ones at once.
+    Knative routes to every ready pod of a revision, spares included: a spare is capacity
+    kept free by the count, not a pod kept out of the route.
+    """
 
     def __init__(self, c: RenderConfig, role: str) -> None:
         primary = role == "primary"
@@ -38,6 +46,11 @@ class Revision:
         self.image = c.images.replica if primary else (c.images.fallback or c.images.replica)
         self.min_scale = c.min_scale if primary else c.fallback_min_scale
         self.max_scale = c.max_scale if primary else c.fallback_max_scale
+        self.standby = c.standby if primary else c.fallback_standby
+
+    @property
+    def pods(self) -> int:
+        return self.min_scale + self.standby
 
 
 def revisions(c: RenderConfig) -> tuple[Revision, Revision]:
@@ -113,8 +126,9 @@ def revision_template(c: RenderConfig, rev: Revision) -> Obj:
             "name": rev.name,
             "labels": {PART_OF: c.name, "surefoot.dev/role": rev.role},
             "annotations": {
-                "autoscaling.knative.dev/min-scale": str(rev.min_scale),
+                "autoscaling.knative.dev/min-scale": str(rev.pods),
                 "autoscaling.knative.dev/max-scale": str(rev.max_scale),
+                STANDBY_ANNOTATION: str(rev.standby),
                 "autoscaling.knative.dev/target": str(c.target),
                 "autoscaling.knative.dev/metric": "concurrency",
             },
@@ -181,8 +195,10 @@ def _kubernetes_revision(c: RenderConfig, rev: Revision) -> list[Obj]:
     }
     if rev.gpus:
         pod_spec["tolerations"] = [dict(GPU_TOLERATION)]
+    revision = deployment(c, name, "inference", labels, rev.pods, pod_spec, rolling=True)
+    revision["metadata"].setdefault("annotations", {})[STANDBY_ANNOTATION] = str(rev.standby)
     return [
-        deployment(c, name, "inference", labels, rev.min_scale, pod_spec, rolling=True),
+        revision,
         core_service(c, name, "inference", {
             "selector": {"surefoot.dev/revision": rev.name},
             "ports": [{"name": "http", "port": 8080, "targetPort": REPLICA_PORT}],

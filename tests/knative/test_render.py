@@ -36,6 +36,9 @@ VARIANTS = {
     "own-pod-source": {"pod_source": "surefoot"},
     "kubernetes": {"shape": "kubernetes"},
     "kubernetes-pvc-cpu": {"shape": "kubernetes", "checkpoint_volume": "pvc", "gpus": 0},
+    "standby": {"standby": 2, "fallback_standby": 1, "fallback_max_scale": 5, "gpu_budget": 5},
+    "kubernetes-standby": {"shape": "kubernetes", "standby": 2, "fallback_standby": 1,
+                           "fallback_max_scale": 0},
 }
 
 
@@ -159,7 +162,9 @@ def test_inference_service_shape() -> None:
     tmpl = ksvc["spec"]["template"]
     assert tmpl["metadata"]["name"] == "surefoot-llm-v1"  # our own revision name
     ann = tmpl["metadata"]["annotations"]
-    assert ann["autoscaling.knative.dev/min-scale"] == "3"
+    # 3 replicas serve and 1 warm standby: a lost pod leaves 3 ready while it is replaced
+    assert ann["autoscaling.knative.dev/min-scale"] == "4"
+    assert ann["surefoot.dev/standby"] == "1"
     assert ann["autoscaling.knative.dev/max-scale"] == "6"
     assert ann["autoscaling.knative.dev/target"] == "4"
     spec = tmpl["spec"]
@@ -343,7 +348,7 @@ def test_external_redis_is_referenced_not_deployed() -> None:
 def test_kubernetes_shape() -> None:
     objects = _objects(shape="kubernetes")
     dep = _find(objects, "Deployment", "surefoot-llm")
-    assert dep["spec"]["replicas"] == 3
+    assert dep["spec"]["replicas"] == 4  # 3 replicas and 1 standby
     assert dep["spec"]["strategy"] == {
         "type": "RollingUpdate",
         "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
