@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import socket
 import statistics
 import sys
@@ -38,6 +39,8 @@ from typing import Any
 
 import httpx
 
+from knative.gateway import PlatformResolver
+from knative.platforms.local import LocalPlatformClient
 from surefoot._cmd_up import functions_factory
 from surefoot._up import LocalSystem, UpSettings
 
@@ -198,32 +201,55 @@ def st_revs(system: LocalSystem) -> list[str]:
     return [system.s.primary_revision, system.s.fallback_revision]
 
 
+def gateway_resolver(system: LocalSystem) -> PlatformResolver:
+    """The resolver a gateway of ``surefoot up`` runs (same client, same refresh interval):
+    when it has the replacement ready is when a gateway may route to it."""
+    assert system.control is not None
+    return PlatformResolver(LocalPlatformClient(system.control.url), system.s.service,
+                            system.s.fallback_revision, interval=0.25)
+
+
 def delete_trial(system: LocalSystem, load: Load) -> dict[str, Any]:
-    """Delete a ready primary under load; when the replacement served its first token."""
+    """Delete a ready primary under load; when a gateway's resolver has the replacement ready,
+    when the replacement was first sent a request, and when it served its first token."""
     assert system.platform is not None
     p = system.platform
     before = {r["name"] for r in p.status()["replicas"]}
     load.running.set()
     time.sleep(2.0)
     victim = ready_primaries(system)[0]
+    resolver = gateway_resolver(system)
+    time.sleep(random.random() * 0.25)  # the loss falls anywhere in the resolver's poll period
     t0 = time.time()
     p.delete_replica(victim["name"])
     new: list[str] = []
+    in_table: list[float] = []
 
     def found() -> bool:
         new[:] = [r["name"] for r in p.status()["replicas"] if r["name"] not in before]
+        if not in_table and any(e.replica in new for r in resolver.table().revisions()
+                                for e in r.ready()):
+            in_table.append(time.time() - t0)
         return bool(new) and any(a.replica in new and a.status == 200 and a.first
                                  for a in load.since(t0 - 30))
 
-    waited = _until(found, 60)
+    try:
+        waited = _until(found, 60, 0.005)
+    finally:
+        resolver.close()
     load.running.clear()
-    out: dict[str, Any] = {"victim": victim["name"], "replacement": new[:1]}
+    out: dict[str, Any] = {"victim": victim["name"], "replacement": new[:1],
+                           "table_s": in_table[0] if in_table else None}
     if waited is None:
         return {**out, "served_s": None}
-    first = min((a for a in load.since(t0 - 30) if a.replica in new and a.first),
-                key=lambda a: a.first or 0)
+    _until(lambda: load.inflight == 0, 60, 0.05)  # the requests sent before it also finish
+    served = [a for a in load.since(t0 - 30) if a.replica in new and a.first]
+    first = min(served, key=lambda a: a.first or 0)
     rep = next((r for r in p.status()["replicas"] if r["name"] in new), {})
+    # routed_s: when the request that first got a token was sent; first_sent_s: the earliest
+    # request the replacement served (a later one can get its first token sooner)
     return {**out, "served_s": (first.first or 0) - t0, "routed_s": first.sent - t0,
+            "first_sent_s": min(a.sent for a in served) - t0,
             "ttft_s": first.ttft,
             "ready_s": (rep.get("ready_at") or t0) - t0, "standby": rep.get("standby")}
 
@@ -336,7 +362,9 @@ def summary(out: dict[str, Any]) -> dict[str, Any]:
         "tokens_per_s_without_standby": without_tps,
         "tokens_per_s_ratio": with_tps / without_tps if without_tps else None,
         "delete_to_ready_p50_s": _median([d.get("ready_s") for d in out["deletes"]]),
+        "delete_to_gateway_table_p50_s": _median([d.get("table_s") for d in out["deletes"]]),
         "delete_to_routed_p50_s": _median([d.get("routed_s") for d in out["deletes"]]),
+        "delete_to_first_sent_p50_s": _median([d.get("first_sent_s") for d in out["deletes"]]),
         "delete_to_served_without_standby_s": _median(
             [d["served_s"] for d in out["deletes_without_standby"]]),
     }

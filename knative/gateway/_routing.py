@@ -4,7 +4,9 @@ The gateway asks a :class:`Resolver` for a :class:`RoutingTable` on every reques
 resolver answers from memory: :class:`StaticResolver` holds a table given on the command line;
 :class:`PlatformResolver` rebuilds the table from the platform seam (``replicas`` and
 ``traffic`` of a service) on a background thread and keeps the last good table when the
-platform does not answer.
+platform does not answer. A platform that can say when its routing state changes (the local
+platform's ``wait_change``, a long-poll on its control API) wakes that thread at once, so a
+replacement replica is routed to as soon as it is ready; the poll stays as the fallback.
 """
 
 from __future__ import annotations
@@ -13,10 +15,10 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Protocol, cast, runtime_checkable
 from urllib.parse import urlsplit
 
-from knative.platforms import Platform, PlatformError
+from knative.platforms import NotFound, Platform, PlatformError
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +82,14 @@ class RoutingTable:
 
 
 @runtime_checkable
+class ChangeWatch(Protocol):
+    """A platform that tells when its routing state changed: ``wait_change(after, timeout)``
+    returns the current generation once it is not ``after``, or after ``timeout`` s."""
+
+    def wait_change(self, after: int, timeout: float) -> int: ...
+
+
+@runtime_checkable
 class Resolver(Protocol):
     """Gives the gateway its current routing table. ``table()`` must not block."""
 
@@ -105,7 +115,8 @@ class StaticResolver:
 
 
 class PlatformResolver:
-    """The table of a service as the platform reports it, refreshed every ``interval`` s.
+    """The table of a service as the platform reports it, refreshed every ``interval`` s, and
+    at once when a platform with ``wait_change`` (:class:`ChangeWatch`) says it changed.
 
     Routes come from ``platform.traffic(service)`` (entries with percent > 0; those at 0% are
     the table's ``standby``) and their endpoints from ``platform.replicas(service)`` (a
@@ -127,6 +138,10 @@ class PlatformResolver:
         self.fallback_revision = fallback_revision
         self.interval = interval
         self._table = RoutingTable()
+        # looked up on the class: a platform's own __getattr__ is not asked
+        watches = callable(getattr(type(platform), "wait_change", None))
+        self._watch = cast(ChangeWatch, platform) if watches else None
+        self._generation = 0  # the platform's routing generation the table was read at
         self._failing = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -188,8 +203,23 @@ class PlatformResolver:
                 exc,
             )
 
+    def _wait(self) -> bool:
+        """Until the platform's routing state changes or ``interval`` s pass (a plain wait on
+        a platform that cannot tell, or one whose wait fails); False once closed."""
+        if self._watch is not None:
+            try:
+                self._generation = self._watch.wait_change(self._generation, self.interval)
+                return not self._stop.is_set()
+            except NotFound:  # a control API without the long-poll: poll from now on
+                log.info("resolver: platform cannot tell changes; polling every %gs",
+                         self.interval)
+                self._watch = None
+            except Exception as exc:  # unreachable: refresh fails too, and says so
+                log.debug("resolver: wait for changes failed: %s", exc)
+        return not self._stop.wait(self.interval)
+
     def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
+        while self._wait():
             try:
                 self.refresh()
             except PlatformError as exc:

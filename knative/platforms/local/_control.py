@@ -9,7 +9,7 @@ Knative platform has. Platform errors travel as HTTP statuses and come back as t
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import httpx
@@ -71,6 +71,27 @@ def _timeout(raw: str) -> float:
     return timeout
 
 
+MAX_WAIT = 60.0  # the longest a ``GET /v1/changes`` waits
+
+
+def _wait_args(args: Mapping[str, str]) -> tuple[int, float]:
+    """``after`` (a generation) and ``timeout`` (seconds, at most MAX_WAIT) of a long-poll."""
+    try:
+        after = int(args.get("after", "0"))
+    except ValueError:
+        raise PermanentPlatformError(
+            f"after: {args.get('after')!r} is not a generation (an integer)") from None
+    raw = args.get("timeout", "10")
+    try:
+        timeout = float(raw)
+    except ValueError:
+        timeout = math.nan
+    if not 0 <= timeout <= MAX_WAIT:
+        raise PermanentPlatformError(
+            f"timeout: {raw!r} is not a number of seconds within 0..{MAX_WAIT:g}")
+    return after, timeout
+
+
 class ControlAPI:
     """The views of the control API: each one platform call, its arguments from the request."""
 
@@ -82,6 +103,11 @@ class ControlAPI:
 
     def replicas(self, service: str) -> Response:
         return jsonify([r.__dict__ for r in self.platform.replicas(service)])
+
+    def changes(self) -> Response:
+        """Long-poll: the routing state's generation once it is not ``after``."""
+        after, timeout = _wait_args(request.args)
+        return jsonify({"generation": self.platform.wait_change(after, timeout)})
 
     def traffic(self, service: str) -> Response:
         return jsonify([t.__dict__ for t in self.platform.traffic(service)])
@@ -123,6 +149,7 @@ class ControlAPI:
         bp.register_error_handler(PlatformError, _platform_error)
         routes: list[tuple[str, str, Callable[..., Response]]] = [
             ("GET", "/status", self.status),
+            ("GET", "/changes", self.changes),
             ("GET", "/services/<service>/replicas", self.replicas),
             ("GET", "/services/<service>/traffic", self.traffic),
             ("PUT", "/services/<service>/traffic", self.set_traffic),
@@ -183,6 +210,13 @@ class LocalPlatformClient:
 
     def replicas(self, service: str) -> list[Replica]:
         return [Replica(**r) for r in self._call("GET", f"/v1/services/{service}/replicas")]
+
+    def wait_change(self, after: int, timeout: float) -> int:
+        """The platform's routing generation once it is not ``after``, or after ``timeout``
+        s (see :meth:`LocalPlatform.wait_change`)."""
+        body = self._call("GET", "/v1/changes", timeout=timeout + 5.0,
+                          params={"after": after, "timeout": min(timeout, MAX_WAIT)})
+        return int(body["generation"])
 
     def traffic(self, service: str) -> list[Target]:
         return [Target(**t) for t in self._call("GET", f"/v1/services/{service}/traffic")]

@@ -53,6 +53,7 @@ from knative.platforms import (
     TooManyRequests,
     validate_traffic,
 )
+from knative.platforms.local._changes import Changes
 from knative.platforms.local._placement import pending_reason, placeable
 from knative.platforms.local._procs import free_port, renice_tree, signal_group, spawn
 from knative.platforms.local._records import (
@@ -106,6 +107,7 @@ class LocalPlatform:
             INTERNAL_TOKEN_ENV, "")
         self._token = env_token or (secrets.token_urlsafe(16) if settings.standby else "")
         self._pool = StandbyPool(settings, self.log_dir, self._token, self._probe, clock)
+        self._changes = Changes()
 
     # --- lifecycle ---------------------------------------------------------------------------
     def start(self) -> LocalPlatform:
@@ -154,6 +156,16 @@ class LocalPlatform:
             time.sleep(0.1)
         return False
 
+    def wait_change(self, after: int, timeout: float) -> int:
+        """The generation of what a gateway routes by (the replicas, their phase and readiness,
+        the traffic): returned once it is not ``after``, else after ``timeout`` s."""
+        return self._changes.wait(after, timeout)
+
+    def _changed(self) -> None:
+        with self._lock:
+            self._changes.observe((tuple(r.view() for r in self._replicas.values()),
+                                   tuple((s, tuple(t)) for s, t in self._traffic.items())))
+
     # --- the Platform protocol ---------------------------------------------------------------
     def replicas(self, service: str) -> list[Replica]:
         with self._lock:
@@ -174,6 +186,7 @@ class LocalPlatform:
             if unknown:
                 raise PermanentPlatformError(f"traffic: unknown revisions {unknown}")
             self._traffic[service] = list(targets)
+            self._changed()
         log.info("traffic of %s: %s", service,
                  ", ".join(f"{t.revision}={t.percent}%" for t in targets))
 
@@ -354,6 +367,7 @@ class LocalPlatform:
         r.terminating_at = time.time()
         r.kill_at = self._clock() + self.settings.grace_seconds
         was_ready, r.ready = r.ready, False
+        self._changed()
         if send and r.proc is not None and r.proc.poll() is None:
             signal_group(r.proc, signal.SIGTERM)
         if was_ready:
@@ -464,6 +478,7 @@ class LocalPlatform:
                     to_probe.append(r)
             standbys = self._pool.step(self._specs)
             self._reconcile()
+            self._changed()
         # probed side by side: one wedged replica must not delay what the others report
         list(self._probers.map(self._probe_ready, to_probe))
         list(self._probers.map(self._pool.probe, standbys))
@@ -551,6 +566,8 @@ class LocalPlatform:
             r.ready_at = time.time()
             if self.settings.start_nice and r.proc is not None:
                 renice_tree(r.proc.pid, 0)
+        self._changed()  # the gateways learn of it now, not at their next poll
+        if ok:
             self._emit_event(PodReady(namespace=ns, pod=r.name, node=r.node,
                                       revision=r.revision, service=r.service))
         else:
