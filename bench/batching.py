@@ -87,9 +87,10 @@ def agreement(n: int, max_tokens: int, slots: int, threads: int,
 
 
 def only(own: subprocess.Popen[bytes], servers: dict[str, subprocess.Popen[bytes]]) -> None:
-    """Let ``own`` run and pause every other server."""
+    """Let ``own`` run and pause every other server (each is a process group: `surefoot
+    serve` answers from a worker process under its master)."""
     for proc in servers.values():
-        proc.send_signal(signal.SIGCONT if proc is own else signal.SIGSTOP)
+        os.killpg(proc.pid, signal.SIGCONT if proc is own else signal.SIGSTOP)
 
 
 def ttft_p50(base: str, clients: int, requests: int, max_tokens: int) -> float:
@@ -143,7 +144,7 @@ def start_surefoot(model: str, port: int, threads: int, env: dict[str, str]
          "127.0.0.1", "--port", str(port), "--model", model, "--model-id", "gemma-3-270m",
          "--embedding-model", "", "--n-ctx", "2048", "--n-threads", str(threads)],
         env={**os.environ, "SUREFOOT_QUEUE_CAPACITY": "16", **env},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
 
 def main() -> None:
@@ -170,7 +171,8 @@ def main() -> None:
             [*peer_command(), "-m", model, "--alias", "gemma-3-270m", "--host", "127.0.0.1",
              "--port", str(ports["llama-server"]), "-t", str(args.threads), "-tb",
              str(args.threads), "-np", slots, "-c", str(2048 * args.slots), "-cb"],
-            env={**os.environ}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
+            env={**os.environ}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True),
     }
     base = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
     try:
@@ -205,8 +207,8 @@ def main() -> None:
               f"computed, one prompt {one}: {computed / one:.2f}x", flush=True)
     finally:
         for proc in servers.values():
-            proc.send_signal(signal.SIGCONT)
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGCONT)
+            os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     if args.agreement:
         for mode, invariant in (("invariant", True), ("fast", False)):

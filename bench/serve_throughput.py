@@ -90,8 +90,9 @@ def engine_gen(llm: object) -> Gen:
 def isolated(gen: Gen, own: subprocess.Popen[bytes] | None,
              servers: dict[str, subprocess.Popen[bytes]]) -> Gen:
     def run(prompt: str, max_tokens: int) -> int:
+        # each server is a process group (`surefoot serve` answers from a gunicorn worker)
         for proc in servers.values():
-            proc.send_signal(signal.SIGCONT if proc is own else signal.SIGSTOP)
+            os.killpg(proc.pid, signal.SIGCONT if proc is own else signal.SIGSTOP)
         return gen(prompt, max_tokens)
 
     return run
@@ -127,13 +128,13 @@ def main() -> None:
          "--host", "127.0.0.1", "--port", str(sf_port),
          "--model", model, "--model-id", "gemma-3-270m", "--embedding-model", "",
          "--n-ctx", str(n_ctx), "--n-threads", str(args.threads)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
     procs.append(subprocess.Popen(
         [sys.executable, "-m", "llama_cpp.server", "--model", model, "--model_alias",
          "gemma-3-270m", "--host", "127.0.0.1", "--port", str(ll_port), "--n_ctx", str(n_ctx),
          "--n_threads", str(args.threads), "--n_threads_batch", str(args.threads),
          "--verbose", "False"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
     try:
         wait_ready(f"http://127.0.0.1:{sf_port}", "/readyz", procs[0])
         wait_ready(f"http://127.0.0.1:{ll_port}", "/v1/models", procs[1])
@@ -182,7 +183,7 @@ def main() -> None:
             print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
     finally:
         for p in procs:
-            p.send_signal(signal.SIGCONT)
+            os.killpg(p.pid, signal.SIGCONT)
             p.terminate()
         for p in procs:
             try:
