@@ -121,19 +121,61 @@ def sampler_factory(llm: Any, spec: SeqSpec) -> Callable[[], Any]:
     the engine thread: the seed is drawn as the single path draws it, from the ``Llama``)."""
 
     def build() -> Any:
+        import llama_cpp
+
         if spec.seed is not None:
             llm.set_seed(spec.seed)
         else:
             llm.set_seed(random.Random(llm._seed).randint(0, 2**32))
         s = spec.sampling
-        return llm._init_sampler(
+        chain = llm._init_sampler(
             top_k=s["top_k"], top_p=s["top_p"], min_p=s["min_p"], typical_p=s["typical_p"],
             temp=s["temperature"], repeat_penalty=s["repeat_penalty"],
             frequency_penalty=s["frequency_penalty"], presence_penalty=s["presence_penalty"],
             grammar=spec.grammar,
         )
+        resumed = spec.tokens[spec.decoded_from:] if spec.decoded_from is not None else ()
+        for token in resumed:  # penalties and a grammar go on from the tokens so far
+            llama_cpp.llama_sampler_accept(chain.sampler, token)
+        if spec.seed is None or s["temperature"] <= 0:
+            return chain
+        return PositionSeeded(chain, spec.seed, len(resumed))
 
     return build
+
+
+class PositionSeeded:
+    """A seeded sampler chain whose random draw (its last stage) is seeded anew for each token
+    from the request's seed and the token's place in the completion: a seeded generation
+    resumed after ``start`` tokens then draws what the uninterrupted one draws (the other
+    stages hold no randomness)."""
+
+    def __init__(self, chain: Any, seed: int, start: int) -> None:
+        self._chain = chain
+        self._seed = seed
+        self._pos = start
+
+    def sample(self, ctx: Any, idx: int) -> int:
+        import llama_cpp
+
+        smpl = self._chain.sampler
+        last = int(llama_cpp.llama_sampler_chain_n(smpl)) - 1
+        llama_cpp.llama_sampler_free(llama_cpp.llama_sampler_chain_remove(smpl, last))
+        llama_cpp.llama_sampler_chain_add(
+            smpl, llama_cpp.llama_sampler_init_dist(position_seed(self._seed, self._pos)))
+        self._pos += 1
+        return int(self._chain.sample(ctx, idx))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._chain, name)
+
+
+def position_seed(seed: int, position: int) -> int:
+    """A 32-bit seed for the draw of the token at ``position`` (splitmix64 of both)."""
+    z = (seed * 0x9E3779B97F4A7C15 + (position + 1) * 0xBF58476D1CE4E5B9) % (1 << 64)
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) % (1 << 64)
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) % (1 << 64)
+    return (z ^ (z >> 31)) & 0xFFFFFFFF
 
 
 def utf8_complete(data: bytes) -> int:

@@ -207,3 +207,59 @@ def test_batch_invariance_setting_reads_the_environment():
     assert ServeSettings.from_env({"SUREFOOT_BATCH_INVARIANT": "off"}).batch_invariant is False
     with pytest.raises(ValueError, match="SUREFOOT_BATCH_INVARIANT"):
         ServeSettings.from_env({"SUREFOOT_BATCH_INVARIANT": "maybe"})
+
+
+def test_a_resumed_seeded_stream_draws_what_the_uninterrupted_one_draws(full):
+    params = SamplingParams(max_tokens=20, temperature=0.9, top_p=0.95, seed=7)
+    whole = list(full.stream_tokens(PROMPTS[1], params))
+    ids = [t for d in whole for t in d.tokens]
+    assert ids == [t for d in full.stream_tokens(PROMPTS[1], params) for t in d.tokens]
+    k = sum(len(d.tokens) for d in whole[:7])
+    sent = sum(len(d.text) for d in whole[:7])
+    rest = list(full.stream_tokens(PROMPTS[1], params, resumed=tuple(ids[:k]), sent_chars=sent))
+    assert ids[:k] + [t for d in rest for t in d.tokens] == ids
+    other = replace(params, seed=8)
+    assert [t for d in full.stream_tokens(PROMPTS[1], other) for t in d.tokens] != ids
+
+
+def test_position_seeds_differ_by_seed_and_place():
+    from knative.serving._sampling import position_seed
+
+    seeds = {position_seed(s, p) for s in range(4) for p in range(64)}
+    assert len(seeds) == 4 * 64
+    assert all(0 <= x < 2**32 for x in seeds)
+
+
+def test_sigterm_with_several_live_streams_finishes_them_all():
+    import json
+    import signal
+
+    proc, url = _start("--grace-seconds", "60", env={"SUREFOOT_SLOTS": "4"})
+    events: dict[int, list[str]] = {i: [] for i in range(3)}
+    started = [threading.Event() for _ in range(3)]
+
+    def consume(i: int) -> None:
+        body = {"prompt": PROMPTS[i], "max_tokens": 40, "stream": True, "temperature": 0}
+        with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=120) as r:
+            for line in r.iter_lines():
+                if line.startswith("data: "):
+                    events[i].append(line[6:])
+                    started[i].set()
+
+    threads = [threading.Thread(target=consume, args=(i,)) for i in range(3)]
+    try:
+        for t in threads:
+            t.start()
+        assert all(e.wait(60) for e in started)
+        proc.send_signal(signal.SIGTERM)
+        for t in threads:
+            t.join(120)
+        for i in range(3):
+            assert events[i][-1] == "[DONE]", events[i][-3:]
+            last = json.loads(events[i][-2])
+            assert last["choices"][0]["finish_reason"] == "length"
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
