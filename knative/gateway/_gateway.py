@@ -2,8 +2,8 @@
 
 A replica can die between two tokens, a node can lose its GPU, a rollout can be bad; the client
 should see none of it. For every ``/v1/*`` request the gateway picks a revision by the traffic
-weights (skipping one whose breaker is open), a ready replica of it by power of two choices on
-in-flight requests (skipping replicas and nodes whose breakers are open), and calls it with a
+weights (skipping one whose breaker is open), a ready replica of it with the fewest tries in
+progress (skipping replicas and nodes whose breakers are open), and calls it with a
 per-try timeout inside an overall deadline. It retries only when that is safe — a connection
 error, or a 502/503, before any byte went back to the client — within an Envoy-style retry
 budget (concurrent retries at most a ratio of active requests, with a floor) and with jittered

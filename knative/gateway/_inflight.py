@@ -3,7 +3,7 @@
 Four counts steer the request path: the requests in progress (the retry budget is a share of
 them), the requests among them that are retrying (what the budget allows), the requests
 waiting for a ready replica (the wait queue's bound), and the tries in progress on each
-replica (power of two choices sends to the less busy one). A request ends
+replica (a request goes to the least busy one). A request ends
 either when the gateway answers it or, for a stream, when the stream ends; both call this
 object, and a request that is ended twice is counted once.
 """

@@ -85,7 +85,7 @@ def make(
 
 
 def look_busy(gw: Gateway, url: str, tries: int) -> None:
-    """Count ``tries`` tries in progress on ``url``, so power of two choices avoids it."""
+    """Count ``tries`` tries in progress on ``url``, so the pick avoids it."""
     for _ in range(tries):
         gw.inflight.try_started(url)
 
