@@ -3,9 +3,9 @@
 Four counts steer the request path: the requests in progress (the retry budget is a share of
 them), the requests among them that are retrying (what the budget allows), the requests
 waiting for a ready replica (the wait queue's bound), and the tries in progress on each
-replica (a request goes to the least busy one). A request ends
-either when the gateway answers it or, for a stream, when the stream ends; both call this
-object, and a request that is ended twice is counted once.
+replica (a request goes to the least busy one, the least recently tried among equals). A
+request ends either when the gateway answers it or, for a stream, when the stream ends; both
+call this object, and a request that is ended twice is counted once.
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ class InFlight:
         self.waiting = 0
         self._lock = threading.Lock()
         self._tries: dict[str, int] = {}
+        self._starts = 0
+        self._last: dict[str, int] = {}  # replica -> the number of the last try started on it
 
     def begin(self) -> Ticket:
         """A request starts."""
@@ -79,6 +81,8 @@ class InFlight:
     def try_started(self, url: str) -> None:
         with self._lock:
             self._tries[url] = self._tries.get(url, 0) + 1
+            self._starts += 1
+            self._last[url] = self._starts
 
     def try_ended(self, url: str) -> None:
         with self._lock:
@@ -87,3 +91,8 @@ class InFlight:
     def tries(self, url: str) -> int:
         """Tries in progress on the replica at ``url`` (a read without the lock: a hint)."""
         return self._tries.get(url, 0)
+
+    def last_try(self, url: str) -> int:
+        """How recently a try started on ``url``: the number of that try among all this
+        gateway started, 0 for a replica never tried (a hint, as :meth:`tries`)."""
+        return self._last.get(url, 0)

@@ -81,11 +81,12 @@ class Planner:
 
     def pick(self, route: Route, tried: set[str],
              last: bool) -> tuple[Endpoint, list[Permit]] | None:
-        """The replica with the fewest tries in progress (one at random among equals), with its
-        try's permits (none in the last resort behind a breaker that refused: that try is not
-        counted). A revision has a handful of replicas, so every one is compared: a replacement
-        with nothing in progress takes the next request, where power of two choices would
-        leave it out of the draw a third of the time among three."""
+        """The replica with the fewest tries in progress, among equals the one whose last try
+        started longest ago (at random among those never tried), with its try's permits (none
+        in the last resort behind a breaker that refused: that try is not counted). A revision
+        has a handful of replicas, so every one is compared: idle replicas take requests in
+        turn, and a replacement, never tried, takes the next one (power of two choices would
+        leave it out of the draw a third of the time among three)."""
         guard = self.guard
         skip: set[str] = set()
         while True:
@@ -95,9 +96,10 @@ class Planner:
             if len(cands) == 1:
                 ep = cands[0]
             else:
-                load = {e.url: self.inflight.tries(e.url) for e in cands}
-                least = min(load.values())
-                ep = self.rng.choice([e for e in cands if load[e.url] == least])
+                rank = {e.url: (self.inflight.tries(e.url), self.inflight.last_try(e.url))
+                        for e in cands}
+                best = min(rank.values())
+                ep = self.rng.choice([e for e in cands if rank[e.url] == best])
             permits = guard.acquire_endpoint(ep) if guard.allows_endpoint(ep) else None
             if permits is not None:
                 return ep, permits

@@ -166,6 +166,13 @@ def test_spreads_over_ready_replicas_and_skips_unready(stubs: dict[str, StubUpst
     assert stubs["b"].requests > 10
 
 
+def test_idle_replicas_take_requests_in_turn(stubs: dict[str, StubUpstream]) -> None:
+    _, client, _ = make(table(stubs, "abc"), rng=random.Random(3))
+    for _ in range(9):
+        assert post(client).status_code == 200
+    assert [stubs[n].requests for n in "abc"] == [3, 3, 3]
+
+
 def test_client_errors_pass_through_and_do_not_count(
     stubs: dict[str, StubUpstream], registry: BreakerRegistry
 ) -> None:
