@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from knative.serving._engine import BatchEngine, EngineFault, EngineTimeout
+from knative.serving._engine import BatchEngine, EngineFault, EngineTimeout, plain_layouts
 from knative.serving._features import Prompt
 from knative.serving._models import DEFAULT_EMBEDDING_MODEL as DEFAULT_EMBEDDING_MODEL
 from knative.serving._models import DEFAULT_GENERATION_MODEL as DEFAULT_GENERATION_MODEL
@@ -154,15 +154,20 @@ class LlamaCppBackend:
 
     def _load(self, Llama: Any) -> None:
         assert self.model_path is not None
+        # an invariant batching engine computes on the weights' plain layouts (the CPU's
+        # repacked ones split the rows classes once more): the single-sequence context then
+        # shares them, so the weights are loaded once
+        plain = self._batcher is not None and self._batcher.invariant
         try:
-            self._llm = Llama(
-                model_path=str(self.model_path),
-                n_ctx=self._n_ctx,
-                n_threads=self.n_threads,
-                n_threads_batch=self.n_threads,
-                n_gpu_layers=self.n_gpu_layers,
-                verbose=False,
-            )
+            with plain_layouts(plain):
+                self._llm = Llama(
+                    model_path=str(self.model_path),
+                    n_ctx=self._n_ctx,
+                    n_threads=self.n_threads,
+                    n_threads_batch=self.n_threads,
+                    n_gpu_layers=self.n_gpu_layers,
+                    verbose=False,
+                )
         except (ValueError, RuntimeError, OSError) as exc:
             raise ModelLoadError(f"llama.cpp could not load {self.model_path}: {exc}") from exc
         meta = self._llm.metadata or {}

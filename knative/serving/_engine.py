@@ -34,13 +34,14 @@ weights, as llama.cpp's own server runs it.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import logging
 import queue
 import threading
 from collections import deque
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -108,6 +109,34 @@ class _Job:
     def __init__(self, fn: Callable[[], Any]) -> None:
         self.fn = fn
         self.out: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+
+
+@contextlib.contextmanager
+def plain_layouts(on: bool = True) -> Iterator[None]:
+    """While open (and ``on``), models llama-cpp-python's ``Llama`` loads keep their weights
+    in their plain layouts, not the CPU's repacked ones (llama.cpp's ``--no-repack``).
+
+    ``Llama`` builds its model parameters inside its constructor from llama.cpp's defaults
+    and has no argument for this one; the defaults are swapped for the length of the load
+    (on the engine thread, which alone loads models).
+    """
+    if not on:
+        yield
+        return
+    from llama_cpp import llama_cpp as lib
+
+    default = lib.llama_model_default_params
+
+    def plain() -> Any:
+        params = default()
+        params.use_extra_bufts = False
+        return params
+
+    lib.llama_model_default_params = plain
+    try:
+        yield
+    finally:
+        lib.llama_model_default_params = default
 
 
 def _lcp(a: list[int] | tuple[int, ...], b: list[int] | tuple[int, ...]) -> int:
@@ -186,9 +215,10 @@ class BatchEngine:
         import llama_cpp
         from llama_cpp import _internals
 
-        if self.invariant:
+        if self.invariant and llm.model_params.use_extra_bufts:
             # the weights again, without the CPU's repacked layouts, whose kernels split the
-            # rows classes once more (module docstring)
+            # rows classes once more (module docstring); a model loaded in
+            # :func:`plain_layouts` is shared as it is
             mparams = llama_cpp.llama_model_params.from_buffer_copy(llm.model_params)
             mparams.use_extra_bufts = False
             self._model = _internals.LlamaModel(path_model=llm.model_path, params=mparams,

@@ -29,6 +29,19 @@ def batched() -> LlamaCppBackend:
     return backend
 
 
+def test_an_invariant_batching_replica_loads_its_weights_once(batched):
+    # the single-sequence context and the batch share one model on plain layouts
+    assert batched.llm.model_params.use_extra_bufts is False
+    assert batched._batcher is not None
+    assert batched._batcher._model is batched.llm._model
+
+
+def test_repacked_weights_come_back_after_a_plain_load(batched):
+    from llama_cpp import llama_cpp as lib
+
+    assert lib.llama_model_default_params().use_extra_bufts is True
+
+
 def test_slots_setting_reads_the_environment():
     assert ServeSettings.from_env({"SUREFOOT_SLOTS": "3"}).slots == 3
     with pytest.raises(ValueError, match="slots"):
