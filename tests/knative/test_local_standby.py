@@ -144,16 +144,25 @@ def test_eviction_and_two_losses_in_a_row(tmp_path: Path, stopped: list[LocalPla
     assert report["r"].evicted == (victim.name,)
     assert new["node"] != victim.node
 
-    # two losses before the pool refilled: the first is a takeover, the second starts from
-    # nothing (or takes the refilling standby once it is loaded); both come back
+    # two losses before the pool refilled: the first is a takeover, the second takes the
+    # standby that refills the pool, still loading, and serves once it is loaded
     sb = wait_for(lambda: standby_loaded(p), LOADING, "the refilled standby")
     first, second = [r for r in p.replicas("svc") if r.ready]
-    p.delete_replica(first.name)
-    p.delete_replica(second.name)
-    wait_for(lambda: any(r["standby"] == sb["name"] and r["ready"]
-                         for r in p.status()["replicas"]), 10, "the takeover")
+    os.kill(first.pid or 0, signal.SIGKILL)
+    wait_for(lambda: replica(p, first.name)["standby"] == sb["name"], 5, "the takeover")
+    refill = wait_for(lambda: next(iter(p.status()["standby"]), None), 5, "the refill")
+    assert refill["phase"] == "Starting"
+    os.kill(second.pid or 0, signal.SIGKILL)
+    wait_for(lambda: replica(p, second.name)["standby"] == refill["name"], 5,
+             "the refill taking over while it loads")
+    late = replica(p, second.name)
+    assert late["pid"] == refill["pid"]  # no process started from nothing
+    assert not late["ready"]  # ready once loaded and adopted
+    wait_for(lambda: replica(p, first.name)["ready"], 10, "the first takeover ready")
     assert p.wait_ready(LOADING), p.status()
     assert ready_count(p) == 2
+    assert replica(p, late["name"])["ready"]
+    assert serves(replica(p, late["name"])["url"])
     nodes = [r.node for r in p.replicas("svc") if r.phase != "Terminating"]
     assert len(nodes) == len(set(nodes))
     assert victim.node not in nodes  # still cordoned

@@ -107,6 +107,7 @@ class LocalPlatform:
             INTERNAL_TOKEN_ENV, "")
         self._token = env_token or (secrets.token_urlsafe(16) if settings.standby else "")
         self._pool = StandbyPool(settings, self.log_dir, self._token, self._probe, clock)
+        self._loading: dict[str, StandbyRecord] = {}  # replica -> its standby, still loading
         self._changes = Changes()
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -411,12 +412,36 @@ class LocalPlatform:
             self._take_over(r, sb)
 
     def _take_over(self, r: ReplicaRecord, sb: StandbyRecord) -> None:
-        """``sb`` becomes replica ``r`` (on ``r.node``): ready once it has adopted."""
+        """``sb`` becomes replica ``r`` (on ``r.node``): ready once it has adopted, which a
+        standby still loading does when it is loaded (raised to the replicas' priority)."""
         r.proc, r.port, r.adopted_from = sb.proc, sb.port, sb.name
         r.started = time.time()
         r.phase, r.ready, r.exit_code = "Running", False, None
-        log.info("standby %s takes over as %s (%s) on %s", sb.name, r.name, r.revision, r.node)
-        self._probers.submit(self._adopt, r, sb)
+        if sb.adoptable:
+            log.info("standby %s takes over as %s (%s) on %s", sb.name, r.name, r.revision,
+                     r.node)
+            self._probers.submit(self._adopt, r, sb)
+            return
+        log.info("standby %s, still loading, takes over as %s (%s) on %s once loaded",
+                 sb.name, r.name, r.revision, r.node)
+        if self.settings.start_nice and sb.proc is not None:
+            renice_tree(sb.proc.pid, 0)
+        self._loading[r.name] = sb
+
+    def _adopt_loaded(self) -> list[StandbyRecord]:
+        """Adopt the standbys taken while loading that now are; those still to probe."""
+        to_probe = []
+        for name, sb in list(self._loading.items()):
+            r = self._replicas.get(name)
+            if r is None or r.proc is not sb.proc or r.phase != "Running":
+                del self._loading[name]  # lost again meanwhile (its exit is the replica's)
+            elif sb.adoptable:
+                del self._loading[name]
+                log.info("standby %s loaded: takes over as %s", sb.name, r.name)
+                self._probers.submit(self._adopt, r, sb)
+            else:
+                to_probe.append(sb)
+        return to_probe
 
     def _adopt(self, r: ReplicaRecord, sb: StandbyRecord) -> None:
         assert r.node is not None
@@ -476,7 +501,7 @@ class LocalPlatform:
                     self._restart(r, now)
                 elif r.phase == "Running":
                     to_probe.append(r)
-            standbys = self._pool.step(self._specs)
+            standbys = self._pool.step(self._specs) + self._adopt_loaded()
             self._reconcile()
             self._changed()
         # probed side by side: one wedged replica must not delay what the others report

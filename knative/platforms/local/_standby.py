@@ -10,7 +10,8 @@ identity (``POST /admin/adopt``, with the internal token): the standby restores 
 checkpoint and serves. Its place in the pool is refilled in the background, at the same low
 priority, a few seconds later (``standby_refill_delay``: the replacement's first requests do not
 share the machine with a process that starts); a standby that crashes is restarted with
-backoff.
+backoff. A loss while the pool refills takes the standby still loading: it is raised to the
+replicas' priority and adopts the identity once loaded, sooner than a process started then.
 """
 
 from __future__ import annotations
@@ -157,11 +158,14 @@ class StandbyPool:
                 log.info("standby %s loaded in %.1f s", sb.name, sb.loaded_at - sb.started)
 
     def take(self, revision: str) -> StandbyRecord | None:
-        """A loaded standby of ``revision``, out of the pool (the caller adopts it)."""
-        ready = [sb for sb in self._pool.values() if sb.revision == revision and sb.adoptable]
-        if not ready:
+        """A standby of ``revision``, out of the pool (the caller adopts it once it is
+        adoptable): a loaded one, else the one loading longest, whose head start beats a
+        process started now; None when every one is down."""
+        up = [sb for sb in self._pool.values() if sb.revision == revision
+              and sb.proc is not None and sb.proc.poll() is None]
+        if not up:
             return None
-        sb = min(ready, key=lambda s: (not s.complete, s.started))
+        sb = min(up, key=lambda s: (not s.adoptable, not s.complete, s.started))
         del self._pool[sb.name]
         self._refill_at[revision] = self._clock() + self.s.standby_refill_delay
         return sb
