@@ -2,7 +2,7 @@
 
 A plain (non-streamed) answer is only sent by the replica when the whole generation is done;
 if the replica dies or freezes half-way, everything it generated is lost with it. So, for a
-single generation it can resume (one choice, no logprobs, no grammar or tools), the gateway
+single generation it can resume (one choice, no logprobs or tools), the gateway
 asks the replica for its internal stream instead (:func:`knative.gateway._resume.prepare`),
 resumes that stream on another replica like any other when it breaks or stalls, and builds from
 its events the answer the client asked for: the OpenAI ``text_completion`` or

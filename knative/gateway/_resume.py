@@ -55,7 +55,8 @@ def _document(body: bytes) -> dict[str, Any] | None:
 
 
 def _single(path: str, doc: dict[str, Any]) -> bool:
-    """One choice the replica can report token by token: no logprobs, grammar or tools."""
+    """One choice the replica can report token by token: no logprobs or tools (a format's
+    grammar goes on past the resumed tokens on the replica)."""
     if RESUME_FIELD in doc or doc.get("n") not in (None, 1) or doc.get("logprobs") not in (
             None, False):
         return False  # several choices, or logprobs: the replica generates them whole
@@ -63,10 +64,8 @@ def _single(path: str, doc: dict[str, Any]) -> bool:
         p = doc.get("prompt")
         return (isinstance(p, str) or (isinstance(p, list) and len(p) == 1
                                        and isinstance(p[0], str))) and not doc.get("echo")
-    fmt = doc.get("response_format")
-    constrained = isinstance(fmt, dict) and fmt.get("type") not in (None, "text")
     tools = bool(doc.get("tools")) and doc.get("tool_choice") != "none"
-    return not (constrained or tools or doc.get("top_logprobs"))
+    return not (tools or doc.get("top_logprobs"))
 
 
 def resumable_body(path: str, body: bytes) -> bool:

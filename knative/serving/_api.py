@@ -143,12 +143,14 @@ class OpenAIRoutes:
 
     def _resumable(self, ticket: Ticket, kind: StreamKind, model: str,
                    inputs: tuple[Any, ...], params: oa.SamplingParams, include_usage: bool,
-                   resume: oa.Resume | None, tokens: Callable[..., Iterator[Delta]]) -> Response:
+                   resume: oa.Resume | None, tokens: Callable[..., Iterator[Delta]],
+                   spec: Any = None) -> Response:
         resumed = resume.tokens if resume else ()
         chars = resume.chars if resume else 0
+        extra = {"spec": spec} if spec is not None else {}
         return stream_response(
             self.rt.metrics, ticket, kind, model, inputs,
-            lambda x: tokens(x, params, resumed, chars), include_usage,
+            lambda x: tokens(x, params, resumed, chars, **extra), include_usage,
             resumable=True, resume=resume,
         )
 
@@ -158,10 +160,14 @@ class OpenAIRoutes:
         backend = self.rt.generation_for(req.model)
         ticket = self.rt.admit()
         tokens = getattr(backend, "stream_tokens", None)
-        if req.stream and internal and tokens is not None and req.n == 1 and req.plain:
-            return self._resumable(ticket, CHAT, req.model, (req.messages,), req.params,
-                                   req.include_usage, req.resume, tokens)
         choices = Choices(backend)
+        if (req.stream and internal and tokens is not None and req.n == 1
+                and req.logprobs is None and not req.tools.active):
+            # a format (a grammar) resumes too: the grammar goes on past the resumed tokens
+            spec = (None if req.constraint is None
+                    else choices.chat_spec(req, choices.chat_items(req)[0]))
+            return self._resumable(ticket, CHAT, req.model, (req.messages,), req.params,
+                                   req.include_usage, req.resume, tokens, spec)
         items = choices.chat_items(req)
         if req.stream:
             return stream_response(

@@ -379,25 +379,30 @@ class LlamaCppBackend:
         return self._engine.stream(run)
 
     def stream_tokens(self, prompt: Prompt | tuple[ChatMessage, ...], params: SamplingParams,
-                      resumed: tuple[int, ...] = (), sent_chars: int = 0) -> Iterator[Delta]:
+                      resumed: tuple[int, ...] = (), sent_chars: int = 0,
+                      spec: SeqSpec | None = None) -> Iterator[Delta]:
         """A stream whose deltas carry the completion token ids they add, continuing from
         ``resumed`` (of whose text the client has ``sent_chars`` characters): what lets the
-        gateway resume it on another replica (:mod:`knative.serving._continuation`)."""
+        gateway resume it on another replica (:mod:`knative.serving._continuation`). ``spec``
+        is the engine request when it is more than the prompt's (a grammar); its sampling,
+        grammar included, goes on from the resumed tokens."""
         from dataclasses import replace
 
         from knative.serving import _continuation as cn
+        from knative.serving import _tokens as tk
 
         llm = self.llm
-        spec = self.spec(prompt, params)
+        spec = spec or self.spec(prompt, params)
         cont = cn.continuation(llm, spec.tokens, spec.stop, spec.max_tokens, resumed, sent_chars)
         if cont.finish is not None:
             return cn.deltas(cont, iter(()))
         spec = replace(spec, tokens=spec.tokens + tuple(cont.generated),
                        max_tokens=cont.remaining, stop=(), decoded_from=len(spec.tokens))
+        build = tk.sampler_builder(llm, spec)
         if self._batcher is None:
-            return cn.deltas(cont, self._engine.stream(lambda: cn.serial_ids(llm, spec)))
+            return cn.deltas(cont, self._engine.stream(lambda: (
+                [t.id for t in run] for run in tk.serial_tokens(llm, spec, None, build))))
         ids: list[int] = []
-        build = sampler_factory(llm, spec)
         signals = self._batched(spec, lambda: cn.Recorder(build(), ids))
         return cn.deltas(cont, cn.recorded(signals, ids))
 

@@ -148,25 +148,6 @@ def continuation(llm: Any, prompt: tuple[int, ...], stop: tuple[str, ...], max_t
     return Continuation(detokenize, is_eog, list(prompt), stop, max_tokens, resumed, sent_chars)
 
 
-def serial_ids(llm: Any, spec: Any) -> Iterator[list[int]]:
-    """The ids ``llm`` samples for ``spec`` (a SeqSpec) on the single-sequence path, from a
-    fresh context: no prefix of an earlier request is reused, so the numbers depend on this
-    request alone."""
-    s = spec.sampling
-    if spec.seed is not None:
-        llm.set_seed(spec.seed)
-    llm.reset()
-    for n, token in enumerate(llm.generate(
-        list(spec.tokens), top_k=s["top_k"], top_p=s["top_p"], min_p=s["min_p"],
-        typical_p=s["typical_p"], temp=s["temperature"], repeat_penalty=s["repeat_penalty"],
-        frequency_penalty=s["frequency_penalty"], presence_penalty=s["presence_penalty"],
-        reset=True,
-    ), start=1):
-        yield [int(token)]
-        if n >= spec.max_tokens:
-            return
-
-
 def deltas(cont: Continuation, runs: Iterator[list[int]]) -> Iterator[Delta]:
     """The deltas of ``cont`` as the engine's ``runs`` of sampled ids arrive, each with the
     ids it adds; the last has the finish reason and the usage (resumed tokens counted)."""

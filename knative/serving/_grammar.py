@@ -17,9 +17,11 @@ from typing import Any
 
 class GrammarSampler:
     """A sampler (``sample(ctx, idx)``) over a chain without a grammar plus ``grammar`` (a
-    llama_cpp.LlamaGrammar), checked on the chain's pick first."""
+    llama_cpp.LlamaGrammar), checked on the chain's pick first; the grammar starts past the
+    ``resumed`` tokens (a generation continued from them)."""
 
-    def __init__(self, llm: Any, chain: Any, grammar: Any) -> None:
+    def __init__(self, llm: Any, chain: Any, grammar: Any,
+                 resumed: tuple[int, ...] = ()) -> None:
         import llama_cpp
         from llama_cpp import _internals
 
@@ -29,6 +31,8 @@ class GrammarSampler:
             llm._model.vocab, grammar._grammar.encode("utf-8"), grammar._root.encode("utf-8"))
         if not self._grammar:
             raise ValueError("llama.cpp could not compile the grammar")
+        for token in resumed:
+            llama_cpp.llama_sampler_accept(self._grammar, token)
         self._all = _internals.LlamaTokenDataArray(n_vocab=self.n_vocab)
         self._one_data = (llama_cpp.llama_token_data * 1)()
         self._one = llama_cpp.llama_token_data_array(

@@ -440,8 +440,8 @@ def parse_chat(body: Any, served: list[str], limits: Limits,
     turns = _named_results(messages)
     req = ChatRequest(model, text_turns(turns), params, stream, include_usage, resume, n,
                       logprobs, constraint, tools, turns)
-    if resume is not None and (n != 1 or not req.plain):
-        c.add(RESUME_FIELD, "needs n=1, no logprobs, no response_format and no tools")
+    if resume is not None and (n != 1 or logprobs is not None or tools.active):
+        c.add(RESUME_FIELD, "needs n=1, no logprobs and no tools")
     c.raise_if_any()
     if model not in served:
         raise ModelNotFound(model, served)

@@ -108,21 +108,28 @@ def sampler_builder(llm: Any, spec: Any) -> Callable[[], Any]:
     build = sampler_factory(llm, replace(spec, grammar=None))
     if spec.grammar is None:
         return build
-    return lambda: GrammarSampler(llm, build(), spec.grammar)
+    resumed = tuple(spec.tokens[spec.decoded_from:]) if spec.decoded_from is not None else ()
+    return lambda: GrammarSampler(llm, build(), spec.grammar, resumed)
 
 
 def serial_tokens(llm: Any, spec: Any, reader: LogprobReader | None,
                   make_sampler: Callable[[], Any]) -> Iterator[list[TokenOut]]:
     """The tokens ``llm`` samples for ``spec`` (a SeqSpec) on the single-sequence path, from
     a fresh context, each with its log probabilities when a ``reader`` is given (call on the
-    engine thread)."""
+    engine thread). Tokens of a generation it continues (past ``spec.decoded_from``) are
+    decoded one at a time, as they were when sampled, so their cache holds the same numbers
+    (a prompt's rows would be computed otherwise) and what follows is what an uninterrupted
+    generation gives."""
     import llama_cpp
 
     llm.reset()
     sampler = make_sampler()
     vocab = llm._model.vocab
     ctx = llm._ctx
-    llm.eval(list(spec.tokens))
+    start = len(spec.tokens) if spec.decoded_from is None else spec.decoded_from
+    llm.eval(list(spec.tokens[:start]))
+    for t in spec.tokens[start:]:
+        llm.eval([t])
     for n in range(1, spec.max_tokens + 1):
         t = int(sampler.sample(ctx, -1))
         yield [reader.at(ctx.ctx, -1, t) if reader is not None else TokenOut(t, b"", 0.0)]

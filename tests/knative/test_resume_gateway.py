@@ -187,6 +187,31 @@ def test_sigkill_mid_stream_resumes_on_another_replica(replicas, gateway) -> Non
     assert m.get("stream_broken") == 0
 
 
+def test_a_json_stream_killed_mid_object_resumes_still_valid_json(replicas, gateway) -> None:
+    # the grammar of response_format goes on past the tokens so far: the object is whole
+    schema = {"type": "object", "additionalProperties": False, "required": ["name", "colour"],
+              "properties": {"name": {"type": "string", "maxLength": 40},
+                             "colour": {"type": "string", "maxLength": 40}}}
+    body = {"messages": [{"role": "user", "content": "Describe a cat as JSON."}],
+            "max_tokens": 120, "temperature": 0,
+            "response_format": {"type": "json_schema",
+                                "json_schema": {"name": "cat", "strict": True,
+                                                "schema": schema}}}
+    ref, _ = stream(gateway.url, body)
+    assert set(json.loads(content(ref[:-1]))) == {"name", "colour"}
+    assert ref[-2]["usage"]["completion_tokens"] > 8
+
+    def kill(n: int, replica: str) -> None:
+        if n == 5:
+            replicas[replica].signal(signal.SIGKILL)
+
+    chunks, victim = stream(gateway.url, body, kill)
+    assert replicas[victim].proc.wait(10) is not None
+    check_one_stream(chunks, ref)
+    assert set(json.loads(content(chunks[:-1]))) == {"name", "colour"}
+    assert gateway.gw.metrics.get("resume_broken") == 1
+
+
 def test_sigstop_mid_stream_resumes_and_the_breaker_records_it(replicas, registry) -> None:
     g = Gateway(replicas, registry)
     try:

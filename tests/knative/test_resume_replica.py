@@ -87,8 +87,16 @@ def test_internal_stream_reports_tokens_and_the_same_chunks(client) -> None:
     assert fields[-1]["c"] == len(text_of(chunks))
 
 
+JSON_CHAT = {**CHAT, "max_tokens": 40, "response_format": {"type": "json_object"},
+             "messages": [{"role": "user", "content": "Describe a cat as JSON."}]}
+SEEDED = {**COMPLETION, "temperature": 0.9, "seed": 11}
+
+
 @pytest.mark.parametrize(("path", "body"), [("/v1/completions", COMPLETION),
-                                            ("/v1/chat/completions", CHAT)])
+                                            ("/v1/chat/completions", CHAT),
+                                            ("/v1/chat/completions", JSON_CHAT),
+                                            ("/v1/completions", SEEDED)],
+                         ids=["completion", "chat", "json_object", "seeded"])
 def test_resumed_from_every_break_is_the_uninterrupted_stream(client, path, body) -> None:
     chunks, fields = run(client, path, body, INTERNAL)
     full = text_of(chunks)
