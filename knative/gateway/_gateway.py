@@ -434,12 +434,15 @@ class Gateway:
         s = self.settings
         t0 = time.monotonic()
         try_deadline = min(req.deadline, t0 + s.try_timeout)
-        try:
+        try:  # the pick counted this try in progress (Planner.pick); no lease, no try
             lease = self.pool.acquire(ep.host, ep.port, min(s.pool_timeout, try_deadline - t0))
         except PoolExhausted as exc:  # our bound, not the replica's fault: nothing recorded
+            self.inflight.try_ended(ep.url)
             return Failure(503, "pool_exhausted", str(exc), retryable=True, retry_after="1")
-        ahead = self.inflight.tries(ep.url)
-        self.inflight.try_started(ep.url)
+        except BaseException:
+            self.inflight.try_ended(ep.url)
+            raise
+        ahead = self.inflight.tries(ep.url) - 1
         lease.wait = self._firsts.waiter(req, ep, ahead, t0, try_deadline, s)
         # When this replica was chosen (for tracing, and to measure how fast an open breaker
         # stops routing).

@@ -11,6 +11,7 @@ call this object, and a request that is ended twice is counted once.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 
 class Ticket:
@@ -84,6 +85,20 @@ class InFlight:
             self._starts += 1
             self._last[url] = self._starts
 
+    def claim(self, urls: list[str], choose: Callable[[list[str]], str]) -> str:
+        """Count a try on the least busy of ``urls`` (the fewest tries in progress, then the
+        least recently tried; ``choose`` draws among equals) and return it. Picking and
+        counting at once spreads tries that pick at the same moment (the streams of a replica
+        that died all resume together)."""
+        with self._lock:
+            rank = {u: (self._tries.get(u, 0), self._last.get(u, 0)) for u in urls}
+            best = min(rank.values())
+            url = choose([u for u in urls if rank[u] == best])
+            self._tries[url] = self._tries.get(url, 0) + 1
+            self._starts += 1
+            self._last[url] = self._starts
+            return url
+
     def try_ended(self, url: str) -> None:
         with self._lock:
             self._tries[url] -= 1
@@ -92,7 +107,3 @@ class InFlight:
         """Tries in progress on the replica at ``url`` (a read without the lock: a hint)."""
         return self._tries.get(url, 0)
 
-    def last_try(self, url: str) -> int:
-        """How recently a try started on ``url``: the number of that try among all this
-        gateway started, 0 for a replica never tried (a hint, as :meth:`tries`)."""
-        return self._last.get(url, 0)

@@ -82,7 +82,8 @@ class Planner:
     def pick(self, route: Route, tried: set[str],
              last: bool) -> tuple[Endpoint, list[Permit]] | None:
         """The replica with the fewest tries in progress, among equals the one whose last try
-        started longest ago (at random among those never tried), with its try's permits (none
+        started longest ago (at random among those never tried), its try counted in progress
+        at once (the caller tries it and ends the count), with its try's permits (none
         in the last resort behind a breaker that refused: that try is not counted). A revision
         has a handful of replicas, so every one is compared: idle replicas take requests in
         turn, and a replacement, never tried, takes the next one (power of two choices would
@@ -93,18 +94,14 @@ class Planner:
             cands = [e for e in self.candidates(route, tried, last) if e.url not in skip]
             if not cands:
                 return None
-            if len(cands) == 1:
-                ep = cands[0]
-            else:
-                rank = {e.url: (self.inflight.tries(e.url), self.inflight.last_try(e.url))
-                        for e in cands}
-                best = min(rank.values())
-                ep = self.rng.choice([e for e in cands if rank[e.url] == best])
+            by_url = {e.url: e for e in cands}
+            ep = by_url[self.inflight.claim(list(by_url), self.rng.choice)]  # counted now
             permits = guard.acquire_endpoint(ep) if guard.allows_endpoint(ep) else None
             if permits is not None:
                 return ep, permits
             if last:
                 return ep, []
+            self.inflight.try_ended(ep.url)  # not tried after all
             skip.add(ep.url)  # a half-open breaker with no probe left: skip this one
 
     def capacity(self, table: RoutingTable, tried: set[str]) -> tuple[int, list[str]]:

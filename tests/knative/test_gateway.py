@@ -173,6 +173,36 @@ def test_idle_replicas_take_requests_in_turn(stubs: dict[str, StubUpstream]) -> 
     assert [stubs[n].requests for n in "abc"] == [3, 3, 3]
 
 
+def test_tries_that_pick_at_the_same_moment_spread() -> None:
+    from knative.gateway._inflight import InFlight
+
+    inflight = InFlight(0.2, 3)
+    inflight.try_started("b")  # b is busy, a is not
+    rng = random.Random(5)
+    # the pick counts each try as it picks, so picks before any try began do not pile up
+    got = [inflight.claim(["a", "b"], rng.choice) for _ in range(5)]
+    assert got[0] == "a"
+    assert sorted(got) == ["a", "a", "a", "b", "b"]
+    assert inflight.tries("a") == 3
+    assert inflight.tries("b") == 3
+
+
+def test_every_try_counted_by_the_pick_ends(stubs: dict[str, StubUpstream]) -> None:
+    # answers, 503s, a refused connection, streams that die before and after their first
+    # event: no try stays counted in progress, so no replica looks busy for ever
+    stubs["c"].stop()
+    _, client, _ = make(table(stubs, "abc"))
+    gw = gateway_of(client.application)
+    for mode in ("ok", "503", "die_before_response", "die_mid_stream", "ok"):
+        stubs["a"].mode = mode
+        post(client)
+        r = post(client, body={"prompt": "hi", "stream": True})
+        assert r.data
+        r.close()
+    assert {u: gw.inflight.tries(u) for u in (stubs[n].url for n in "abc")} == {
+        stubs[n].url: 0 for n in "abc"}
+
+
 def test_client_errors_pass_through_and_do_not_count(
     stubs: dict[str, StubUpstream], registry: BreakerRegistry
 ) -> None:
