@@ -310,8 +310,7 @@ class Gateway:
         budget turned the request away) is passed on; ready replicas behind
         forced-open breakers only are a 503 at once; else the request waits for a ready
         replica (None: look again) or is shed."""
-        if prog.answered and not prog.left and prog.failure is not None and (
-                prog.failure.status == 503):
+        if prog.answered and prog.failure is not None and prog.failure.status == 503:
             return self._wait_for_room(req, prog)
         if (prog.answered or prog.left) and prog.failure is not None:
             return prog.failure
@@ -327,10 +326,10 @@ class Gateway:
         return self._wait(req, prog, table)
 
     def _wait_for_room(self, req: ProxyRequest, prog: Progress) -> Failure | None:
-        """Every replica tried answered 503 (its queue full, or busy): capacity is short, not
-        gone. Wait in the bounded queue, backing off, and ask again (None); the retry budget
-        still bounds the tries. The replica's 503 is passed on when the queue is full or the
-        wait would pass the deadline or the queue timeout."""
+        """Every replica tried answered 503 (its queue full, or busy), or the retry budget
+        left no more tries after one did: capacity is short, not gone. Wait in the bounded
+        queue, backing off, and ask again (None). The replica's 503 is passed on when the
+        queue is full or the wait would pass the deadline or the queue timeout."""
         s = self.settings
         failure = prog.failure
         assert failure is not None
@@ -345,7 +344,11 @@ class Gateway:
             prog.waited += delay
             self.inflight.wait_end()
         prog.busy_waits += 1
+        # having waited its turn in the bounded queue, the request asks again as new: the
+        # retry budget bounds retries on the spot, not turns taken after a wait
         prog.tried.clear()
+        prog.left.clear()
+        prog.revisions.clear()
         prog.answered = False
         return None
 

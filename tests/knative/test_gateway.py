@@ -377,6 +377,23 @@ def test_connection_refused_is_retried_on_another_replica(stubs: dict[str, StubU
         assert r.headers["X-Surefoot-Replica"] == "b"
 
 
+def test_a_full_replica_is_asked_again_after_a_wait_with_no_retry_budget_left(
+        stubs: dict[str, StubUpstream]) -> None:
+    # every replica says 503 (its queue full) and the retry budget allows no retry: the
+    # request waits its turn in the gateway's queue and is answered once there is room
+    stubs["a"].mode = "503"
+    _, client, _ = make(table(stubs, "a", fallback=False), retry_budget_ratio=0.0,
+                        retry_budget_min=0, queue_poll=0.02)
+    gw = gateway_of(client.application)
+    room = threading.Timer(0.3, lambda: setattr(stubs["a"], "mode", "ok"))
+    room.start()
+    r = post(client)
+    room.join()
+    assert r.status_code == 200, r.data
+    assert stubs["a"].requests >= 2
+    assert gw.metrics.get("queued_busy") >= 1
+
+
 def test_503_everywhere_then_the_fallback_answers(stubs: dict[str, StubUpstream]) -> None:
     stubs["a"].mode = stubs["b"].mode = "503"
     _, client, _ = make(table(stubs, "ab"))
