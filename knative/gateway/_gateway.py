@@ -410,15 +410,18 @@ class Gateway:
     def reopen(self, req: ProxyRequest, body: bytes, tried: set[str],
                revision: str) -> Stream | None:
         """A stream of ``body`` (a continuation of ``req``) from a ready replica not in
-        ``tried``; None when none answers with a stream before the deadline."""
+        ``tried``; None when none answers with a stream before the deadline. An idle replica
+        (no try in progress) of any revision, in the resume order, is asked before a busy one
+        of the same revision: the client waits mid-stream, and a busy replica would queue
+        the continuation behind its own work."""
         cont = req.with_body(body)
         routes = self._resume_routes(revision)
-        for last in (False, True):
+        for idle, last in ((True, False), (False, False), (False, True)):
             for route in routes:
                 if not self._plan.admits(route, last):
                     continue
                 while time.monotonic() < req.deadline:
-                    picked = self._plan.pick(route, tried, last)
+                    picked = self._plan.pick(route, tried, last, idle)
                     if picked is None:
                         break
                     ep, permits = picked

@@ -79,19 +79,21 @@ class Planner:
             return allowed
         return [e for e in ready if guard.last_resort(route, e)]
 
-    def pick(self, route: Route, tried: set[str],
-             last: bool) -> tuple[Endpoint, list[Permit]] | None:
+    def pick(self, route: Route, tried: set[str], last: bool,
+             idle: bool = False) -> tuple[Endpoint, list[Permit]] | None:
         """The replica with the fewest tries in progress, among equals the one whose last try
         started longest ago (at random among those never tried), its try counted in progress
         at once (the caller tries it and ends the count), with its try's permits (none
         in the last resort behind a breaker that refused: that try is not counted). A revision
         has a handful of replicas, so every one is compared: idle replicas take requests in
         turn, and a replacement, never tried, takes the next one (power of two choices would
-        leave it out of the draw a third of the time among three)."""
+        leave it out of the draw a third of the time among three). With ``idle``, only a
+        replica with no try in progress."""
         guard = self.guard
         skip: set[str] = set()
         while True:
-            cands = [e for e in self.candidates(route, tried, last) if e.url not in skip]
+            cands = [e for e in self.candidates(route, tried, last) if e.url not in skip
+                     and not (idle and self.inflight.tries(e.url))]
             if not cands:
                 return None
             by_url = {e.url: e for e in cands}

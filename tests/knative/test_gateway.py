@@ -203,6 +203,31 @@ def test_every_try_counted_by_the_pick_ends(stubs: dict[str, StubUpstream]) -> N
         stubs[n].url: 0 for n in "abc"}
 
 
+def test_a_resumed_stream_takes_an_idle_replica_of_another_revision_first(
+        stubs: dict[str, StubUpstream]) -> None:
+    # the broken stream's revision has only a busy replica left: an idle fallback replica
+    # continues it rather than queueing it behind that one's work; with none idle, the busy
+    # replica of the same revision does
+    from knative.gateway._exchange import ProxyRequest
+
+    tbl = table(stubs, "ab")
+    _, client, _ = make(tbl)
+    gw = gateway_of(client.application)
+    look_busy(gw, stubs["b"].url, 1)
+    body = json.dumps({"prompt": "hi", "stream": True}).encode()
+    req = ProxyRequest("POST", "/v1/completions", body, {}, time.monotonic() + 5,
+                       gw.inflight.begin())
+    out = gw.reopen(req, body, {stubs["a"].url}, "primary")
+    assert out is not None
+    assert [n for n in ("b", "fb") if stubs[n].requests] == ["fb"]
+    out.close()
+    look_busy(gw, stubs["fb"].url, 1)
+    again = gw.reopen(req, body, {stubs["a"].url}, "primary")
+    assert again is not None
+    assert stubs["b"].requests == 1
+    again.close()
+
+
 def test_client_errors_pass_through_and_do_not_count(
     stubs: dict[str, StubUpstream], registry: BreakerRegistry
 ) -> None:
