@@ -410,18 +410,22 @@ class Gateway:
     def reopen(self, req: ProxyRequest, body: bytes, tried: set[str],
                revision: str) -> Stream | None:
         """A stream of ``body`` (a continuation of ``req``) from a ready replica not in
-        ``tried``; None when none answers with a stream before the deadline. An idle replica
-        (no try in progress) of any revision, in the resume order, is asked before a busy one
-        of the same revision: the client waits mid-stream, and a busy replica would queue
-        the continuation behind its own work."""
+        ``tried``; None when none answers with a stream before the deadline. The least busy
+        replica (fewest tries in progress) of any revision takes it, the resume order (its
+        own revision first) deciding among equals: the client waits mid-stream, and a busy
+        replica would queue the continuation behind its own work (the streams of a replica
+        that died all resume at once)."""
         cont = req.with_body(body)
         routes = self._resume_routes(revision)
-        for idle, last in ((True, False), (False, False), (False, True)):
+        busiest = max((self.inflight.tries(e.url) for r in routes for e in r.endpoints),
+                      default=0)
+        passes = [(n, False) for n in range(busiest + 1)] + [(None, False), (None, True)]
+        for at_most, last in passes:
             for route in routes:
                 if not self._plan.admits(route, last):
                     continue
                 while time.monotonic() < req.deadline:
-                    picked = self._plan.pick(route, tried, last, idle)
+                    picked = self._plan.pick(route, tried, last, at_most)
                     if picked is None:
                         break
                     ep, permits = picked

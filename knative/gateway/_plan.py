@@ -80,20 +80,20 @@ class Planner:
         return [e for e in ready if guard.last_resort(route, e)]
 
     def pick(self, route: Route, tried: set[str], last: bool,
-             idle: bool = False) -> tuple[Endpoint, list[Permit]] | None:
+             at_most: int | None = None) -> tuple[Endpoint, list[Permit]] | None:
         """The replica with the fewest tries in progress, among equals the one whose last try
         started longest ago (at random among those never tried), its try counted in progress
         at once (the caller tries it and ends the count), with its try's permits (none
         in the last resort behind a breaker that refused: that try is not counted). A revision
         has a handful of replicas, so every one is compared: idle replicas take requests in
         turn, and a replacement, never tried, takes the next one (power of two choices would
-        leave it out of the draw a third of the time among three). With ``idle``, only a
-        replica with no try in progress."""
+        leave it out of the draw a third of the time among three). With ``at_most``, only a
+        replica with at most that many tries in progress."""
         guard = self.guard
         skip: set[str] = set()
         while True:
             cands = [e for e in self.candidates(route, tried, last) if e.url not in skip
-                     and not (idle and self.inflight.tries(e.url))]
+                     and (at_most is None or self.inflight.tries(e.url) <= at_most)]
             if not cands:
                 return None
             by_url = {e.url: e for e in cands}

@@ -203,11 +203,11 @@ def test_every_try_counted_by_the_pick_ends(stubs: dict[str, StubUpstream]) -> N
         stubs[n].url: 0 for n in "abc"}
 
 
-def test_a_resumed_stream_takes_an_idle_replica_of_another_revision_first(
+def test_a_resumed_stream_takes_the_least_busy_replica_of_any_revision(
         stubs: dict[str, StubUpstream]) -> None:
     # the broken stream's revision has only a busy replica left: an idle fallback replica
-    # continues it rather than queueing it behind that one's work; with none idle, the busy
-    # replica of the same revision does
+    # continues it rather than queueing it behind that one's work; among equally busy ones,
+    # the stream's own revision does
     from knative.gateway._exchange import ProxyRequest
 
     tbl = table(stubs, "ab")
@@ -221,11 +221,16 @@ def test_a_resumed_stream_takes_an_idle_replica_of_another_revision_first(
     assert out is not None
     assert [n for n in ("b", "fb") if stubs[n].requests] == ["fb"]
     out.close()
-    look_busy(gw, stubs["fb"].url, 1)
+    look_busy(gw, stubs["fb"].url, 1)  # as busy as b: its own revision's replica
     again = gw.reopen(req, body, {stubs["a"].url}, "primary")
     assert again is not None
     assert stubs["b"].requests == 1
     again.close()
+    look_busy(gw, stubs["b"].url, 2)  # b busier than the fallback: the least busy
+    third = gw.reopen(req, body, {stubs["a"].url}, "primary")
+    assert third is not None
+    assert (stubs["b"].requests, stubs["fb"].requests) == (1, 2)
+    third.close()
 
 
 def test_client_errors_pass_through_and_do_not_count(
