@@ -7,10 +7,10 @@ from pathlib import Path
 
 DEFAULT_GENERATION_MODEL = "gemma-3-270m"
 DEFAULT_EMBEDDING_MODEL = "all-minilm-l6-v2"
-# sequences decoded together (SUREFOOT_SLOTS): 1 runs one request at a time on the
-# single-sequence engine, which starts fastest (one copy of the weights, no batch context);
-# 4 fit one call of the batch-invariant batching engine (knative.serving._engine)
-DEFAULT_SLOTS = 1
+# sequences decoded together (SUREFOOT_SLOTS): 4 fit one call of the batch-invariant
+# batching engine (knative.serving._engine); 1 runs one request at a time on the
+# single-sequence engine, which `surefoot up` picks when its replicas share the cores
+DEFAULT_SLOTS = 4
 
 
 class BackendError(Exception):

@@ -17,11 +17,13 @@ INTERNAL = {"X-Surefoot-Internal": TOKEN}
 FIELD = ',"surefoot_resume":'
 
 
-@pytest.fixture
-def client(gemma) -> FlaskClient:
+@pytest.fixture(params=["batching", "single-sequence"])
+def client(request) -> FlaskClient:
+    # both engines: the replica's default and the one `surefoot up` runs on shared cores
+    backend = request.getfixturevalue("gemma" if request.param == "batching" else "gemma_serial")
     settings = ServeSettings(n_ctx=256, max_tokens=64, queue_capacity=4, max_body_bytes=8192,
                              internal_token=TOKEN)
-    return create_app(settings, gemma, None).test_client()
+    return create_app(settings, backend, None).test_client()
 
 
 def events(body: bytes) -> list[str]:

@@ -379,3 +379,20 @@ def test_up_answers_through_the_gateway_and_stops_cleanly(
     assert "Traceback" not in err
     assert up.leftovers() == []
     assert not (up.state_dir / "state.json").exists()
+
+
+def test_replicas_sharing_the_cores_run_the_single_sequence_engine(tmp_path: Path) -> None:
+    # the slots `surefoot up` gives its replicas: 1 when they share the cores one thread each,
+    # else the engine's default; the setting, then the environment, say otherwise
+    from surefoot._up import LocalSystem, UpSettings
+
+    def slots(env: dict[str, str], **kw: Any) -> str | None:
+        system = LocalSystem(UpSettings(state_dir=str(tmp_path), **kw), env)
+        return system._slots_env().get("SUREFOOT_SLOTS")
+
+    cores = os.cpu_count() or 1
+    assert slots({}, replica_threads=1) == "1"
+    assert slots({}, replica_threads=4) is None
+    assert slots({}) == ("1" if cores // 4 < 2 else None)  # 3 primaries and a fallback
+    assert slots({"SUREFOOT_SLOTS": "2"}, replica_threads=1) is None  # theirs, inherited
+    assert slots({"SUREFOOT_SLOTS": "2"}, replica_slots=3) == "3"
