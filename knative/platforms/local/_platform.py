@@ -9,10 +9,8 @@ from the shared checkpoint store), probes readiness, and emits the same lifecycl
 as the cluster watcher. Eviction honours a disruption budget of one unavailable replica per
 revision (HTTP 429's "not now", as the Eviction API answers).
 
-With standbys (``LocalSettings.standby``, :mod:`knative.platforms.local._standby`) a lost
-replica's replacement is a loaded process that takes over at once instead of one that starts
-from nothing; placement and the reasons a replica stays Pending are in
-:mod:`knative.platforms.local._placement`.
+With standbys (:mod:`knative.platforms.local._standby`) a lost replica's replacement is a
+loaded process that takes over at once; placement is in :mod:`._placement`.
 """
 
 from __future__ import annotations
@@ -107,7 +105,6 @@ class LocalPlatform:
             INTERNAL_TOKEN_ENV, "")
         self._token = env_token or (secrets.token_urlsafe(16) if settings.standby else "")
         self._pool = StandbyPool(settings, self.log_dir, self._token, self._probe, clock)
-        self._loading: dict[str, StandbyRecord] = {}  # replica -> its standby, still loading
         self._changes = Changes()
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -417,31 +414,25 @@ class LocalPlatform:
         r.proc, r.port, r.adopted_from = sb.proc, sb.port, sb.name
         r.started = time.time()
         r.phase, r.ready, r.exit_code = "Running", False, None
+        log.info("standby %s%s takes over as %s (%s) on %s", sb.name,
+                 "" if sb.adoptable else ", still loading,", r.name, r.revision, r.node)
         if sb.adoptable:
-            log.info("standby %s takes over as %s (%s) on %s", sb.name, r.name, r.revision,
-                     r.node)
             self._probers.submit(self._adopt, r, sb)
             return
-        log.info("standby %s, still loading, takes over as %s (%s) on %s once loaded",
-                 sb.name, r.name, r.revision, r.node)
         if self.settings.start_nice and sb.proc is not None:
             renice_tree(sb.proc.pid, 0)
-        self._loading[r.name] = sb
+        self._pool.hold(r.name, sb)
 
     def _adopt_loaded(self) -> list[StandbyRecord]:
         """Adopt the standbys taken while loading that now are; those still to probe."""
-        to_probe = []
-        for name, sb in list(self._loading.items()):
+        def waits(name: str, sb: StandbyRecord) -> bool:
             r = self._replicas.get(name)
-            if r is None or r.proc is not sb.proc or r.phase != "Running":
-                del self._loading[name]  # lost again meanwhile (its exit is the replica's)
-            elif sb.adoptable:
-                del self._loading[name]
-                log.info("standby %s loaded: takes over as %s", sb.name, r.name)
-                self._probers.submit(self._adopt, r, sb)
-            else:
-                to_probe.append(sb)
-        return to_probe
+            return r is not None and r.proc is sb.proc and r.phase == "Running"
+
+        loaded, loading = self._pool.loaded(waits)
+        for name, sb in loaded:
+            self._probers.submit(self._adopt, self._replicas[name], sb)
+        return loading
 
     def _adopt(self, r: ReplicaRecord, sb: StandbyRecord) -> None:
         assert r.node is not None

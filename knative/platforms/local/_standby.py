@@ -87,6 +87,7 @@ class StandbyPool:
         self._pool: dict[str, StandbyRecord] = {}
         self._stopping: list[subprocess.Popen[bytes]] = []  # discarded, not yet reaped
         self._refill_at: dict[str, float] = {}  # revision -> no new standby before (clock)
+        self._held: dict[str, StandbyRecord] = {}  # replica -> its standby, taken loading
 
     def reconcile(self, specs: Mapping[str, RevisionSpec]) -> None:
         """Start standbys until each revision that runs replicas has ``want`` of them; stop
@@ -169,6 +170,26 @@ class StandbyPool:
         del self._pool[sb.name]
         self._refill_at[revision] = self._clock() + self.s.standby_refill_delay
         return sb
+
+    def hold(self, replica: str, sb: StandbyRecord) -> None:
+        """``sb``, taken while loading, adopts ``replica`` once loaded (:meth:`loaded`)."""
+        self._held[replica] = sb
+
+    def loaded(self, waits: Callable[[str, StandbyRecord], bool]) -> tuple[
+            list[tuple[str, StandbyRecord]], list[StandbyRecord]]:
+        """The held standbys now loaded, with their replicas (to adopt), and those still
+        loading (to probe); one whose replica no longer ``waits`` for it is let go (its exit
+        is the replica's)."""
+        loaded, loading = [], []
+        for replica, sb in list(self._held.items()):
+            if not waits(replica, sb) or sb.adoptable:
+                del self._held[replica]
+                if sb.adoptable and waits(replica, sb):
+                    log.info("standby %s loaded: takes over as %s", sb.name, replica)
+                    loaded.append((replica, sb))
+            else:
+                loading.append(sb)
+        return loaded, loading
 
     def adopt(self, sb: StandbyRecord, replica: str, node: str) -> dict[str, Any]:
         """Hand ``sb`` the identity ``replica`` on ``node``; the standby's facts of it."""
