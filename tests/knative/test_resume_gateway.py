@@ -170,17 +170,24 @@ def check_one_stream(chunks: list[Any], ref: list[Any]) -> None:
     assert body[-1]["usage"] == ref[-2]["usage"]
 
 
-def test_sigkill_mid_stream_resumes_on_another_replica(replicas, gateway) -> None:
-    ref, _ = stream(gateway.url, CHAT)
-    assert ref[-2]["usage"]["completion_tokens"] > 40
+def killed_at(replicas, gateway, body: dict[str, Any], at: int) -> list[Any]:
+    """The stream of ``body`` whose replica is SIGKILLed after its ``at``-th chunk, checked
+    to be the uninterrupted one."""
+    ref, _ = stream(gateway.url, body)
 
     def kill(n: int, replica: str) -> None:
-        if n == 6:
+        if n == at:
             replicas[replica].signal(signal.SIGKILL)
 
-    chunks, victim = stream(gateway.url, CHAT, kill)
+    chunks, victim = stream(gateway.url, body, kill)
     assert replicas[victim].proc.wait(10) is not None
     check_one_stream(chunks, ref)
+    return chunks
+
+
+def test_sigkill_mid_stream_resumes_on_another_replica(replicas, gateway) -> None:
+    chunks = killed_at(replicas, gateway, CHAT, 6)
+    assert chunks[-2]["usage"]["completion_tokens"] > 40
     m = gateway.gw.metrics
     assert m.get("resume_broken") == 1
     assert m.get("resumed_tokens") >= 1
@@ -197,17 +204,8 @@ def test_a_json_stream_killed_mid_object_resumes_still_valid_json(replicas, gate
             "response_format": {"type": "json_schema",
                                 "json_schema": {"name": "cat", "strict": True,
                                                 "schema": schema}}}
-    ref, _ = stream(gateway.url, body)
-    assert set(json.loads(content(ref[:-1]))) == {"name", "colour"}
-    assert ref[-2]["usage"]["completion_tokens"] > 8
-
-    def kill(n: int, replica: str) -> None:
-        if n == 5:
-            replicas[replica].signal(signal.SIGKILL)
-
-    chunks, victim = stream(gateway.url, body, kill)
-    assert replicas[victim].proc.wait(10) is not None
-    check_one_stream(chunks, ref)
+    chunks = killed_at(replicas, gateway, body, 5)
+    assert chunks[-2]["usage"]["completion_tokens"] > 8
     assert set(json.loads(content(chunks[:-1]))) == {"name", "colour"}
     assert gateway.gw.metrics.get("resume_broken") == 1
 
