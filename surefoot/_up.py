@@ -316,8 +316,7 @@ class LocalSystem:
         s = self.s
         # Replicas share this machine's cores: more engine threads than cores only makes them
         # wait on each other (llama.cpp's OpenMP threads spin).
-        replicas = s.primary_replicas + s.fallback_replicas
-        threads = s.replica_threads or max(1, (os.cpu_count() or 1) // replicas)
+        threads = self._replica_threads()
         # the replica's own grace leaves time for its exit snapshot within the platform's
         replica_grace = max(1.0, s.grace_seconds * 0.7)
         common = ["--max-tokens", str(s.max_tokens), "--n-threads", str(threads),
@@ -343,9 +342,14 @@ class LocalSystem:
             return {"SUREFOOT_SLOTS": str(s.replica_slots)}
         if "SUREFOOT_SLOTS" in self.env:
             return {}
+        return {"SUREFOOT_SLOTS": "1"} if self._replica_threads() < 2 else {}
+
+    def _replica_threads(self) -> int:
+        """Engine threads per replica: the setting, else this machine's cores shared out
+        among the replicas (at least 1)."""
+        s = self.s
         replicas = s.primary_replicas + s.fallback_replicas
-        shared = s.replica_threads or (os.cpu_count() or 1) // replicas
-        return {"SUREFOOT_SLOTS": "1"} if shared < 2 else {}
+        return s.replica_threads or max(1, (os.cpu_count() or 1) // replicas)
 
     def _start_platform(self, ckpt_dir: Path, log_dir: Path) -> None:
         s = self.s

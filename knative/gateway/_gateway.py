@@ -419,7 +419,7 @@ class Gateway:
         routes = self._resume_routes(revision)
         busiest = max((self.inflight.tries(e.url) for r in routes for e in r.endpoints),
                       default=0)
-        passes = [(n, False) for n in range(busiest + 1)] + [(None, False), (None, True)]
+        passes = [(n, False) for n in range(busiest)] + [(None, False), (None, True)]
         for at_most, last in passes:
             for route in routes:
                 if not self._plan.admits(route, last):

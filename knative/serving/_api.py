@@ -161,8 +161,7 @@ class OpenAIRoutes:
         ticket = self.rt.admit()
         tokens = getattr(backend, "stream_tokens", None)
         choices = Choices(backend)
-        if (req.stream and internal and tokens is not None and req.n == 1
-                and req.logprobs is None and not req.tools.active):
+        if req.stream and internal and tokens is not None and req.resumable:
             # a format (a grammar) resumes too: the grammar goes on past the resumed tokens
             spec = (None if req.constraint is None
                     else choices.chat_spec(req, choices.chat_items(req)[0]))

@@ -144,6 +144,12 @@ class ChatRequest:
         no tools)."""
         return self.logprobs is None and self.constraint is None and not self.tools.active
 
+    @property
+    def resumable(self) -> bool:
+        """Whether a stream of it can be continued from token ids (one choice, no logprobs,
+        no tools; a format's grammar goes on past the resumed tokens)."""
+        return self.n == 1 and self.logprobs is None and not self.tools.active
+
 
 @dataclass(frozen=True)
 class EmbeddingRequest:
@@ -440,7 +446,7 @@ def parse_chat(body: Any, served: list[str], limits: Limits,
     turns = _named_results(messages)
     req = ChatRequest(model, text_turns(turns), params, stream, include_usage, resume, n,
                       logprobs, constraint, tools, turns)
-    if resume is not None and (n != 1 or logprobs is not None or tools.active):
+    if resume is not None and not req.resumable:
         c.add(RESUME_FIELD, "needs n=1, no logprobs and no tools")
     c.raise_if_any()
     if model not in served:

@@ -182,11 +182,12 @@ class StandbyPool:
         is the replica's)."""
         loaded, loading = [], []
         for replica, sb in list(self._held.items()):
-            if not waits(replica, sb) or sb.adoptable:
+            if not waits(replica, sb):
                 del self._held[replica]
-                if sb.adoptable and waits(replica, sb):
-                    log.info("standby %s loaded: takes over as %s", sb.name, replica)
-                    loaded.append((replica, sb))
+            elif sb.adoptable:
+                del self._held[replica]
+                log.info("standby %s loaded: takes over as %s", sb.name, replica)
+                loaded.append((replica, sb))
             else:
                 loading.append(sb)
         return loaded, loading
