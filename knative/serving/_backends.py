@@ -123,8 +123,10 @@ class LlamaCppBackend:
         chat_format: str = "",
         slots: int = DEFAULT_SLOTS,
         batch_invariant: bool = True,
+        flash_attn: bool = True,
     ) -> None:
         self.model = model
+        self.flash_attn = flash_attn
         self.slots = slots
         self.chat_format = chat_format
         self.model_id = model_id or generation_model_id(model)
@@ -166,6 +168,7 @@ class LlamaCppBackend:
                     n_threads=self.n_threads,
                     n_threads_batch=self.n_threads,
                     n_gpu_layers=self.n_gpu_layers,
+                    flash_attn=self.flash_attn,
                     verbose=False,
                 )
         except (ValueError, RuntimeError, OSError) as exc:

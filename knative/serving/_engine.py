@@ -15,18 +15,20 @@ The thread also runs the engine's other work (loading, state snapshots) between 
 calls into llama.cpp come from one thread and one OpenMP team.
 
 Batch invariance (on by default). llama.cpp's CPU kernels take different paths by the number
-of rows a decode holds, and those paths round differently. Measured on an AVX2 CPU: one token
-of each of 1 to 4 sequences gives every row the result it has alone; 5 to 7 rows, 8 rows or
-more, and several tokens of one sequence each give others; the weights the CPU backend
-repacks add their own split. A sequence decoded alone or among seven others would then give
-other tokens. In invariant mode the engine keeps every token in one class whatever else runs:
-generated tokens are decoded a token per sequence in calls of at most ``decode_rows`` rows,
-prompt tokens in calls of one sequence and at least ``prefill_rows`` rows (a prompt shorter
-than that in one call of its own), on the plain weight layouts and a KV stream per slot
-(llama.cpp forms a sub-batch of the sequences whose slot numbers follow each other, so new
-requests take the lowest free slot). A cached prefix is reused only where it was computed as
-a prompt would be, and the tokens of a resumed stream that an earlier run generated are
-decoded again a token a step, as they were generated, so the stream goes on as it would have.
+of rows a decode holds, and those paths round differently. Measured on an AVX2 CPU: a call of
+1 to 4 rows gives every row the result it has alone; 5, 6 or 7 rows, and 8 rows or more, each
+give others; the weights the CPU backend repacks add their own split. Without the fused
+attention kernel, several rows of one sequence also differ from one a call. A sequence decoded
+alone or among seven others would then give other tokens. In invariant mode the engine keeps
+every token in one class whatever else runs: generated tokens are decoded a token per sequence
+in calls of at most ``decode_rows`` rows, prompt tokens in chunks of at least ``prefill_rows``
+rows of one sequence (a prompt shorter than that in one call of its own), on the plain weight
+layouts and a KV stream per slot (llama.cpp forms a sub-batch of the sequences whose slot
+numbers follow each other, so new requests take the lowest free slot). With the fused
+attention, the tokens of a resumed stream that an earlier run generated are decoded again up
+to ``decode_rows`` in a call; without it, one a step. A cached prefix
+is reused only where it was computed as a prompt would be, so a resumed stream goes on as it
+would have.
 The price is throughput at high concurrency (a full batch runs as several calls); with
 ``invariant=False`` every step is one decode on one unified cache with the repacked
 weights, as llama.cpp's own server runs it.
@@ -173,6 +175,8 @@ class BatchEngine:
         self._batch: Any = None
         self._mem: Any = None
         self._n_swa = 0
+        self._fused = False
+        self._replay_rows = 1
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
 
@@ -237,6 +241,10 @@ class BatchEngine:
         self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
         self._mem = llama_cpp.llama_get_memory(self._ctx.ctx)
         self._n_swa = int(llama_cpp.llama_model_n_swa(self._model.model))
+        # the fused attention kernel computes each row of a sequence on its own, so several
+        # tokens of one sequence may share a call
+        self._fused = params.flash_attn_type == llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
+        self._replay_rows = self.decode_rows if self._fused else 1
         self._llm = llm
 
     def _reusable(self, slot: int, n: int) -> int:
@@ -389,14 +397,32 @@ class BatchEngine:
         are needed): one decode for all, or (invariant) the generated tokens in calls of at
         most ``decode_rows`` rows and each prompt chunk in a call of its own."""
         live = [r for r in self._slots if r is not None]
-        # invariant: what an earlier run generated is decoded again a token a step, as then
+        rows = self.decode_rows if self.invariant else self.n_batch
+        calls: list[list[tuple[_Request, int, bool]]] = []
+        used = rows
+
+        def put(entry: tuple[_Request, int, bool]) -> None:
+            nonlocal used
+            if used + entry[1] > rows:
+                calls.append([])
+                used = 0
+            calls[-1].append(entry)
+            used += entry[1]
+
+        for r in live:
+            if not r.prefilling:
+                put((r, 1, True))
+        # invariant: what an earlier run generated is decoded again as generated tokens are
+        # (up to ``replay_rows`` of them in one call, which the fused attention allows)
         replaying = {r.slot for r in live if self.invariant and r.prefilling
                      and r.follow is None and len(r.kv_tokens) >= r.decoded_from}
-        decoding = [(r, 1, not r.prefilling or len(r.pending) == 1) for r in live
-                    if not r.prefilling or r.slot in replaying]
+        for r in live:
+            if r.slot in replaying:
+                take = min(self._replay_rows, len(r.pending), rows - used if used < rows else rows)
+                put((r, take, take == len(r.pending)))
         reading: list[tuple[_Request, int, bool]] = []
-        budget = self.n_batch - (0 if self.invariant else len(decoding)) - self.prefill_rows
-        cap = self.chunk if decoding else budget
+        budget = self.n_batch - (0 if self.invariant else used if calls else 0) - self.prefill_rows
+        cap = self.chunk if calls else budget
         for r in live:
             if not r.prefilling or r.follow is not None or r.slot in replaying:
                 continue
@@ -407,9 +433,7 @@ class BatchEngine:
             cap -= take
             budget -= take
         if not self.invariant:
-            return [decoding + reading] if decoding or reading else []
-        rows = self.decode_rows
-        calls = [decoding[i:i + rows] for i in range(0, len(decoding), rows)]
+            return [calls[0] + reading] if calls else [reading] if reading else []
         return calls + [[entry] for entry in reading]
 
     def _chunk(self, req: _Request, cap: int) -> int:

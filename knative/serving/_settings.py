@@ -44,6 +44,8 @@ class ServeSettings:
     # batched tokens come out as they would alone (knative.serving._engine); off: faster at
     # high concurrency, but a request's output then depends on what it shares steps with
     batch_invariant: bool = True
+    # llama.cpp's fused attention kernel (llama-server's default on a CPU); off: the unfused one
+    flash_attn: bool = True
     # admission: requests admitted at once (running plus waiting for the engine)
     queue_capacity: int = 8
     queue_timeout: float = 60.0

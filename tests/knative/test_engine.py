@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import threading
 from dataclasses import replace
+from typing import Any
 
 import httpx
 import pytest
@@ -40,6 +41,18 @@ def test_repacked_weights_come_back_after_a_plain_load(batched):
     from llama_cpp import llama_cpp as lib
 
     assert lib.llama_model_default_params().use_extra_bufts is True
+
+
+def test_the_fused_attention_is_on_unless_the_setting_says_off(batched):
+    import llama_cpp
+
+    assert batched.llm.context_params.flash_attn_type == llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
+    assert batched._batcher is not None
+    assert batched._batcher._replay_rows == 4
+    assert ServeSettings.from_env({}).flash_attn is True
+    assert ServeSettings.from_env({"SUREFOOT_FLASH_ATTN": "off"}).flash_attn is False
+    with pytest.raises(ValueError, match="SUREFOOT_FLASH_ATTN"):
+        ServeSettings.from_env({"SUREFOOT_FLASH_ATTN": "sometimes"})
 
 
 def test_slots_setting_reads_the_environment():
@@ -197,11 +210,54 @@ def test_a_resumed_stream_goes_on_as_the_uninterrupted_one(full):
     cuts = [(sum(len(d.tokens) for d in whole[:j]), sum(len(d.text) for d in whole[:j]))
             for j in (1, 6, 13)]
     for k, sent in cuts:
+        before = full.engine_stats()["decodes"]
         rest = list(full.stream_tokens(PROMPTS[2], params, resumed=tuple(ids[:k]),
                                        sent_chars=sent))
         assert ids[:k] + [t for d in rest for t in d.tokens] == ids
         assert text[:sent] + "".join(d.text for d in rest) == text
         assert rest[-1].finish_reason == "length"
+        # the resumed tokens go four to a call: the prompt read (or its cache reused), then
+        # ceil(k / 4) calls, then a call a token for the rest but the last
+        calls = full.engine_stats()["decodes"] - before
+        assert calls - (-(-k // 4) + 23 - k) in (0, 1)
+
+
+def _fake(slot: int, prompt: int, kv: int = 0, decoded_from: int | None = None,
+          generating: bool = False) -> Any:
+    from knative.serving._engine import _Request
+    from knative.serving._sampling import SeqSpec
+
+    req = _Request(SeqSpec(tokens=tuple(range(prompt)), max_tokens=8,
+                           decoded_from=decoded_from), lambda: None)
+    req.slot = slot
+    req.kv_tokens = list(range(kv))
+    req.pending = [0] if generating else list(range(kv, prompt))
+    req.prefilling = not generating
+    return req
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_the_invariant_plan_keeps_every_row_in_its_class(fused):
+    from knative.serving._engine import BatchEngine
+
+    engine = BatchEngine("plan", 8, 1.0)
+    engine._fused, engine._replay_rows = fused, 4 if fused else 1
+    engine._slots[:7] = [
+        _fake(0, 5, generating=True), _fake(1, 5, generating=True),
+        _fake(2, 5, generating=True),
+        _fake(3, 30, kv=20, decoded_from=20),  # 10 resumed tokens to decode again
+        _fake(4, 20), _fake(5, 12),  # prompts to read
+        _fake(6, 5),  # a prompt under the prefill rows
+    ]
+    calls = engine._plan()
+    shape = [[(r.slot, take, want) for r, take, want in call] for call in calls]
+    # generated tokens and the resumed ones in calls of at most four rows, each prompt chunk
+    # in a call of its own (prompts of several sequences in one call changed greedy texts)
+    assert shape == [[(0, 1, True), (1, 1, True), (2, 1, True), (3, 1, False)],
+                     [(4, 20, True)], [(5, 12, True)], [(6, 5, True)]]
+    engine._slots[:3] = [None] * 3
+    # with the fused attention, four resumed tokens of one sequence share a call
+    assert [(r.slot, take) for r, take, _ in engine._plan()[0]] == [(3, 4 if fused else 1)]
 
 
 def test_without_invariance_every_step_is_one_decode():
