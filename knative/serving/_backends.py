@@ -138,6 +138,7 @@ class LlamaCppBackend:
                                      invariant=batch_invariant)
                          if slots > 1 else None)
         self._llm: Any = None
+        self._prompt_cache: Any = None  # what the single-sequence context read last
         self.model_path: Path | None = None
 
     @property
@@ -156,10 +157,11 @@ class LlamaCppBackend:
 
     def _load(self, Llama: Any) -> None:
         assert self.model_path is not None
-        # an invariant batching engine computes on the weights' plain layouts (the CPU's
-        # repacked ones split the rows classes once more): the single-sequence context then
-        # shares them, so the weights are loaded once
-        plain = self._batcher is not None and self._batcher.invariant
+        # the weights' plain layouts: the CPU's repacked ones split the rows classes once more
+        # (a prompt started from a cached prefix changed 1 greedy text in 60 on them, none on
+        # the plain ones); an invariant batching engine shares them, so they load once. Only a
+        # batching engine with invariance off takes the repacked layouts, as llama-server
+        plain = self._batcher is None or self._batcher.invariant
         try:
             with plain_layouts(plain):
                 self._llm = Llama(
@@ -404,10 +406,26 @@ class LlamaCppBackend:
         build = tk.sampler_builder(llm, spec)
         if self._batcher is None:
             return cn.deltas(cont, self._engine.stream(lambda: (
-                [t.id for t in run] for run in tk.serial_tokens(llm, spec, None, build))))
+                [t.id for t in run] for run in self._serial(llm, spec, None, build))))
         ids: list[int] = []
         signals = self._batched(spec, lambda: cn.Recorder(build(), ids))
         return cn.deltas(cont, cn.recorded(signals, ids))
+
+    def _serial(self, llm: Any, spec: SeqSpec, reader: Any, build: Any) -> Iterator[Any]:
+        """The single-sequence tokens of ``spec`` for the engine job running now (call on
+        the engine thread), from the prompt the job before it read where it shares it."""
+        from knative.serving import _tokens as tk
+
+        return tk.serial_tokens(llm, spec, reader, build, self._prompt(),
+                                self._engine.jobs_started)
+
+    def _prompt(self) -> Any:
+        """What the single-sequence context read last (:class:`_tokens.PromptCache`)."""
+        from knative.serving import _tokens as tk
+
+        if self._prompt_cache is None:
+            self._prompt_cache = tk.PromptCache()
+        return self._prompt_cache
 
     def spec(self, request: Prompt | tuple[ChatMessage, ...], params: SamplingParams,
              grammar: Any = None, template: dict[str, Any] | None = None) -> SeqSpec:
@@ -439,7 +457,7 @@ class LlamaCppBackend:
         build = tk.sampler_builder(llm, spec)
         if self._batcher is None:
             return tk.deltas(cont, self._engine.stream(
-                lambda: tk.serial_tokens(llm, spec, reader, build)))
+                lambda: self._serial(llm, spec, reader, build)))
         out: list[Any] = []
         signals = self._batched(spec, lambda: tk.LogprobSampler(build(), reader, out))
         return tk.deltas(cont, cn.recorded(signals, out))
@@ -487,6 +505,9 @@ class LlamaCppBackend:
                 "llama_state": ctypes.string_at(buf, n_bytes),
                 "input_ids": np.asarray(llm.input_ids[:n], dtype=np.int32).tobytes(),
                 "last_logits": last.tobytes(),
+                # how many of them were read as a prompt (a next prompt may start past them)
+                "prompt_exact": str(min(n, self._prompt().held(
+                    self._engine.jobs_started))).encode(),
             }
 
         blobs: dict[str, bytes] = self._engine.call(grab)
@@ -506,6 +527,10 @@ class LlamaCppBackend:
         except KeyError as exc:
             raise BackendError(f"engine state lacks {exc}") from exc
         n = len(ids)
+        try:  # a checkpoint from before the prompt cache: nothing is known to be exact
+            exact = max(0, int(blobs.get("prompt_exact", b"0")))
+        except ValueError as exc:
+            raise BackendError("engine state has a bad prompt_exact") from exc
         n_vocab = self.llm.n_vocab()
         if n > self._n_ctx or (n and last.shape != (n_vocab,)):
             raise BackendError("engine state does not match this model and context size")
@@ -524,8 +549,11 @@ class LlamaCppBackend:
             llm.input_ids[:n] = ids
             llm.n_tokens = n
             buf = (ctypes.c_uint8 * len(raw)).from_buffer_copy(raw)
+            cache = self._prompt()
+            cache.restored(self._engine.jobs_started, ())
             if llama_cpp.llama_state_set_data(llm._ctx.ctx, buf, len(raw)) != len(raw):
                 raise BackendError("llama.cpp refused the engine state")
+            cache.restored(self._engine.jobs_started, tuple(int(t) for t in ids[:exact]))
 
         self._engine.call(put_back)
 

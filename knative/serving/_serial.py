@@ -64,6 +64,8 @@ class SerialEngine:
     def __init__(self, name: str, queue_timeout: float) -> None:
         self.queue_timeout = queue_timeout
         self._jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
+        # jobs the engine has started (read on the engine thread: the number of the one running)
+        self.jobs_started = 0
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
         self._thread.start()
 
@@ -72,6 +74,7 @@ class SerialEngine:
             job = self._jobs.get()
             if not job.try_start():
                 continue
+            self.jobs_started += 1
             job.out.put(("started", None))
             try:
                 if job.stream:

@@ -20,6 +20,7 @@ from typing import Any
 
 from knative.serving._backends import Delta
 from knative.serving._continuation import Continuation, continuation
+from knative.serving._engine import PREFILL_ROWS
 from knative.serving._sampling import sampler_factory
 
 
@@ -112,22 +113,68 @@ def sampler_builder(llm: Any, spec: Any) -> Callable[[], Any]:
     return lambda: GrammarSampler(llm, build(), spec.grammar, resumed)
 
 
+@dataclass
+class PromptCache:
+    """The leading tokens of the single-sequence context that a next prompt may start from:
+    those read as a prompt in calls of at least ``PREFILL_ROWS`` rows (whatever the split,
+    such rows come out as they would in one read), and the number of the engine job that
+    read them. A job run in between may have changed the context: nothing is reused then."""
+
+    tokens: tuple[int, ...] = ()
+    job: int = -1
+
+    def reusable(self, job: int, tokens: tuple[int, ...], start: int) -> int:
+        """How many leading tokens of ``tokens`` (a prompt read up to ``start``) job number
+        ``job`` may keep: never the whole prompt, never leaving fewer than ``PREFILL_ROWS``
+        to read."""
+        if self.job != job - 1 or not self.tokens:
+            return 0
+        n = 0
+        for a, b in zip(self.tokens, tokens[:start - 1], strict=False):
+            if a != b:
+                break
+            n += 1
+        return n if start - n >= PREFILL_ROWS else max(0, start - PREFILL_ROWS)
+
+    def held(self, job: int) -> int:
+        """How many leading tokens of the context job number ``job`` finds as they were read
+        (0 when another job ran since); a job that leaves the context as it is (a snapshot)
+        keeps them for the next."""
+        if self.job != job - 1:
+            return 0
+        self.job = job
+        return len(self.tokens)
+
+    def restored(self, job: int, tokens: tuple[int, ...]) -> None:
+        """Job number ``job`` put back a context whose leading ``tokens`` were read as a
+        prompt (a checkpoint's)."""
+        self.tokens, self.job = tokens, job
+
+
 def serial_tokens(llm: Any, spec: Any, reader: LogprobReader | None,
-                  make_sampler: Callable[[], Any]) -> Iterator[list[TokenOut]]:
+                  make_sampler: Callable[[], Any], cache: PromptCache | None = None,
+                  job: int = 0) -> Iterator[list[TokenOut]]:
     """The tokens ``llm`` samples for ``spec`` (a SeqSpec) on the single-sequence path, from
     a fresh context, each with its log probabilities when a ``reader`` is given (call on the
     engine thread). Tokens of a generation it continues (past ``spec.decoded_from``) are
     decoded one at a time, as they were when sampled, so their cache holds the same numbers
     (a prompt's rows would be computed otherwise) and what follows is what an uninterrupted
-    generation gives."""
+    generation gives. With a ``cache``, job number ``job`` starts from the prompt tokens the
+    job before it read, where they are its own."""
     import llama_cpp
 
+    start = len(spec.tokens) if spec.decoded_from is None else spec.decoded_from
+    kept = cache.reusable(job, spec.tokens, start) if cache is not None else 0
     llm.reset()
+    llm.n_tokens = kept  # the next eval drops the cells past it
     sampler = make_sampler()
     vocab = llm._model.vocab
     ctx = llm._ctx
-    start = len(spec.tokens) if spec.decoded_from is None else spec.decoded_from
-    llm.eval(list(spec.tokens[:start]))
+    if cache is not None:
+        cache.tokens, cache.job = (), job  # until the read below is done
+    llm.eval(list(spec.tokens[kept:start]))
+    if cache is not None and start - kept >= PREFILL_ROWS:
+        cache.tokens = tuple(spec.tokens[:start])
     for t in spec.tokens[start:]:
         llm.eval([t])
     for n in range(1, spec.max_tokens + 1):
