@@ -12,11 +12,11 @@ from knative.serving._backends import (
     GenerationBackend,
     LlamaCppBackend,
     ModelLoadError,
-    SentenceTransformerBackend,
     generation_model_id,
     resolve_gguf,
 )
 from knative.serving._checkpoint import attach as attach_checkpoints
+from knative.serving._embedding import SentenceTransformerBackend
 from knative.serving._quarantine import NodeBreakerWatch
 from knative.serving._runtime import Runtime, Unavailable, load_models
 from knative.serving._server import serve

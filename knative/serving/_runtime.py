@@ -30,8 +30,8 @@ from knative.serving._backends import (
     GenerationBackend,
     LlamaCppBackend,
     ModelLoadError,
-    SentenceTransformerBackend,
 )
+from knative.serving._embedding import SentenceTransformerBackend
 from knative.serving._settings import ServeSettings
 
 log = logging.getLogger(__name__)
