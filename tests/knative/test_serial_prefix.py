@@ -73,3 +73,11 @@ def test_a_restored_checkpoint_keeps_the_prompt_it_read(gemma_serial):
     reads.clear()
     assert _run(gemma_serial, "Why is the sky grey before snow?", reads) == fresh
     assert reads[0] == 8  # only the last prompt tokens are read again
+
+
+def test_a_checkpoint_with_a_bad_prompt_count_is_refused(gemma_serial):
+    from knative.serving import BackendError
+
+    blobs = gemma_serial.save_state()
+    with pytest.raises(BackendError, match="prompt_exact"):
+        gemma_serial.load_state({**blobs, "prompt_exact": b"many"})
