@@ -71,12 +71,17 @@ class FakeClock:
 
 
 def group_alive(pid: int) -> bool:
-    """Whether any process of the group ``pid`` leads (a serve master and its worker) lives."""
-    try:
-        os.killpg(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+    """Whether any process of the group ``pid`` leads (a serve master and its worker) runs; a
+    zombie does not (one orphaned is init's to reap, in its own time)."""
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                state, _ppid, pgid = fh.read().rsplit(")", 1)[1].split()[:3]
+        except (OSError, ValueError):
+            continue
+        if int(pgid) == pid and state not in ("Z", "X"):
+            return True
+    return False
 
 
 def seen_pids(p: LocalPlatform) -> set[int]:

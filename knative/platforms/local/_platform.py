@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import secrets
 import signal
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -53,7 +52,13 @@ from knative.platforms import (
 )
 from knative.platforms.local._changes import Changes
 from knative.platforms.local._placement import pending_reason, placeable
-from knative.platforms.local._procs import free_port, renice_tree, signal_group, spawn
+from knative.platforms.local._procs import (
+    end_groups,
+    free_port,
+    renice_tree,
+    signal_group,
+    spawn,
+)
 from knative.platforms.local._records import (
     INTERNAL_TOKEN_ENV,
     LocalSettings,
@@ -125,15 +130,9 @@ class LocalPlatform:
         with self._lock:
             procs = [r.proc for r in self._replicas.values() if r.proc and r.proc.poll() is None]
             procs += self._pool.procs()
-        for p in procs:
-            signal_group(p, signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        for p in procs:
-            try:
-                p.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                signal_group(p, signal.SIGKILL)
-                p.wait(5)
+        left = end_groups(procs, grace)
+        if left:
+            log.warning("processes still running after stop: %s", left)
         self._probers.shutdown(wait=True)
         self._probe.close()
 

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import subprocess
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 
@@ -61,3 +63,46 @@ def renice_tree(pid: int, value: int) -> None:
 def signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, sig)
+
+
+def group_members(pgid: int) -> list[int]:
+    """The processes of the group ``pgid`` that still run. A zombie is not one: a worker
+    orphaned by its master is reparented to init, which reaps it in its own time, and holds
+    nothing but its process id meanwhile."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
+            members.append(int(entry))
+    return members
+
+
+def end_groups(procs: Sequence[subprocess.Popen[bytes]], grace: float,
+               clock: Callable[[], float] = time.monotonic,
+               pause: Callable[[float], None] = time.sleep) -> list[int]:
+    """SIGTERM each process group of ``procs``, SIGKILL what runs of it after ``grace``
+    seconds, and wait (a few seconds more at most) until no process of the groups runs: the
+    leader's exit is not enough, its worker may outlive it. The pids still running, if any."""
+    for p in procs:
+        signal_group(p, signal.SIGTERM)
+    deadline = clock() + grace
+    killed = False
+    while True:
+        left = [pid for p in procs for pid in group_members(p.pid)]
+        if not left:
+            for p in procs:
+                p.poll()  # reap the leaders (a zombie leader is no member either)
+            return []
+        if clock() >= deadline:
+            if killed:
+                return left
+            for p in procs:
+                signal_group(p, signal.SIGKILL)
+            killed, deadline = True, clock() + 5.0
+        pause(0.05)
