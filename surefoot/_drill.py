@@ -27,6 +27,7 @@ from surefoot._drill_watch import (
     BREAKER_OPENED,
     GATEWAY_STOPPED,
     NODE_QUARANTINED,
+    SIGNALS,
     ReactionWatch,
 )
 
@@ -356,10 +357,14 @@ class Drill:
         from events import DETECTOR_INJECT, GpuSourceSettings, Sender, SenderSettings, xid_event
         from knative.breakers import BreakerRegistrySettings, BreakerStore, node_key
 
-        victim = self._ready_primaries()[0]
+        store = BreakerStore.from_url(BreakerRegistrySettings(redis_url=self.t.redis_url))
+        # a node whose breaker is closed: one the earlier phases' failed tries left open would
+        # not open again, and its opening is what is timed
+        ready = self._ready_primaries()
+        before = {r.name: store.status(node_key(r.node)).state for r in ready}
+        victim = next((r for r in ready if before[r.name] == "closed"), ready[0])
         node = victim.node
         key = node_key(node)
-        store = BreakerStore.from_url(BreakerRegistrySettings(redis_url=self.t.redis_url))
         watch = ReactionWatch(self.t, node, key, store.channel)
         event = xid_event(GpuSourceSettings(node=node), None, 79,
                           message="GPU has fallen off the bus.", detector=DETECTOR_INJECT)
@@ -373,6 +378,7 @@ class Drill:
         finally:
             watch.close()
         self._record_gpu_fault(watch.seen, node, victim.name, t_inj)
+        self.report["phases"]["gpu_fault"]["breaker_before"] = before[victim.name]
         self._release(node, store, key)
         self.windows["gpu_fault"] = (t_inj, time.time())
 
@@ -388,7 +394,7 @@ class Drill:
         last = max((x.start for x in served), default=None)
         self.report["phases"]["gpu_fault"] = {
             "node": node, "xid": 79,
-            **{f"{k}_ms": ms(v - t_inj) for k, v in seen.items()},
+            **{f"{k}_ms": ms(seen[k] - t_inj) if k in seen else None for k in SIGNALS},
             "last_request_routed_to_node_ms": ms(last - t_inj) if last else None,
         }
 

@@ -25,6 +25,7 @@ BREAKER_OPENED = "breaker_opened"
 GATEWAY_STOPPED = "gateway_stopped_routing"
 NODE_QUARANTINED = "node_quarantined"
 TRAFFIC_REROUTED = "traffic_rerouted"
+SIGNALS = (BREAKER_OPENED, GATEWAY_STOPPED, NODE_QUARANTINED, TRAFFIC_REROUTED)
 
 
 def view_open(view: Any, key: str) -> bool:

@@ -40,9 +40,8 @@ def test_short_drill_keeps_continuity_and_writes_its_report(tmp_path, isolated_e
     assert phases["checkpoint_restored"] is not None  # came back from a checkpoint
     assert phases["first_token"] >= phases["ready"]
     gpu = report["phases"]["gpu_fault"]
-    assert gpu["breaker_opened_ms"] is not None
-    assert gpu["gateway_stopped_routing_ms"] is not None
-    assert gpu["node_quarantined_ms"] is not None
+    for signal in ("breaker_opened_ms", "gateway_stopped_routing_ms", "node_quarantined_ms"):
+        assert gpu.get(signal) is not None, (signal, gpu, proc.stdout[-3000:])
     assert (out / "timeline.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "PASS  continuity" in proc.stdout
 
