@@ -48,7 +48,7 @@ import itertools
 
 import httpx
 
-from knative.gateway import _resume
+from knative.gateway import GatewaySettings, _resume
 from tests.knative.test_resume_gateway import CHAT, Gateway, Replica, content
 
 N_STREAMS = 8
@@ -285,6 +285,8 @@ def main() -> None:
     ap.add_argument("--try-timeout", type=float, default=60.0,
                     help="the gateway's try timeout (a stream queued on a busy replica waits "
                     "that long for its first event)")
+    ap.add_argument("--stall-gap-factor", type=float, default=GatewaySettings.stall_gap_factor,
+                    help="a stream is stalled after this many times its replica's usual gap")
     a = ap.parse_args()
     body = {**CHAT, "max_tokens": a.max_tokens}
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # the replicas are stopped below
@@ -294,7 +296,11 @@ def main() -> None:
         for r in reps.values():
             r.wait_ready(d)
         tokens = Tokens()
-        limits = {"try_timeout": a.try_timeout, "deadline": max(120.0, 2 * a.try_timeout)}
+        limits = {"try_timeout": a.try_timeout, "deadline": max(120.0, 2 * a.try_timeout),
+                  "stall_gap_factor": a.stall_gap_factor,
+                  # the product's bounds, not the tests' tighter ones
+                  "stall_timeout_min": GatewaySettings.stall_timeout_min,
+                  "stall_timeout_max": GatewaySettings.stall_timeout_max}
         gw = Gateway(reps, None, **limits)
         pauses = spy_pauses(gw)
         plain = Gateway(reps, None, internal_token=None, **limits)  # plain pass-through

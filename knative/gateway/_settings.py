@@ -79,7 +79,7 @@ class GatewaySettings:
     max_resumes: int = 3
     stall_timeout_min: float = 1.0
     stall_timeout_max: float = 10.0
-    stall_gap_factor: float = 8.0
+    stall_gap_factor: float = 5.0
     first_event_timeout_min: float = 2.0
     first_event_timeout_max: float = 10.0
     first_event_factor: float = 4.0
