@@ -503,7 +503,9 @@ class Gateway:
         headers = response_headers(resp, route.revision, ep.replica)
         ctype = resp.header("content-type") or ""
         if 200 <= status < 300 and ctype.startswith("text/event-stream"):
-            first, tail = read_first_events(resp, try_deadline)
+            stall = self._gaps.stall_timeout(ep.url, 0.0, self.settings) if req.first_event \
+                else None
+            first, tail = read_first_events(resp, try_deadline, stall)
             now = time.monotonic()
             src = StreamSource(lease, resp, permits, ep.url, now - t0, now - req.rev_t0,
                                route.revision)

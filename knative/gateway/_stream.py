@@ -20,7 +20,7 @@ from knative.gateway._guard import BreakerGuard
 from knative.gateway._inflight import InFlight
 from knative.gateway._metrics import GatewayMetrics
 from knative.gateway._settings import GatewaySettings
-from knative.gateway._upstream import Lease, UpstreamError, UpstreamPool
+from knative.gateway._upstream import Lease, NoFirstByte, UpstreamError, UpstreamPool
 from knative.gateway._upstream import Response as UpstreamResponse
 from knative.gateway._wire import sse_error
 
@@ -66,15 +66,24 @@ class StreamSource:
     revision: str = ""
 
 
-def read_first_events(resp: UpstreamResponse, deadline: float) -> tuple[bytes, bytes]:
+def read_first_events(resp: UpstreamResponse, deadline: float,
+                      stall: float | None = None) -> tuple[bytes, bytes]:
     """Read up to the end of the first complete SSE event: a stream that dies before it can
-    still be retried (no byte has gone to the client). Returns the whole events and the rest."""
+    still be retried (no byte has gone to the client). Returns the whole events and the rest.
+    With ``stall``, an upstream that sends nothing for that long after its head raises
+    :class:`NoFirstByte` (a replica frozen between the two), not only the try's deadline."""
     buf = b""
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise TimeoutError("per-try timeout before the first event")
-        chunk = resp.read_some(remaining)
+        if stall is None or stall >= remaining:
+            chunk = resp.read_some(remaining)
+        else:
+            try:
+                chunk = resp.read_some(stall)
+            except TimeoutError:
+                raise NoFirstByte(f"a head but no first event within {stall:.2f} s") from None
         if not chunk:
             return buf, b""
         buf += chunk

@@ -81,3 +81,19 @@ def test_the_gateway_command_names_a_bad_first_event_variable(
     err = capsys.readouterr().err.strip()
     assert var in err, err
     assert len(err.splitlines()) == 1, err
+
+
+def test_a_stream_frozen_between_its_head_and_first_event_goes_to_another_replica(
+        stubs: dict[str, StubUpstream]) -> None:
+    """The head came, the first event did not: the stall timeout bounds it, not the try's."""
+    stubs["a"].mode, stubs["a"].die_after = "stall_mid_stream", 0
+    _, client, _ = make(table(stubs, "a"), try_timeout=20.0, deadline=30.0,
+                        stall_timeout_min=0.2, stall_timeout_max=0.3)
+    t0 = time.monotonic()
+    r = post(client, body={**BODY, "stream": True})
+    took = time.monotonic() - t0
+    assert r.status_code == 200
+    assert r.headers["X-Surefoot-Replica"] == "fb"
+    assert sse_events(r.data)[-1] == "[DONE]"
+    assert 0.2 <= took < 5, took
+    assert gateway_of(client.application).metrics.resumes("first_event") == 1
