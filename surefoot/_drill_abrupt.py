@@ -129,6 +129,8 @@ class AbruptPhase:
             "victim": victim, "streams_on_victim": on_victim, "streams": len(window),
             "broken": sum(not x.ok for x in window),
             "resumed_broken": delta("resume_broken"), "resumed_stalled": delta("resume_stalled"),
+            # tries that got no first event in time (a stream sent to the victim after it froze)
+            "resumed_first_event": delta("resume_first_event"),
             "max_pause_on_victim_ms": ms(max(gaps)) if gaps else None,
             "max_pause_ms": ms(max((x.max_gap for x in window), default=0.0)),
             "errors": sorted({x.error for x in window if x.error})[:4],

@@ -170,7 +170,8 @@ def _abrupt_lines(ph: dict[str, Any]) -> list[str]:
             continue
         lines.append(f"{phase.replace('_', ' ')} ({a['victim']}, {a['streams_on_victim']} "
                      f"streams on it): {a['broken']} broken of {a['streams']} streams; resumed "
-                     f"{a['resumed_broken']} broken, {a['resumed_stalled']} stalled; longest "
+                     f"{a['resumed_broken']} broken, {a['resumed_stalled']} stalled, "
+                     f"{a.get('resumed_first_event', 0)} before a first event; longest "
                      f"pause {a['max_pause_ms']} ms ({a['max_pause_on_victim_ms']} ms on a "
                      f"stream that started on it)")
     return lines
