@@ -85,7 +85,8 @@ def test_drill_abrupt_and_compound_phases(tmp_path, isolated_env):
     assert freeze["victim"]
     assert freeze["broken"] == 0
     assert {"resumed_broken", "resumed_stalled", "resumed_first_event"} <= set(freeze)
-    assert "stalled, " in proc.stdout and " before a first event" in proc.stdout
+    assert "stalled, " in proc.stdout
+    assert " before a first event" in proc.stdout
     compound = report["phases"]["compound"]
     assert [s["step"] for s in compound["steps"]] == [
         "gpu_fault_fallback_node", "evict_primary_node", "gpu_fault_primary_node",
