@@ -53,6 +53,11 @@ def register(subparsers: Any) -> None:
     k.add_argument("pod")
     _platform_flags(k)
     k.set_defaults(func=run_kill)
+    sb = subparsers.add_parser("standby", help="loaded standbys per revision, from now on "
+                               "(local platform; on Knative: the render config's `standby`)")
+    sb.add_argument("count", type=int)
+    sb.add_argument("--state-dir", help="state of `surefoot up`")
+    sb.set_defaults(func=run_standby, platform="local")
     e = subparsers.add_parser("evict", help="cordon a node and evict its replicas")
     e.add_argument("node")
     e.add_argument("--timeout", type=float, default=120.0)
@@ -489,6 +494,20 @@ def run_kill(args: argparse.Namespace) -> int:
     except PlatformError as exc:
         raise CliError(str(exc), code=EXIT_FAILED) from exc
     print(f"deleted {args.pod}")
+    return 0
+
+
+def run_standby(args: argparse.Namespace) -> int:
+    from knative import PlatformError
+
+    if not 0 <= args.count <= 4:  # as `surefoot up --standby`
+        raise CliError(f"standby {args.count}: must be within 0..4")
+    platform, _ = platform_for(args)
+    try:
+        platform.set_standby(args.count)
+    except PlatformError as exc:
+        raise CliError(str(exc), code=EXIT_FAILED) from exc
+    print(f"standbys per revision: {args.count}")
     return 0
 
 

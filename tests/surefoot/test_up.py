@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from events import HttpServer
@@ -185,6 +186,27 @@ def running(tmp_path: Path, redis_url: str) -> Iterator[tuple[LocalPlatform, Pat
     finally:
         control.stop()
         p.stop(timeout=3)
+
+
+def test_standby_count_through_the_control_api(running: tuple[LocalPlatform, Path],
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    p, state_dir = running
+    assert main(["standby", "5", "--state-dir", str(state_dir)]) == 2
+    assert "standby 5: must be within 0..4" in one_line(capsys.readouterr().err)
+    # this platform has no internal token to give standbys: the platform's own refusal
+    assert main(["standby", "1", "--state-dir", str(state_dir)]) == 1
+    assert "internal token" in one_line(capsys.readouterr().err)
+    assert main(["standby", "0", "--state-dir", str(state_dir)]) == 0
+    assert capsys.readouterr().out.strip() == "standbys per revision: 0"
+    assert p.status()["standby"] == []
+    control = RunState.read(state_dir).control_url
+    for body, words in (({"count": "two"}, "count: must be an integer"),
+                        ({"count": True}, "count: must be an integer"),
+                        ({}, "count: must be an integer"),
+                        ({"count": -1}, "standby: must be 0 or more")):
+        r = httpx.put(f"{control}/v1/standby", json=body, timeout=5)
+        assert r.status_code == 422, (body, r.text)
+        assert words in r.json()["error"]
 
 
 def test_kill_and_evict_of_unknown_names(running: tuple[LocalPlatform, Path],

@@ -122,6 +122,13 @@ class ControlAPI:
         self.platform.set_scale(service, revision, lo, hi)
         return jsonify({"min": lo, "max": hi})
 
+    def set_standby(self) -> Response:
+        raw = _body().get("count")
+        if isinstance(raw, bool) or not isinstance(raw, int):
+            raise PermanentPlatformError(f"count: must be an integer, got {raw!r}")
+        self.platform.set_standby(raw)
+        return jsonify({"count": raw})
+
     def delete_replica(self, name: str) -> Response:
         self.platform.delete_replica(name)
         return jsonify({"deleted": name})
@@ -154,6 +161,7 @@ class ControlAPI:
             ("GET", "/services/<service>/traffic", self.traffic),
             ("PUT", "/services/<service>/traffic", self.set_traffic),
             ("PUT", "/services/<service>/revisions/<revision>/scale", self.set_scale),
+            ("PUT", "/standby", self.set_standby),
             ("DELETE", "/replicas/<name>", self.delete_replica),
             ("GET", "/nodes", self.nodes),
             ("POST", "/nodes/<node>/<action>", self.node_action),
@@ -228,6 +236,10 @@ class LocalPlatformClient:
     def set_scale(self, service: str, revision: str, min_scale: int, max_scale: int) -> None:
         self._call("PUT", f"/v1/services/{service}/revisions/{revision}/scale",
                    json={"min": min_scale, "max": max_scale})
+
+    def set_standby(self, count: int) -> None:
+        """Keep ``count`` loaded standbys per revision (0 stops them)."""
+        self._call("PUT", "/v1/standby", json={"count": count})
 
     def delete_replica(self, name: str) -> None:
         self._call("DELETE", f"/v1/replicas/{name}")
