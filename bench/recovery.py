@@ -251,6 +251,11 @@ def delete_trial(system: LocalSystem, load: Load) -> dict[str, Any]:
     return {**out, "served_s": (first.first or 0) - t0, "routed_s": first.sent - t0,
             "first_sent_s": min(a.sent for a in served) - t0,
             "ttft_s": first.ttft,
+            # the same moment on the replicas that did not change: what the machine's load
+            # costs then, against what the replacement's first request cost
+            "others_ttft_s": _median([a.ttft for a in load.since(first.sent - 1.0)
+                                      if a.sent <= first.sent + 1.0 and a.replica not in new
+                                      and a.status == 200]),
             "ready_s": (rep.get("ready_at") or t0) - t0, "standby": rep.get("standby")}
 
 
@@ -358,6 +363,7 @@ def summary(out: dict[str, Any]) -> dict[str, Any]:
         "first_ttft_p50_s": first_ttft,
         "steady_ttft_p50_s": ttft_p50,
         "first_ttft_ratio": (first_ttft / ttft_p50) if first_ttft and ttft_p50 else None,
+        "others_ttft_at_first_p50_s": _median([d.get("others_ttft_s") for d in out["deletes"]]),
         "tokens_per_s_with_standby": with_tps,
         "tokens_per_s_without_standby": without_tps,
         "tokens_per_s_ratio": with_tps / without_tps if without_tps else None,
