@@ -5,7 +5,9 @@ slots; the servers not measured are paused):
   default), the same engine with ``SUREFOOT_BATCH_INVARIANT=off``, the single-sequence engine
   (``SUREFOOT_SLOTS=1``, the lone-request baseline) and llama-server; medians of the rounds and
   ratios against llama-server;
-- time to first token at 8 clients, p50 (streamed completions);
+- time to first token at 8 clients, p50 (streamed completions), with clients that hang up at
+  their first token (a slot then frees as fast as the server sees the client gone) and with
+  clients that read their whole answers;
 - prompt tokens computed for 8 requests sharing a 200-token system prompt, against one prompt
   (the replica's engine metrics);
 - greedy agreement of requests run alone and in a full batch, for both engine modes.
@@ -93,22 +95,30 @@ def only(own: subprocess.Popen[bytes], servers: dict[str, subprocess.Popen[bytes
         os.killpg(proc.pid, signal.SIGCONT if proc is own else signal.SIGSTOP)
 
 
-def ttft_p50(base: str, clients: int, requests: int, max_tokens: int) -> float:
-    """Median seconds from sending a streamed completion to its first text, ``clients`` at once."""
+def ttft_p50(base: str, clients: int, requests: int, max_tokens: int,
+             read_all: bool = False) -> float:
+    """Median seconds from sending a streamed completion to its first text, ``clients`` at once;
+    each client hangs up at its first text, or (``read_all``) reads its whole answer first."""
     client = httpx.Client(timeout=300, limits=httpx.Limits(max_connections=16))
 
     def one(prompt: str) -> float:
         start = time.perf_counter()
+        first: float | None = None
         body = {"model": "gemma-3-270m", "prompt": prompt, "max_tokens": max_tokens,
                 "temperature": 0.0, "top_p": 1.0, "seed": 1, "stream": True}
-        with client.stream("POST", f"{base}/v1/completions", json=body) as r:
+        # a connection of its own when read to the end: llama-server closes a connection
+        # after a streamed answer without saying so, and a reused one would fail
+        headers = {"Connection": "close"} if read_all else {}
+        with client.stream("POST", f"{base}/v1/completions", json=body, headers=headers) as r:
             for line in r.iter_lines():
                 if not line.startswith("data: ") or line == "data: [DONE]":
                     continue
                 choices = json.loads(line[6:]).get("choices") or [{}]
-                if choices[0].get("text"):
-                    return time.perf_counter() - start
-        return time.perf_counter() - start
+                if choices[0].get("text") and first is None:
+                    first = time.perf_counter() - start
+                    if not read_all:
+                        return first
+        return time.perf_counter() - start if first is None else first
 
     prompts = [f"{PROMPTS[i % len(PROMPTS)]} (story {i})" for i in range(requests)]
     with ThreadPoolExecutor(clients) as pool:
@@ -121,12 +131,19 @@ def engine_counter(base: str, name: str) -> float:
     return float(found.group(1)) if found else 0.0
 
 
-def shared_prefix(base: str) -> tuple[float, int]:
+def shared_prefix(base: str) -> tuple[float, int, int]:
     """Prompt tokens computed for 8 concurrent requests sharing a 200-token system prompt,
-    and the tokens of one such prompt."""
+    the tokens of one such prompt, and the fewest a cache can compute (the system prompt once,
+    each request's own question)."""
     system = ("You are the help desk of a railway company. Answer in one short sentence, "
-              "name the station and the platform, and never invent a timetable. ") * 5
+              "name the station and the platform, and never invent a timetable. ") * 7
     client = httpx.Client(timeout=300)
+
+    def tokens(prompt: str) -> int:
+        return int(client.post(f"{base}/v1/completions", json={
+            "model": "gemma-3-270m", "prompt": prompt, "max_tokens": 1}).json()[
+                "usage"]["prompt_tokens"])
+
     prompts = [f"{system}Question {i}: where is the train to city {i}?" for i in range(8)]
     before = engine_counter(base, "surefoot_engine_prompt_tokens_computed")
     with ThreadPoolExecutor(8) as pool:
@@ -134,7 +151,8 @@ def shared_prefix(base: str) -> tuple[float, int]:
             "model": "gemma-3-270m", "prompt": p, "max_tokens": 4, "temperature": 0.0,
         }).json()["usage"]["prompt_tokens"], prompts))
     computed = engine_counter(base, "surefoot_engine_prompt_tokens_computed") - before
-    return computed, int(usage[0])
+    shared = tokens(system)  # after the count: this one reads none of it again
+    return computed, int(usage[0]), shared + sum(int(u) - shared for u in usage)
 
 
 def start_surefoot(model: str, port: int, threads: int, env: dict[str, str]
@@ -192,19 +210,22 @@ def main() -> None:
                 f"{k} {v:.1f} tok/s ({v / peer:.2f}x)" for k, v in med.items())
                 + f"; invariant/serial {med['invariant'] / med['serial']:.2f}, "
                 f"fast/serial {med['fast'] / med['serial']:.2f}", flush=True)
-        ttft: dict[str, list[float]] = {k: [] for k in servers if k != "serial"}
-        for _ in range(args.rounds):
-            for name in ttft:
-                only(servers[name], servers)
-                ttft[name].append(ttft_p50(base[name], 8, 16, 16))
-        med = {k: statistics.median(v) for k, v in ttft.items()}
-        print("TTFT p50 at 8 clients: " + ", ".join(
-            f"{k} {v * 1000:.0f} ms ({v / med['llama-server']:.2f}x)" for k, v in med.items()),
-            flush=True)
+        for read_all, how in ((False, "each client hangs up at its first token"),
+                              (True, "each client reads its whole answer")):
+            ttft: dict[str, list[float]] = {k: [] for k in servers if k != "serial"}
+            for _ in range(args.rounds):
+                for name in ttft:
+                    only(servers[name], servers)
+                    ttft[name].append(ttft_p50(base[name], 8, 16, 16, read_all))
+            med = {k: statistics.median(v) for k, v in ttft.items()}
+            print(f"TTFT p50 at 8 clients ({how}): " + ", ".join(
+                f"{k} {v * 1000:.0f} ms ({v / med['llama-server']:.2f}x)"
+                for k, v in med.items()), flush=True)
         only(servers["invariant"], servers)
-        computed, one = shared_prefix(base["invariant"])
+        computed, one, floor = shared_prefix(base["invariant"])
         print(f"shared 200-token system prompt, 8 requests: {computed:.0f} prompt tokens "
-              f"computed, one prompt {one}: {computed / one:.2f}x", flush=True)
+              f"computed, one prompt {one}: {computed / one:.2f}x (the system prompt once and "
+              f"the 8 questions: {floor}, {floor / one:.2f}x)", flush=True)
     finally:
         for proc in servers.values():
             os.killpg(proc.pid, signal.SIGCONT)
