@@ -10,11 +10,12 @@ checkpoint snapshot) run and the process exits. The app is three blueprints over
 
 from __future__ import annotations
 
-from flask import Flask
+from flask import Flask, request
 
 from knative.serving._api import OpenAIRoutes
 from knative.serving._backends import EmbeddingBackend, GenerationBackend
 from knative.serving._errors import ErrorReplies
+from knative.serving._liveness import client_alive, socket_probe
 from knative.serving._ops import OpsRoutes
 from knative.serving._runtime import Runtime, build_backends
 from knative.serving._settings import ServeSettings
@@ -50,7 +51,14 @@ def create_app(
     app.register_blueprint(ErrorReplies(runtime).blueprint())
     app.register_blueprint(OpsRoutes(runtime).blueprint())
     app.register_blueprint(OpenAIRoutes(runtime).blueprint())
+    app.before_request(_watch_client)
     return app
+
+
+def _watch_client() -> None:
+    """Let the engine see this request's client hang up (where the server gives its socket)."""
+    sock = request.environ.get("gunicorn.socket") or request.environ.get("werkzeug.socket")
+    client_alive.set(socket_probe(sock) if sock is not None else None)
 
 
 def runtime_of(app: Flask) -> Runtime:

@@ -47,7 +47,8 @@ from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from knative.serving._sampling import SeqSpec, StopText
+from knative.serving._liveness import Alive, ClientGone, client_alive
+from knative.serving._sampling import SeqSpec, StopText, common_prefix
 from knative.serving._serial import Claim, drained
 
 log = logging.getLogger(__name__)
@@ -106,6 +107,15 @@ class _Request(Claim):
         # leading tokens whose KV was computed as prompt tokens are (what others may reuse)
         self.exact = 0
         self.decoded_from = len(spec.tokens) if spec.decoded_from is None else spec.decoded_from
+        self.alive: Alive | None = None  # whether its client is still there
+
+    def gone(self) -> bool:
+        """Its client hung up (engine thread): cancelled, and its consumer told so."""
+        if self.alive is None or self.alive():
+            return False
+        self.cancel()
+        self.out.put(("error", ClientGone("the client hung up")))
+        return True
 
 class _Job:
     def __init__(self, fn: Callable[[], Any]) -> None:
@@ -139,15 +149,6 @@ def plain_layouts(on: bool = True) -> Iterator[None]:
         yield
     finally:
         lib.llama_model_default_params = default
-
-
-def _lcp(a: list[int] | tuple[int, ...], b: list[int] | tuple[int, ...]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 class BatchEngine:
@@ -198,6 +199,7 @@ class BatchEngine:
         """The pieces of one sequence once it has a slot (:class:`EngineTimeout` if none frees
         within the queue timeout); closing the iterator early frees the slot."""
         req = _Request(spec, sampler)
+        req.alive = client_alive.get()
         self._inbox.put(req)
         try:
             kind, value = req.out.get(timeout=self.queue_timeout)
@@ -287,9 +289,9 @@ class BatchEngine:
             except queue.Empty:
                 return
 
-    def _drop_cancelled(self) -> None:
+    def _drop_cancelled(self) -> None:  # or whose client hung up
         for slot, req in enumerate(self._slots):
-            if req is not None and req.cancelled:
+            if req is not None and (req.cancelled or req.gone()):
                 self._leave(slot, req)
 
     def _leave(self, slot: int, req: _Request) -> None:
@@ -304,7 +306,7 @@ class BatchEngine:
     def _fill_slots(self) -> None:
         while self._waiting and None in self._slots:
             req = self._waiting.popleft()
-            if not req.try_start():
+            if req.gone() or not req.try_start():
                 continue
             if self._llm is None:
                 req.out.put(("error", EngineFault("model not loaded")))
@@ -337,7 +339,7 @@ class BatchEngine:
         prompt = req.spec.tokens
         limit = len(prompt) - 1
         free = [i for i, s in enumerate(self._slots) if s is None]
-        reuse = {i: self._reuse(req, _lcp(self._cache[i], prompt), self._exact[i], i)
+        reuse = {i: self._reuse(req, common_prefix(self._cache[i], prompt), self._exact[i], i)
                  for i in free}
         if self.invariant:
             slot = max(free, key=lambda i: reuse[i] if reuse[i] >= FOLLOW_MIN_TOKENS else 0)
@@ -345,8 +347,8 @@ class BatchEngine:
             slot = max(free, key=lambda i: reuse[i])
         n = reuse[slot]
         live = [r for r in self._slots if r is not None]
-        src = max(live, key=lambda r: _lcp(r.kv_tokens, prompt), default=None)
-        src_n = (self._reuse(req, _lcp(src.kv_tokens, prompt), src.exact, src.slot)
+        src = max(live, key=lambda r: common_prefix(r.kv_tokens, prompt), default=None)
+        src_n = (self._reuse(req, common_prefix(src.kv_tokens, prompt), src.exact, src.slot)
                  if src is not None else 0)
         if src is not None and src_n > n:
             self._copy(src.slot, slot, src_n)
@@ -359,9 +361,9 @@ class BatchEngine:
         req.exact = n
         self.stats.prompt_tokens_reused += n
         readers = [r for r in live if r.prefilling and r.follow is None]
-        lead = max(readers, key=lambda r: _lcp(r.spec.tokens, prompt), default=None)
+        lead = max(readers, key=lambda r: common_prefix(r.spec.tokens, prompt), default=None)
         if lead is not None:
-            lead_n = min(_lcp(lead.spec.tokens, prompt), limit)
+            lead_n = min(common_prefix(lead.spec.tokens, prompt), limit)
             if lead_n >= FOLLOW_MIN_TOKENS and lead_n > n:
                 req.follow = (lead, lead_n)
         self._slots[slot] = req

@@ -14,6 +14,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from knative.serving import _openai as oa
 from knative.serving._backends import BackendError, ContextOverflow, EngineBusy
+from knative.serving._liveness import ClientGone
 from knative.serving._runtime import Runtime, Unavailable
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ class ErrorReplies:
         bp.app_errorhandler(RequestEntityTooLarge)(self.too_large)
         bp.app_errorhandler(HTTPException)(self.http)
         bp.app_errorhandler(UnsupportedType)(self.unsupported)
+        bp.app_errorhandler(ClientGone)(self.gone)
         return bp
 
     def invalid(self, exc: oa.RequestInvalid) -> Response:
@@ -81,6 +83,11 @@ class ErrorReplies:
 
     def http(self, exc: HTTPException) -> Response:
         return error_reply(exc.code or 500, exc.description or exc.name, "invalid_request_error")
+
+    def gone(self, exc: ClientGone) -> Response:
+        """Nobody reads it: 499, the status proxies log for a client that closed first."""
+        log.info("client hung up before its answer began")
+        return error_reply(499, str(exc), "client_closed_request")
 
     def unsupported(self, exc: UnsupportedType) -> Response:
         return error_reply(415, f"Content-Type must be application/json, got {exc}",

@@ -38,6 +38,16 @@ class SeqSpec:
     decoded_from: int | None = None
 
 
+def common_prefix(a: list[int] | tuple[int, ...], b: list[int] | tuple[int, ...]) -> int:
+    """How many leading tokens ``a`` and ``b`` share."""
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
 def prompt_ids(llm: Any, ids: tuple[int, ...]) -> list[int]:
     """A prompt given as token ids, as the engine reads it: BOS first (added when the ids do
     not start with it, as a text prompt gets it)."""

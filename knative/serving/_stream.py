@@ -26,6 +26,7 @@ from flask import Response
 from knative.serving import _openai as oa
 from knative.serving._admission import Ticket
 from knative.serving._backends import BackendError, Delta
+from knative.serving._liveness import ClientGone
 from knative.serving._runtime import Metrics
 
 log = logging.getLogger(__name__)
@@ -176,6 +177,8 @@ class _Stream:
             if self.include_usage:
                 yield self._sse(self.chunks.usage(self.prompt_tokens, self.completion_tokens))
             yield DONE
+        except ClientGone:  # nobody left to tell
+            log.debug("client hung up mid-stream")
         except (BackendError, ValueError) as exc:
             log.exception("generation failed mid-stream")
             yield sse(oa.error_body(f"generation failed: {exc}", "server_error"))

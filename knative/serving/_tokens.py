@@ -20,8 +20,8 @@ from typing import Any
 
 from knative.serving._backends import Delta
 from knative.serving._continuation import Continuation, continuation
-from knative.serving._engine import PREFILL_ROWS, _lcp
-from knative.serving._sampling import sampler_factory
+from knative.serving._engine import PREFILL_ROWS
+from knative.serving._sampling import common_prefix, sampler_factory
 
 
 @dataclass(frozen=True)
@@ -129,7 +129,7 @@ class PromptCache:
         to read."""
         if self.job != job - 1 or not self.tokens:
             return 0
-        n = _lcp(self.tokens, tokens[:start - 1])
+        n = common_prefix(self.tokens, tokens[:start - 1])
         return n if start - n >= PREFILL_ROWS else max(0, start - PREFILL_ROWS)
 
     def held(self, job: int) -> int:

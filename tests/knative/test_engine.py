@@ -3,8 +3,11 @@ client goes, keep a shared prefix once, and sample under a grammar next to free 
 
 from __future__ import annotations
 
+import json
 import re
+import socket
 import threading
+import time
 from dataclasses import replace
 from typing import Any
 
@@ -12,6 +15,7 @@ import httpx
 import pytest
 
 from knative.serving import LlamaCppBackend, ServeSettings
+from knative.serving._liveness import ClientGone, client_alive
 from knative.serving._openai import SamplingParams
 from knative.serving._sampling import completion_spec
 from tests.knative.test_replica_process import _start
@@ -119,6 +123,66 @@ def test_a_stream_whose_client_goes_frees_its_slot(batched):
     out = batched.complete(PROMPTS[2], GREEDY)  # needs the slot a held
     assert out.completion_tokens > 0
     b.close()
+
+
+def test_a_sequence_whose_client_hangs_up_leaves_at_the_next_step(batched):
+    """Asked before each step (knative.serving._liveness): no write has to fail first."""
+    here = threading.Event()
+    here.set()
+    token = client_alive.set(here.is_set)
+    try:
+        a = batched.stream_complete(PROMPTS[0], replace(GREEDY, max_tokens=64))
+        got = [next(a)]  # the engine takes the probe when the sequence asks for a slot
+    finally:
+        client_alive.reset(token)
+    b = batched.stream_complete(PROMPTS[1], replace(GREEDY, max_tokens=64))
+    next(b)
+    here.clear()  # the client hangs up; a is never closed by its consumer
+    with pytest.raises(ClientGone):
+        got.extend(a)
+    assert len(got) < 32
+    out = batched.complete(PROMPTS[2], GREEDY)  # runs in the slot a held, while b is live
+    assert out.completion_tokens > 0
+    b.close()
+
+
+def test_a_plain_completion_whose_client_hangs_up_stops():
+    """A non-streamed answer writes nothing until it is done, so no failed write would end
+    it: the engine sees the client go and the replica logs 499."""
+    proc, url = _start(env={"SUREFOOT_SLOTS": "2"})
+    try:
+        body = json.dumps({"model": "gemma-3-270m", "prompt": PROMPTS[1], "max_tokens": 250,
+                           "temperature": 0, "ignore_eos": True}).encode()
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port))) as sock:
+            sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n"
+                         b"Content-Type: application/json\r\n"
+                         b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+            deadline = time.monotonic() + 30
+            while "surefoot_engine_active_slots 1.0" not in httpx.get(f"{url}/metrics").text:
+                assert time.monotonic() < deadline, "the completion never started"
+                time.sleep(0.05)
+        deadline = time.monotonic() + 30
+        while True:
+            metrics = httpx.get(f"{url}/metrics").text
+            ended = re.findall(r'^surefoot_requests_total\{route="/v1/completions",'
+                               r'status="(\d+)"\}', metrics, re.MULTILINE)
+            if ended:
+                break
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert ended == ["499"], "the completion ran to its end"
+        assert "surefoot_engine_active_slots 0.0" in metrics
+        assert batched_tokens(metrics) < 250
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def batched_tokens(metrics: str) -> float:
+    found = re.search(r"^surefoot_generated_tokens_total\{[^}]*\} (\S+)$", metrics,
+                      re.MULTILINE)
+    return float(found.group(1)) if found else 0.0
 
 
 def test_a_shared_prefix_is_computed_once(batched):
