@@ -396,8 +396,8 @@ class BatchEngine:
 
     def _plan(self) -> list[list[tuple[_Request, int, bool]]]:
         """This step's decodes, each a list of (sequence, tokens it decodes, whether its logits
-        are needed): one decode for all, or (invariant) the generated tokens in calls of at
-        most ``decode_rows`` rows and each prompt chunk in a call of its own."""
+        are needed): one decode for all, or (invariant) each prompt chunk in a call of its own,
+        then the generated tokens in calls of at most ``decode_rows`` rows."""
         live = [r for r in self._slots if r is not None]
         rows = self.decode_rows if self.invariant else self.n_batch
         calls: list[list[tuple[_Request, int, bool]]] = []
@@ -436,7 +436,7 @@ class BatchEngine:
             budget -= take
         if not self.invariant:
             return [calls[0] + reading] if calls else [reading] if reading else []
-        return calls + [[entry] for entry in reading]
+        return [[entry] for entry in reading] + calls  # a new prompt's first token sooner
 
     def _chunk(self, req: _Request, cap: int) -> int:
         """Tokens of ``req``'s prompt to read in this step, at most ``cap`` (invariant: never

@@ -315,13 +315,14 @@ def test_the_invariant_plan_keeps_every_row_in_its_class(fused):
     ]
     calls = engine._plan()
     shape = [[(r.slot, take, want) for r, take, want in call] for call in calls]
-    # generated tokens and the resumed ones in calls of at most four rows, each prompt chunk
-    # in a call of its own (prompts of several sequences in one call changed greedy texts)
-    assert shape == [[(0, 1, True), (1, 1, True), (2, 1, True), (3, 1, False)],
-                     [(4, 20, True)], [(5, 12, True)], [(6, 5, True)]]
+    # each prompt chunk in a call of its own (prompts of several sequences in one call
+    # changed greedy texts), first; generated tokens and the resumed ones in calls of at most
+    # four rows
+    assert shape == [[(4, 20, True)], [(5, 12, True)], [(6, 5, True)],
+                     [(0, 1, True), (1, 1, True), (2, 1, True), (3, 1, False)]]
     engine._slots[:3] = [None] * 3
     # with the fused attention, four resumed tokens of one sequence share a call
-    assert [(r.slot, take) for r, take, _ in engine._plan()[0]] == [(3, 4 if fused else 1)]
+    assert [(r.slot, take) for r, take, _ in engine._plan()[-1]] == [(3, 4 if fused else 1)]
 
 
 def test_without_invariance_every_step_is_one_decode():
