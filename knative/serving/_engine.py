@@ -117,6 +117,7 @@ class _Request(Claim):
         self.out.put(("error", ClientGone("the client hung up")))
         return True
 
+
 class _Job:
     def __init__(self, fn: Callable[[], Any]) -> None:
         self.fn = fn
@@ -289,7 +290,8 @@ class BatchEngine:
             except queue.Empty:
                 return
 
-    def _drop_cancelled(self) -> None:  # or whose client hung up
+    def _drop_cancelled(self) -> None:
+        """Sequences cancelled, or whose client hung up, leave their slots."""
         for slot, req in enumerate(self._slots):
             if req is not None and (req.cancelled or req.gone()):
                 self._leave(slot, req)

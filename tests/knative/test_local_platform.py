@@ -33,6 +33,7 @@ from knative.platforms.local import (
     RevisionSpec,
     create_control_app,
 )
+from knative.platforms.local._procs import group_members
 from surefoot._cmd_up import collect_status, format_status
 from tests.conftest import wait_for
 
@@ -73,15 +74,7 @@ class FakeClock:
 def group_alive(pid: int) -> bool:
     """Whether any process of the group ``pid`` leads (a serve master and its worker) runs; a
     zombie does not (one orphaned is init's to reap, in its own time)."""
-    for entry in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{entry}/stat") as fh:
-                state, _ppid, pgid = fh.read().rsplit(")", 1)[1].split()[:3]
-        except (OSError, ValueError):
-            continue
-        if int(pgid) == pid and state not in ("Z", "X"):
-            return True
-    return False
+    return bool(group_members(pid))
 
 
 def seen_pids(p: LocalPlatform) -> set[int]:

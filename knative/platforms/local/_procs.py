@@ -15,7 +15,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 
@@ -38,20 +38,25 @@ def spawn(cmd: Sequence[str], env: Mapping[str, str], log_path: Path,
         logf.close()
 
 
+def _processes() -> Iterator[tuple[int, str, int, int]]:
+    """Every process as (pid, state, parent pid, process group), from ``/proc``; one that
+    ends while it is read is left out."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                state, ppid, pgid = fh.read().rsplit(")", 1)[1].split()[:3]
+            yield int(entry), state, int(ppid), int(pgid)
+        except (OSError, ValueError):
+            continue
+
+
 def renice_tree(pid: int, value: int) -> None:
     """Set the nice value of every thread of ``pid`` and of its child processes (Linux keeps
     a nice value per thread)."""
-    pids = [pid]
     try:
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                try:
-                    with open(f"/proc/{entry}/stat") as fh:
-                        ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
-                except (OSError, ValueError, IndexError):
-                    continue
-                if ppid == pid:
-                    pids.append(int(entry))
+        pids = [pid, *(child for child, _, ppid, _ in _processes() if ppid == pid)]
         for p in pids:
             for tid in os.listdir(f"/proc/{p}/task"):
                 with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -69,18 +74,8 @@ def group_members(pgid: int) -> list[int]:
     """The processes of the group ``pgid`` that still run. A zombie is not one: a worker
     orphaned by its master is reparented to init, which reaps it in its own time, and holds
     nothing but its process id meanwhile."""
-    members = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as fh:
-                fields = fh.read().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
-            members.append(int(entry))
-    return members
+    return [pid for pid, state, _, group in _processes()
+            if group == pgid and state not in ("Z", "X")]
 
 
 def end_groups(procs: Sequence[subprocess.Popen[bytes]], grace: float,
