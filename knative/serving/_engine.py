@@ -22,9 +22,10 @@ attention kernel, several rows of one sequence also differ from one a call. A se
 alone or among seven others would then give other tokens. In invariant mode the engine keeps
 every token in one class whatever else runs: generated tokens are decoded a token per sequence
 in calls of at most ``decode_rows`` rows, prompt tokens in chunks of at least ``prefill_rows``
-rows of one sequence (a prompt shorter than that in one call of its own), on the plain weight
-layouts and a KV stream per slot (llama.cpp forms a sub-batch of the sequences whose slot
-numbers follow each other, so new requests take the lowest free slot). With the fused
+rows of each sequence (several sequences' chunks in one call padded to one length,
+:mod:`knative.serving._steps`; a prompt shorter than that in one call of its own), on the
+plain weight layouts and a KV stream per slot (llama.cpp forms a sub-batch of the sequences
+whose slot numbers follow each other, so new requests take the lowest free slot). With the fused
 attention, the tokens of a resumed stream that an earlier run generated are decoded again up
 to ``decode_rows`` in a call; without it, one a step. A cached prefix
 is reused only where it was computed as a prompt would be, so a resumed stream goes on as it
@@ -50,6 +51,7 @@ from typing import Any
 from knative.serving._liveness import Alive, ClientGone, client_alive
 from knative.serving._sampling import SeqSpec, StopText, common_prefix
 from knative.serving._serial import Claim, drained
+from knative.serving._steps import Entry, Limits, plan
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +85,7 @@ class EngineStats:
     last_batch_seqs: int = 0
     prompt_tokens_computed: int = 0
     prompt_tokens_reused: int = 0
+    padding_rows: int = 0  # rows that pad a prompt chunk to the others' length in its call
     # steps by the number of sequences they advanced (index: sequences)
     step_seqs: list[int] = field(default_factory=list)
 
@@ -177,6 +180,7 @@ class BatchEngine:
         self._batch: Any = None
         self._mem: Any = None
         self._n_swa = 0
+        self._pad_below = 0
         self._fused = False
         self._replay_rows = 1
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
@@ -244,6 +248,7 @@ class BatchEngine:
         self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, 1)
         self._mem = llama_cpp.llama_get_memory(self._ctx.ctx)
         self._n_swa = int(llama_cpp.llama_model_n_swa(self._model.model))
+        self._pad_below = min(n_ctx, self._n_swa) if self._n_swa > 0 else n_ctx
         # the fused attention kernel computes each row of a sequence on its own, so several
         # tokens of one sequence may share a call
         self._fused = params.flash_attn_type == llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
@@ -396,60 +401,13 @@ class BatchEngine:
             req.pending = list(req.spec.tokens[n:])
             req.exact = n
 
-    def _plan(self) -> list[list[tuple[_Request, int, bool]]]:
-        """This step's decodes, each a list of (sequence, tokens it decodes, whether its logits
-        are needed): one decode for all, or (invariant) each prompt chunk in a call of its own,
-        then the generated tokens in calls of at most ``decode_rows`` rows."""
+    def _plan(self) -> list[list[Entry[_Request]]]:
+        """This step's decodes (:func:`knative.serving._steps.plan`)."""
         live = [r for r in self._slots if r is not None]
-        rows = self.decode_rows if self.invariant else self.n_batch
-        calls: list[list[tuple[_Request, int, bool]]] = []
-        used = rows
-
-        def put(entry: tuple[_Request, int, bool]) -> None:
-            nonlocal used
-            if used + entry[1] > rows:
-                calls.append([])
-                used = 0
-            calls[-1].append(entry)
-            used += entry[1]
-
-        for r in live:
-            if not r.prefilling:
-                put((r, 1, True))
-        # invariant: what an earlier run generated is decoded again as generated tokens are
-        # (up to ``replay_rows`` of them in one call, which the fused attention allows)
-        replaying = {r.slot for r in live if self.invariant and r.prefilling
-                     and r.follow is None and len(r.kv_tokens) >= r.decoded_from}
-        for r in live:
-            if r.slot in replaying:
-                take = min(self._replay_rows, len(r.pending), rows - used if used < rows else rows)
-                put((r, take, take == len(r.pending)))
-        reading: list[tuple[_Request, int, bool]] = []
-        budget = self.n_batch - (0 if self.invariant else used if calls else 0) - self.prefill_rows
-        cap = self.chunk if calls else budget
-        for r in live:
-            if not r.prefilling or r.follow is not None or r.slot in replaying:
-                continue
-            take = self._chunk(r, min(cap, budget))
-            if take <= 0:
-                break
-            reading.append((r, take, take == len(r.pending)))
-            cap -= take
-            budget -= take
-        if not self.invariant:
-            return [calls[0] + reading] if calls else [reading] if reading else []
-        return [[entry] for entry in reading] + calls  # a new prompt's first token sooner
-
-    def _chunk(self, req: _Request, cap: int) -> int:
-        """Tokens of ``req``'s prompt to read in this step, at most ``cap`` (invariant: never
-        leaving a call of fewer than ``prefill_rows`` rows for later)."""
-        n = min(len(req.pending), cap)
-        if not self.invariant:
-            return n
-        left = req.decoded_from - len(req.kv_tokens)
-        if n < min(left, self.prefill_rows):
-            return 0
-        return left if left - n < self.prefill_rows else n
+        return plan(live, Limits(
+            invariant=self.invariant, decode_rows=self.decode_rows,
+            prefill_rows=self.prefill_rows, replay_rows=self._replay_rows, chunk=self.chunk,
+            n_batch=self.n_batch, pad_below=self._pad_below))
 
     def _step(self) -> None:
         self._resolve_follows()
@@ -463,15 +421,15 @@ class BatchEngine:
             if not self._decode(call):
                 return
 
-    def _decode(self, call: list[tuple[_Request, int, bool]]) -> bool:
+    def _decode(self, call: list[Entry[_Request]]) -> bool:
         import llama_cpp
 
         b = self._batch
         i = 0
-        for req, take, want in call:
+        for req, take, want, pad in call:
             pos = len(req.kv_tokens)
-            for k in range(take):
-                b.token[i] = req.pending[k]
+            for k in range(take + pad):  # padding: the last token again, no logits
+                b.token[i] = req.pending[min(k, take - 1)]
                 b.pos[i] = pos + k
                 b.n_seq_id[i] = 1
                 b.seq_id[i][0] = req.slot
@@ -486,24 +444,27 @@ class BatchEngine:
             self._fail(call, EngineFault(f"llama_decode returned {rc}"))
             return False
         i = 0
-        for req, take, want in call:
+        for req, take, want, pad in call:
             pos = len(req.kv_tokens)
+            if pad:
+                llama_cpp.llama_memory_seq_rm(self._mem, req.slot, pos + take, -1)
+                self.stats.padding_rows += pad
             req.kv_tokens.extend(req.pending[:take])
             if req.prefilling:
                 self.stats.prompt_tokens_computed += take
                 if req.exact == pos and pos < req.decoded_from and take >= self.prefill_rows:
                     req.exact = min(len(req.kv_tokens), req.decoded_from)
             del req.pending[:take]
-            i += take
             if want:
-                self._advance(req, int(req.sampler.sample(self._ctx, i - 1)))
+                self._advance(req, int(req.sampler.sample(self._ctx, i + take - 1)))
+            i += take + pad
         return True
 
-    def _fail(self, plan: list[tuple[_Request, int, bool]], exc: Exception) -> None:
+    def _fail(self, call: list[Entry[_Request]], exc: Exception) -> None:
         import llama_cpp
 
         log.error("%s", exc)
-        for req, _, _ in plan:
+        for req, *_ in call:
             llama_cpp.llama_memory_seq_rm(self._mem, req.slot, 0, -1)
             req.kv_tokens = []
             req.exact = 0

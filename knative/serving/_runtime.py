@@ -125,6 +125,9 @@ class _EngineCollector:
         yield CounterMetricFamily("surefoot_engine_prompt_tokens_reused",
                                   "Prompt tokens taken from a cached prefix",
                                   value=s["prompt_tokens_reused"])
+        yield CounterMetricFamily("surefoot_engine_padding_rows",
+                                  "Rows that pad a prompt chunk to the length of the others "
+                                  "read in its call", value=s["padding_rows"])
         counts = s["step_seqs"]
         buckets, total = [], 0
         for seqs, n in enumerate(counts):

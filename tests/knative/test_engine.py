@@ -251,7 +251,10 @@ def test_greedy_text_is_the_same_alone_and_in_a_full_batch(full):
     prompts = [f"{p} (part {i})" for i, p in enumerate(PROMPTS * 2)]
     params = replace(GREEDY, max_tokens=20)
     alone = [full.complete(p, params).text for p in prompts]
+    padded = full.engine_stats()["padding_rows"]
     assert _together(full, prompts, params) == alone
+    # prompts of unequal lengths were read in shared calls, padded to one length
+    assert full.engine_stats()["padding_rows"] > padded
     assert _together(full, prompts[:3], params) == alone[:3]
 
 
@@ -306,23 +309,40 @@ def test_the_invariant_plan_keeps_every_row_in_its_class(fused):
 
     engine = BatchEngine("plan", 8, 1.0)
     engine._fused, engine._replay_rows = fused, 4 if fused else 1
-    engine._slots[:7] = [
+    engine._pad_below = 2048
+    engine._slots[:8] = [
         _fake(0, 5, generating=True), _fake(1, 5, generating=True),
         _fake(2, 5, generating=True),
         _fake(3, 30, kv=20, decoded_from=20),  # 10 resumed tokens to decode again
-        _fake(4, 20), _fake(5, 12),  # prompts to read
+        _fake(4, 20), _fake(5, 13),  # prompts to read
         _fake(6, 5),  # a prompt under the prefill rows
+        _fake(7, 11),
     ]
     calls = engine._plan()
-    shape = [[(r.slot, take, want) for r, take, want in call] for call in calls]
-    # each prompt chunk in a call of its own (prompts of several sequences in one call
-    # changed greedy texts), first; generated tokens and the resumed ones in calls of at most
-    # four rows
-    assert shape == [[(4, 20, True)], [(5, 12, True)], [(6, 5, True)],
-                     [(0, 1, True), (1, 1, True), (2, 1, True), (3, 1, False)]]
+    shape = [[(r.slot, take, want, pad) for r, take, want, pad in call] for call in calls]
+    # prompt chunks first: those within 8 tokens of each other in one call, each padded to
+    # the longest (llama.cpp splits a call of unequal chunks into sub-batches of equal ones),
+    # one under the prefill rows alone; generated tokens and the resumed ones in calls of at
+    # most four rows
+    assert shape == [[(4, 20, True, 0), (5, 13, True, 7)], [(7, 11, True, 0)],
+                     [(6, 5, True, 0)],
+                     [(0, 1, True, 0), (1, 1, True, 0), (2, 1, True, 0), (3, 1, False, 0)]]
     engine._slots[:3] = [None] * 3
     # with the fused attention, four resumed tokens of one sequence share a call
-    assert [(r.slot, take) for r, take, _ in engine._plan()[-1]] == [(3, 4 if fused else 1)]
+    assert [(r.slot, take) for r, take, *_ in engine._plan()[-1]] == [(3, 4 if fused else 1)]
+
+
+def test_padding_stays_within_the_sliding_window_and_the_batch():
+    from knative.serving._steps import Limits, merged
+
+    lim = Limits(invariant=True, decode_rows=4, prefill_rows=8, replay_rows=4, chunk=64,
+                 n_batch=64, pad_below=512)
+    near = _fake(1, 510, kv=500)  # 10 to read at 500: padded to 16 it would pass 512
+    reads = [(_fake(0, 16), 16, True, 0), (near, 10, True, 0), (_fake(2, 12), 12, True, 0),
+             (_fake(3, 15), 15, True, 0), (_fake(4, 14), 14, True, 0)]
+    shape = [[(r.slot, take, pad) for r, take, _, pad in call] for call in merged(reads, lim)]
+    # four chunks of 16 fill the batch of 64; the fifth waits for a call of its own
+    assert shape == [[(0, 16, 0), (2, 12, 4), (3, 15, 1), (4, 14, 2)], [(1, 10, 0)]]
 
 
 def test_without_invariance_every_step_is_one_decode():
