@@ -147,11 +147,44 @@ def sampler_factory(llm: Any, spec: SeqSpec) -> Callable[[], Any]:
         resumed = spec.tokens[spec.decoded_from:] if spec.decoded_from is not None else ()
         for token in resumed:  # penalties and a grammar go on from the tokens so far
             llama_cpp.llama_sampler_accept(chain.sampler, token)
+        if s["temperature"] == 0 and spec.grammar is None and all(
+                s[k] == _NEUTRAL[k] for k in _NEUTRAL):
+            return Argmax(chain, llm.n_vocab())
         if spec.seed is None or s["temperature"] <= 0:
             return chain
         return PositionSeeded(chain, spec.seed, len(resumed))
 
     return build
+
+
+# penalty settings under which the penalties stage of a chain leaves the logits as they are
+_NEUTRAL: dict[str, float] = {"repeat_penalty": 1.0, "frequency_penalty": 0.0,
+                              "presence_penalty": 0.0}
+
+
+class Argmax:
+    """A greedy chain with nothing before its pick (no penalties, no grammar) samples the first
+    token of highest logit; this one reads it from the row of logits directly.
+
+    The chain copies the whole vocabulary into a candidates array for every token (Gemma 3:
+    262,144 entries), about 0.7 ms on these machines; four sequences a step spent 7% of the
+    engine's time there. The chain itself stays for what reads it (``sampler``: a grammar
+    check applies and accepts through it).
+    """
+
+    def __init__(self, chain: Any, n_vocab: int) -> None:
+        self._chain = chain
+        self._n_vocab = n_vocab
+
+    def sample(self, ctx: Any, idx: int) -> int:
+        import llama_cpp
+        import numpy as np
+
+        row = llama_cpp.llama_get_logits_ith(ctx.ctx, idx)
+        return int(np.argmax(np.ctypeslib.as_array(row, shape=(self._n_vocab,))))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._chain, name)
 
 
 class PositionSeeded:

@@ -228,6 +228,36 @@ def test_a_grammar_constrained_and_a_free_sequence_share_a_batch(batched):
     assert results["f"] not in ("yes.", "no.")
 
 
+def test_a_greedy_pick_read_from_the_logits_is_the_chains(batched):
+    from llama_cpp import LlamaGrammar
+
+    from knative.serving._sampling import Argmax, sampler_factory
+
+    llm = batched.llm
+    spec = completion_spec(llm, PROMPTS[0], batched._kwargs(GREEDY))
+
+    def picks() -> list[tuple[int, int]]:
+        fast = sampler_factory(llm, spec)()
+        assert isinstance(fast, Argmax)
+        llm.reset()
+        llm.eval(list(spec.tokens))
+        out = []
+        for _ in range(8):
+            pick = fast.sample(llm._ctx, -1)
+            chain = int(fast._chain.sample(llm._ctx, -1))
+            out.append((pick, chain))
+            llm.eval([chain])
+        return out
+
+    assert all(pick == chain for pick, chain in batched._batcher.call(picks))
+    # a penalty, a temperature or a grammar before the pick keeps the chain's own sampling
+    others = [replace(spec, sampling={**spec.sampling, "repeat_penalty": 1.1}),
+              replace(spec, sampling={**spec.sampling, "temperature": 0.5}),
+              replace(spec, grammar=LlamaGrammar.from_string('root ::= "yes"', verbose=False))]
+    built = batched._batcher.call(lambda: [sampler_factory(llm, s)() for s in others])
+    assert not any(isinstance(b, Argmax) for b in built)
+
+
 @pytest.fixture(scope="module")
 def full() -> LlamaCppBackend:
     backend = LlamaCppBackend(n_ctx=256, n_threads=2, queue_timeout=60, slots=8)
