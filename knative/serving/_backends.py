@@ -111,7 +111,7 @@ class LlamaCppBackend:
     many sequences in each step; with 1, each request has the engine to itself.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - a keyword per replica setting of the engine
         self,
         model: str = DEFAULT_GENERATION_MODEL,
         model_id: str | None = None,
@@ -123,6 +123,7 @@ class LlamaCppBackend:
         slots: int = DEFAULT_SLOTS,
         batch_invariant: bool = True,
         flash_attn: bool = True,
+        gather_ms: float = 2.0,
     ) -> None:
         self.model = model
         self.flash_attn = flash_attn
@@ -134,7 +135,8 @@ class LlamaCppBackend:
         self.n_gpu_layers = n_gpu_layers
         self._engine = _Engine(f"engine-{self.model_id}", queue_timeout)
         self._batcher = (BatchEngine(f"batch-{self.model_id}", slots, queue_timeout,
-                                     invariant=batch_invariant)
+                                     invariant=batch_invariant, gather_quiet=gather_ms / 1000,
+                                     gather_max=5 * gather_ms / 1000)
                          if slots > 1 else None)
         self._llm: Any = None
         self._prompt_cache: Any = None  # what the single-sequence context read last

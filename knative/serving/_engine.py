@@ -43,6 +43,7 @@ import json
 import logging
 import queue
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
@@ -50,7 +51,7 @@ from typing import Any
 
 from knative.serving._liveness import Alive, ClientGone, client_alive
 from knative.serving._sampling import SeqSpec, StopText, common_prefix
-from knative.serving._serial import Claim, drained
+from knative.serving._serial import Claim, burst, drained
 from knative.serving._steps import Entry, Limits, plan
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,10 @@ FOLLOW_MIN_TOKENS = 32
 # of at most DECODE_ROWS rows, prompt tokens in calls of at least PREFILL_ROWS
 DECODE_ROWS = 4
 PREFILL_ROWS = 8
+# an idle engine woken by a request waits this long for another of the same burst, at most
+# GATHER_MAX_S in all (``BatchEngine._take``)
+GATHER_QUIET_S = 0.002
+GATHER_MAX_S = 0.010
 
 Piece = tuple[str, str | None, tuple[int, int] | None]  # text, finish reason, usage
 
@@ -159,15 +164,19 @@ class BatchEngine:
     """The engine thread and its slots; :meth:`attach` gives it a model to batch on."""
 
     def __init__(self, name: str, n_slots: int, queue_timeout: float, chunk: int = 64,
-                 n_batch: int = 512, invariant: bool = True, decode_rows: int = DECODE_ROWS,
-                 prefill_rows: int = PREFILL_ROWS) -> None:
+                 n_batch: int = 512, invariant: bool = True, gather_quiet: float = GATHER_QUIET_S,
+                 gather_max: float = GATHER_MAX_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.n_slots = n_slots
+        self.gather_quiet = gather_quiet
+        self.gather_max = gather_max
+        self._clock = clock
         self.queue_timeout = queue_timeout
-        self.chunk = max(chunk, prefill_rows)
+        self.chunk = max(chunk, PREFILL_ROWS)
         self.n_batch = n_batch
         self.invariant = invariant
-        self.decode_rows = decode_rows
-        self.prefill_rows = prefill_rows
+        self.decode_rows = DECODE_ROWS
+        self.prefill_rows = PREFILL_ROWS
         self.stats = EngineStats(step_seqs=[0] * (n_slots + 1))
         self._inbox: queue.SimpleQueue[_Request | _Job] = queue.SimpleQueue()
         self._waiting: deque[_Request] = deque()
@@ -278,11 +287,16 @@ class BatchEngine:
                 self.stats.active = sum(s is not None for s in self._slots)
 
     def _take(self, block: bool) -> None:
+        """What the inbox holds (waiting for it when ``block``: the engine is idle). An idle
+        engine woken by a request also takes the rest of its burst (:func:`burst`), until
+        the requests fill the slots: their prompts are then read in one call."""
         try:
-            item = self._inbox.get() if block else self._inbox.get_nowait()
+            first = self._inbox.get() if block else self._inbox.get_nowait()
         except queue.Empty:
             return
-        while True:
+        for item in burst(self._inbox, first, self.gather_quiet if block else 0.0,
+                          self.gather_max, self._clock,
+                          lambda: not self._waiting or len(self._waiting) >= self.n_slots):
             if isinstance(item, _Job):
                 try:
                     item.out.put(("done", item.fn()))
@@ -290,10 +304,6 @@ class BatchEngine:
                     item.out.put(("error", exc))
             elif not item.cancelled:
                 self._waiting.append(item)
-            try:
-                item = self._inbox.get_nowait()
-            except queue.Empty:
-                return
 
     def _drop_cancelled(self) -> None:
         """Sequences cancelled, or whose client hung up, leave their slots."""
@@ -417,8 +427,11 @@ class BatchEngine:
         if calls:
             stats.steps += 1
             stats.step_seqs[min(sum(map(len, calls)), self.n_slots)] += 1
-        for call in calls:
-            if not self._decode(call):
+        for n, call in enumerate(calls):
+            if n:  # a client that hung up during the call before is not decoded for
+                self._drop_cancelled()
+                call = [e for e in call if self._slots[e[0].slot] is e[0]]
+            if call and not self._decode(call):
                 return
 
     def _decode(self, call: list[Entry[_Request]]) -> bool:

@@ -319,7 +319,7 @@ def build_backends(
         n_threads=settings.n_threads or None, n_gpu_layers=settings.n_gpu_layers,
         queue_timeout=settings.queue_timeout, chat_format=settings.chat_format,
         slots=settings.slots, batch_invariant=settings.batch_invariant,
-        flash_attn=settings.flash_attn,
+        flash_attn=settings.flash_attn, gather_ms=settings.gather_ms,
     ) if settings.model else None
     emb = SentenceTransformerBackend(
         settings.embedding_model, cuda=settings.cuda, queue_timeout=settings.queue_timeout,

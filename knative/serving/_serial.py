@@ -10,7 +10,9 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable, Generator, Iterator
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 class Claim:
@@ -133,3 +135,27 @@ def drained(out: queue.SimpleQueue[Any], kind: str,
                 return
     finally:
         cancel()
+
+
+def burst(inbox: queue.SimpleQueue[T], first: T, quiet: float, window: float,
+          clock: Callable[[], float], enough: Callable[[], bool]) -> Iterator[T]:
+    """``first``, then what ``inbox`` holds, then (``quiet`` above 0) what comes within
+    ``quiet`` seconds of the item before, for at most ``window`` seconds from the start, until
+    ``enough()``: the rest of a burst of requests."""
+    deadline = clock() + window
+    item = first
+    while True:
+        yield item
+        try:
+            item = inbox.get_nowait()
+            continue
+        except queue.Empty:
+            pass
+        left = deadline - clock()
+        if quiet <= 0 or left <= 0 or enough():
+            return
+        try:
+            item = inbox.get(timeout=min(quiet, left))
+        except queue.Empty:
+            return
+

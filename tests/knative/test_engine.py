@@ -4,6 +4,7 @@ client goes, keep a shared prefix once, and sample under a grammar next to free 
 from __future__ import annotations
 
 import json
+import queue
 import re
 import socket
 import threading
@@ -63,6 +64,72 @@ def test_slots_setting_reads_the_environment():
     assert ServeSettings.from_env({"SUREFOOT_SLOTS": "3"}).slots == 3
     with pytest.raises(ValueError, match="slots"):
         ServeSettings.from_env({"SUREFOOT_SLOTS": "0"})
+
+
+def test_gather_setting_reads_the_environment():
+    assert ServeSettings.from_env({}).gather_ms == 2.0
+    assert ServeSettings.from_env({"SUREFOOT_GATHER_MS": "0"}).gather_ms == 0.0
+    with pytest.raises(ValueError, match="gather_ms"):
+        ServeSettings.from_env({"SUREFOOT_GATHER_MS": "-1"})
+
+
+class _Clocked(queue.SimpleQueue[int]):
+    """A queue whose waits pass on a fake clock: each ``get`` waits ``gap`` (or its whole
+    timeout, then is empty, when ``gap`` is longer)."""
+
+    def __init__(self, now: list[float], gaps: list[float]) -> None:
+        super().__init__()
+        self.now, self.gaps = now, gaps
+
+    def get(self, block: bool = True, timeout: float | None = None) -> int:
+        gap = self.gaps.pop(0) if self.gaps else float("inf")
+        if timeout is not None and gap > timeout:
+            self.now[0] += timeout
+            raise queue.Empty
+        self.now[0] += gap
+        return len(self.gaps)
+
+
+def test_a_burst_is_what_comes_within_the_quiet_gap_for_the_window():
+    from knative.serving._serial import burst
+
+    now = [0.0]
+
+    def taken(gaps: list[float], held: int = 0, enough: int = 99) -> list[int]:
+        q = _Clocked(now, gaps)
+        for i in range(held):
+            q.put(100 + i)
+        out: list[int] = []
+        for item in burst(q, -1, 0.002, 0.010, lambda: now[0], lambda: len(out) >= enough):
+            out.append(item)
+        return out
+
+    # what the inbox holds is taken whatever the timings
+    assert taken([], held=2) == [-1, 100, 101]
+    # arrivals 1 ms apart are taken; a gap over 2 ms ends the burst
+    assert len(taken([0.001, 0.001, 0.003, 0.001])) == 3
+    # 10 ms in all, however close the arrivals
+    assert len(taken([0.0015] * 20)) == 1 + 6
+    # enough (the slots are full): no wait
+    assert taken([0.001, 0.001], held=1, enough=2) == [-1, 100]
+
+
+def test_an_idle_engine_reads_the_prompts_of_a_burst_in_one_call(batched):
+    engine = batched._batcher
+    calls: list[list[int]] = []
+    decode = engine._decode
+
+    def recorded(call: list[Any]) -> bool:
+        calls.append([e[0].slot for e in call])
+        return decode(call)
+
+    engine._decode, engine.gather_quiet, engine.gather_max = recorded, 0.5, 2.0
+    try:
+        _together(batched, PROMPTS[:2], GREEDY)
+    finally:
+        del engine._decode
+        engine.gather_quiet, engine.gather_max = 0.002, 0.010
+    assert sorted(calls[0]) == [0, 1]
 
 
 def test_concurrent_openai_streams_give_the_sequential_texts():
@@ -144,6 +211,31 @@ def test_a_sequence_whose_client_hangs_up_leaves_at_the_next_step(batched):
     out = batched.complete(PROMPTS[2], GREEDY)  # runs in the slot a held, while b is live
     assert out.completion_tokens > 0
     b.close()
+
+
+def test_a_client_gone_during_a_steps_first_call_is_not_decoded_in_the_next():
+    from knative.serving._engine import BatchEngine
+
+    engine = BatchEngine("poll", 4, 1.0)
+    engine._pad_below = 2048
+    here = threading.Event()
+    here.set()
+    gone, other, reader = (_fake(0, 5, generating=True), _fake(1, 5, generating=True),
+                           _fake(2, 12))
+    gone.alive = here.is_set
+    engine._slots[:3] = [gone, other, reader]
+    decoded: list[list[int]] = []
+
+    def decode(call: list[Any]) -> bool:
+        decoded.append([e[0].slot for e in call])
+        here.clear()  # the client hangs up while the prompt is read
+        return True
+
+    engine._decode = decode  # type: ignore[method-assign]
+    engine._step()
+    assert decoded == [[2], [1]]
+    assert engine._slots[0] is None
+    assert isinstance(gone.out.get_nowait()[1], ClientGone)
 
 
 def test_a_plain_completion_whose_client_hangs_up_stops():
