@@ -16,10 +16,11 @@ calls into llama.cpp come from one thread and one OpenMP team.
 
 Batch invariance (on by default). llama.cpp's CPU kernels take different paths by the number
 of rows a decode holds, and those paths round differently. Measured on an AVX2 CPU: a call of
-1 to 4 rows gives every row the result it has alone; 5, 6 or 7 rows, and 8 rows or more, each
-give others; the weights the CPU backend repacks add their own split. Without the fused
-attention kernel, several rows of one sequence also differ from one a call. A sequence decoded
-alone or among seven others would then give other tokens. In invariant mode the engine keeps
+1 to 7 rows gives every row the result it has alone, 8 rows or more another; the weights the
+CPU backend repacks add their own split. Without the fused attention kernel, several rows of
+one sequence also differ from one a call. A sequence decoded alone or among seven others would
+then give other tokens. Past 4 rows a call costs about as much per row as separate calls, so
+generated tokens go at most ``decode_rows`` (4) to a call. In invariant mode the engine keeps
 every token in one class whatever else runs: generated tokens are decoded a token per sequence
 in calls of at most ``decode_rows`` rows, prompt tokens in chunks of at least ``prefill_rows``
 rows of each sequence (several sequences' chunks in one call padded to one length,
