@@ -124,12 +124,21 @@ def test_an_idle_engine_reads_the_prompts_of_a_burst_in_one_call(batched):
         return decode(call)
 
     engine._decode, engine.gather_quiet, engine.gather_max = recorded, 0.5, 2.0
+    prompts = [PROMPTS[0], PROMPTS[1] + " in the year of"]  # unequal: one is padded
+    padded = engine.stats.padding_rows
     try:
-        _together(batched, PROMPTS[:2], GREEDY)
+        _together(batched, prompts, GREEDY)
     finally:
         del engine._decode
         engine.gather_quiet, engine.gather_max = 0.002, 0.010
     assert sorted(calls[0]) == [0, 1]
+    assert engine.stats.padding_rows > padded
+    # the padding cells are gone: each slot's cache ends at the tokens it holds
+    import llama_cpp
+
+    ends = batched._batcher.call(lambda: [
+        int(llama_cpp.llama_memory_seq_pos_max(engine._mem, i)) for i in range(2)])
+    assert ends == [len(engine._cache[i]) - 1 for i in range(2)]
 
 
 def test_concurrent_openai_streams_give_the_sequential_texts():
