@@ -135,8 +135,7 @@ class LlamaCppBackend:
         self.n_gpu_layers = n_gpu_layers
         self._engine = _Engine(f"engine-{self.model_id}", queue_timeout)
         self._batcher = (BatchEngine(f"batch-{self.model_id}", slots, queue_timeout,
-                                     invariant=batch_invariant, gather_quiet=gather_ms / 1000,
-                                     gather_max=5 * gather_ms / 1000)
+                                     invariant=batch_invariant, gather_quiet=gather_ms / 1000)
                          if slots > 1 else None)
         self._llm: Any = None
         self._prompt_cache: Any = None  # what the single-sequence context read last

@@ -64,9 +64,9 @@ FOLLOW_MIN_TOKENS = 32
 DECODE_ROWS = 4
 PREFILL_ROWS = 8
 # an idle engine woken by a request waits this long for another of the same burst, at most
-# GATHER_MAX_S in all (``BatchEngine._take``)
+# GATHER_WINDOW times as long in all (``BatchEngine._take``)
 GATHER_QUIET_S = 0.002
-GATHER_MAX_S = 0.010
+GATHER_WINDOW = 5
 
 Piece = tuple[str, str | None, tuple[int, int] | None]  # text, finish reason, usage
 
@@ -166,11 +166,9 @@ class BatchEngine:
 
     def __init__(self, name: str, n_slots: int, queue_timeout: float, chunk: int = 64,
                  n_batch: int = 512, invariant: bool = True, gather_quiet: float = GATHER_QUIET_S,
-                 gather_max: float = GATHER_MAX_S,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.n_slots = n_slots
         self.gather_quiet = gather_quiet
-        self.gather_max = gather_max
         self._clock = clock
         self.queue_timeout = queue_timeout
         self.chunk = max(chunk, PREFILL_ROWS)
@@ -296,7 +294,7 @@ class BatchEngine:
         except queue.Empty:
             return
         for item in burst(self._inbox, first, self.gather_quiet if block else 0.0,
-                          self.gather_max, self._clock,
+                          GATHER_WINDOW * self.gather_quiet, self._clock,
                           lambda: not self._waiting or len(self._waiting) >= self.n_slots):
             if isinstance(item, _Job):
                 try:

@@ -158,4 +158,3 @@ def burst(inbox: queue.SimpleQueue[T], first: T, quiet: float, window: float,
             item = inbox.get(timeout=min(quiet, left))
         except queue.Empty:
             return
-

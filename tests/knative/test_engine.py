@@ -71,6 +71,8 @@ def test_gather_setting_reads_the_environment():
     assert ServeSettings.from_env({"SUREFOOT_GATHER_MS": "0"}).gather_ms == 0.0
     with pytest.raises(ValueError, match="gather_ms"):
         ServeSettings.from_env({"SUREFOOT_GATHER_MS": "-1"})
+    with pytest.raises(ValueError, match="GATHER_MS"):
+        ServeSettings.from_env({"SUREFOOT_GATHER_MS": "soon"})
 
 
 class _Clocked(queue.SimpleQueue[int]):
@@ -123,14 +125,15 @@ def test_an_idle_engine_reads_the_prompts_of_a_burst_in_one_call(batched):
         calls.append([e[0].slot for e in call])
         return decode(call)
 
-    engine._decode, engine.gather_quiet, engine.gather_max = recorded, 0.5, 2.0
+    quiet = engine.gather_quiet
+    engine._decode, engine.gather_quiet = recorded, 0.5
     prompts = [PROMPTS[0], PROMPTS[1] + " in the year of"]  # unequal: one is padded
     padded = engine.stats.padding_rows
     try:
         _together(batched, prompts, GREEDY)
     finally:
         del engine._decode
-        engine.gather_quiet, engine.gather_max = 0.002, 0.010
+        engine.gather_quiet = quiet
     assert sorted(calls[0]) == [0, 1]
     assert engine.stats.padding_rows > padded
     # the padding cells are gone: each slot's cache ends at the tokens it holds
