@@ -12,7 +12,8 @@ slots; the servers not measured are paused):
   (the replica's engine metrics);
 - greedy agreement of requests run alone and in a full batch, for both engine modes;
 - with ``--plain-peer``, llama-server also on the plain weight layouts (``--no-repack``), which
-  the invariant engine computes on: what the layouts cost apart from the engine.
+  the invariant engine falls back to where the build's repacked kernels do not agree by rows:
+  what the layouts cost apart from the engine.
 
     .venv/bin/python bench/batching.py [--rounds 3] [--max-tokens 64] [--agreement 100]
         [--clients 1,4,8] [--ttft-rounds N] [--plain-peer]
@@ -179,7 +180,7 @@ def main() -> None:
     ap.add_argument("--ttft-rounds", type=int, default=0, help="TTFT rounds (0: --rounds)")
     ap.add_argument("--plain-peer", action="store_true",
                     help="also llama-server on the plain weight layouts (--no-repack), the "
-                    "layouts the invariant engine computes on")
+                    "invariant engine's fallback")
     args = ap.parse_args()
     concurrency = [int(c) for c in args.clients.split(",") if c]
 

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from knative.serving._engine import BatchEngine, EngineFault, EngineTimeout, plain_layouts
+from knative.serving._engine import BatchEngine, EngineFault, EngineTimeout
 from knative.serving._features import Prompt
+from knative.serving._layouts import plain_layouts, repacked, rows_agree
 from knative.serving._models import DEFAULT_EMBEDDING_MODEL as DEFAULT_EMBEDDING_MODEL
 from knative.serving._models import DEFAULT_GENERATION_MODEL as DEFAULT_GENERATION_MODEL
 from knative.serving._models import DEFAULT_SLOTS as DEFAULT_SLOTS
@@ -157,22 +158,19 @@ class LlamaCppBackend:
 
     def _load(self, Llama: Any) -> None:
         assert self.model_path is not None
-        # the weights' plain layouts: the CPU's repacked ones split the rows classes once more
-        # (a prompt started from a cached prefix changed 1 greedy text in 60 on them, none on
-        # the plain ones); an invariant batching engine shares them, so they load once. Only a
-        # batching engine with invariance off takes the repacked layouts, as llama-server
-        plain = self._batcher is None or self._batcher.invariant
+        # the CPU's repacked weight layouts where their kernels give a row the same result
+        # alone or among others (the project's build of llama.cpp, :mod:`._layouts`), the plain
+        # ones where not: there they split the rows classes once more (a prompt started from a
+        # cached prefix changed 1 greedy text in 60). Only a batching engine with invariance
+        # off keeps repacked layouts that do not agree, as llama-server does
+        invariant = self._batcher is None or self._batcher.invariant
         try:
-            with plain_layouts(plain):
-                self._llm = Llama(
-                    model_path=str(self.model_path),
-                    n_ctx=self._n_ctx,
-                    n_threads=self.n_threads,
-                    n_threads_batch=self.n_threads,
-                    n_gpu_layers=self.n_gpu_layers,
-                    flash_attn=self.flash_attn,
-                    verbose=False,
-                )
+            self._llm = self._new_llm(Llama, plain=False)
+            if invariant and repacked(self._llm) and not rows_agree(self._llm):
+                log.info("%s: the repacked weights' kernels do not agree by rows on this "
+                         "build; loading the plain layouts", self.model_id)
+                self._llm.close()
+                self._llm = self._new_llm(Llama, plain=True)
         except (ValueError, RuntimeError, OSError) as exc:
             raise ModelLoadError(f"llama.cpp could not load {self.model_path}: {exc}") from exc
         meta = self._llm.metadata or {}
@@ -183,6 +181,18 @@ class LlamaCppBackend:
         ).startswith("gemma"):
             # GGUFs without an embedded template would fall back to llama-2's prompt format.
             self._llm.chat_format = "gemma"
+
+    def _new_llm(self, Llama: Any, plain: bool) -> Any:
+        with plain_layouts(plain):
+            return Llama(
+                model_path=str(self.model_path),
+                n_ctx=self._n_ctx,
+                n_threads=self.n_threads,
+                n_threads_batch=self.n_threads,
+                n_gpu_layers=self.n_gpu_layers,
+                flash_attn=self.flash_attn,
+                verbose=False,
+            )
 
     @property
     def llm(self) -> Any:

@@ -14,23 +14,23 @@ that moment waits for it instead of reading it twice.
 The thread also runs the engine's other work (loading, state snapshots) between steps, so all
 calls into llama.cpp come from one thread and one OpenMP team.
 
-Batch invariance (on by default). llama.cpp's CPU kernels take different paths by the number
-of rows a decode holds, and those paths round differently. Measured on an AVX2 CPU: a call of
-1 to 7 rows gives every row the result it has alone, 8 rows or more another; the weights the
-CPU backend repacks add their own split. Without the fused attention kernel, several rows of
-one sequence also differ from one a call. A sequence decoded alone or among seven others would
-then give other tokens. Past 4 rows a call costs about as much per row as separate calls, so
-generated tokens go at most ``decode_rows`` (4) to a call. In invariant mode the engine keeps
-every token in one class whatever else runs: generated tokens are decoded a token per sequence
-in calls of at most ``decode_rows`` rows, prompt tokens in chunks of at least ``prefill_rows``
-rows of each sequence (several sequences' chunks in one call padded to one length,
-:mod:`knative.serving._steps`; a prompt shorter than that in one call of its own), on the
-plain weight layouts and a KV stream per slot (llama.cpp forms a sub-batch of the sequences
-whose slot numbers follow each other, so new requests take the lowest free slot). With the fused
-attention, the tokens of a resumed stream that an earlier run generated are decoded again up
-to ``decode_rows`` in a call; without it, one a step. A cached prefix
-is reused only where it was computed as a prompt would be, so a resumed stream goes on as it
-would have.
+Batch invariance (on by default). llama.cpp's CPU kernels take different paths by the number of
+rows a decode holds, and those paths round differently. Measured on an AVX2 CPU: a call of 1 to
+7 rows gives every row the result it has alone, 8 rows or more another; on stock llama.cpp the
+weights the CPU backend repacks add their own split (:mod:`._layouts`). Without the fused
+attention kernel, several rows of one sequence also differ from one a call. A sequence decoded
+alone or among seven others would then give other tokens. Past 4 rows a call costs about as much
+per row as separate calls, so generated tokens go at most ``decode_rows`` (4) to a call. In
+invariant mode the engine keeps every token in one class whatever else runs: generated tokens
+are decoded a token per sequence in calls of at most ``decode_rows`` rows, prompt tokens in
+chunks of at least ``prefill_rows`` rows of each sequence (several sequences' chunks in one call
+padded to one length, :mod:`knative.serving._steps`; a prompt shorter than that in one call of
+its own), on the weight layouts whose kernels agree by rows and a KV stream per slot (llama.cpp
+forms a sub-batch of the sequences whose slot numbers follow each other, so new requests take
+the lowest free slot). With the fused attention, the tokens of a resumed stream that an earlier
+run generated are decoded again up to ``decode_rows`` in a call; without it, one a step. A
+cached prefix is reused only where it was computed as a prompt would be, so a resumed stream
+goes on as it would have.
 The price is throughput at high concurrency (a full batch runs as several calls); with
 ``invariant=False`` every step is one decode on one unified cache with the repacked
 weights, as llama.cpp's own server runs it.
@@ -38,7 +38,6 @@ weights, as llama.cpp's own server runs it.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import json
 import logging
@@ -46,10 +45,11 @@ import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any
 
+from knative.serving._layouts import repacked, rows_agree
 from knative.serving._liveness import Alive, ClientGone, client_alive
 from knative.serving._sampling import SeqSpec, StopText, common_prefix
 from knative.serving._serial import Claim, burst, drained
@@ -133,34 +133,6 @@ class _Job:
         self.out: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
 
 
-@contextlib.contextmanager
-def plain_layouts(on: bool = True) -> Iterator[None]:
-    """While open (and ``on``), models llama-cpp-python's ``Llama`` loads keep their weights
-    in their plain layouts, not the CPU's repacked ones (llama.cpp's ``--no-repack``).
-
-    ``Llama`` builds its model parameters inside its constructor from llama.cpp's defaults
-    and has no argument for this one; the defaults are swapped for the length of the load
-    (on the engine thread, which alone loads models).
-    """
-    if not on:
-        yield
-        return
-    from llama_cpp import llama_cpp as lib
-
-    default = lib.llama_model_default_params
-
-    def plain() -> Any:
-        params = default()
-        params.use_extra_bufts = False
-        return params
-
-    lib.llama_model_default_params = plain
-    try:
-        yield
-    finally:
-        lib.llama_model_default_params = default
-
-
 class BatchEngine:
     """The engine thread and its slots; :meth:`attach` gives it a model to batch on."""
 
@@ -234,10 +206,12 @@ class BatchEngine:
         import llama_cpp
         from llama_cpp import _internals
 
-        if self.invariant and llm.model_params.use_extra_bufts:
+        if self.invariant and repacked(llm) and not rows_agree(llm):
             # the weights again, without the CPU's repacked layouts, whose kernels split the
-            # rows classes once more (module docstring); a model loaded in
-            # :func:`plain_layouts` is shared as it is
+            # rows classes once more on this build (module docstring); a model whose kernels
+            # agree, or one loaded in :func:`plain_layouts`, is shared as it is
+            log.info("%s: the repacked weights' kernels do not agree by rows; batching on "
+                     "the plain layouts", self._thread.name)
             mparams = llama_cpp.llama_model_params.from_buffer_copy(llm.model_params)
             mparams.use_extra_bufts = False
             self._model = _internals.LlamaModel(path_model=llm.model_path, params=mparams,
