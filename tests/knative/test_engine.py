@@ -42,6 +42,30 @@ def test_an_invariant_batching_replica_loads_its_weights_once(batched):
     assert batched._batcher is not None
     assert batched._batcher._model is batched.llm._model
 
+def test_a_batching_replica_makes_every_decode_on_the_batch_thread(monkeypatch):
+    # the load's probe and prompt logprobs too: a second thread's OpenMP team would slow
+    # every decode after it (LlamaCppBackend's docstring)
+    import llama_cpp
+    import llama_cpp.llama_cpp as lib
+
+    threads: list[str] = []
+    real = lib.llama_decode
+
+    def decode(ctx: Any, batch: Any) -> int:
+        threads.append(threading.current_thread().name)
+        return int(real(ctx, batch))
+
+    monkeypatch.setattr(lib, "llama_decode", decode)
+    monkeypatch.setattr(llama_cpp, "llama_decode", decode)
+    backend = LlamaCppBackend(n_ctx=256, n_threads=2, queue_timeout=30, slots=2)
+    backend.load()
+    spec = backend.spec(PROMPTS[0], GREEDY)
+    assert len(backend.prompt_logprobs(spec, 2)) == len(spec.tokens) - 1
+    assert backend.complete(PROMPTS[1], GREEDY).text
+    assert len(threads) > 10
+    assert set(threads) == {f"batch-{backend.model_id}"}
+
+
 
 def test_the_fused_attention_is_on_unless_the_setting_says_off(batched):
     import llama_cpp
