@@ -167,6 +167,13 @@ class LlamaCppBackend:
         if self._batcher is not None:
             self._batcher.attach(self._llm, self._n_ctx)
 
+    def shared_thread(self) -> Callable[[Callable[[], Any]], Any] | None:
+        """What runs another model's CPU work (torch's embeddings) on this backend's compute
+        thread between two engine steps, so that the replica keeps one OpenMP team (class
+        docstring): the batching engine's, where such work waits a step at most. None with the
+        single-sequence engine, whose thread is held for a whole generation."""
+        return self._batcher.call if self._batcher is not None else None
+
     def _native(self, fn: Callable[[], T]) -> T:
         """``fn``'s result, run on the thread that makes this replica's llama.cpp calls (the
         batching engine's between two steps, where there is one: class docstring)."""

@@ -1,10 +1,17 @@
-"""Sentence embeddings on torch: the replica's second model, loaded beside the LLM and served
-on its own engine thread (torch's threads bounded so replicas sharing a machine do not take
-every core)."""
+"""Sentence embeddings on torch: the replica's second model, loaded beside the LLM.
+
+It computes on the LLM's batching engine thread where the replica has one (``runner``), else
+on an engine thread of its own; torch's threads are bounded so replicas sharing a machine do
+not take every core. torch and llama.cpp share one libgomp in the process, and a second thread
+that has run a parallel region keeps an OpenMP team alive: libgomp, with more threads than
+cores, then shortens the spin of every barrier, and one embedding request on a thread of its own
+made each later one-row decode of the LLM cost 35 ms instead of 22 (2 threads each).
+"""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +31,10 @@ class SentenceTransformerBackend:
 
     def __init__(self, model: str = DEFAULT_EMBEDDING_MODEL, model_id: str | None = None,
                  cuda: bool = False, queue_timeout: float = 60.0,
-                 n_threads: int | None = None) -> None:
+                 n_threads: int | None = None,
+                 runner: Callable[[Callable[[], Any]], Any] | None = None) -> None:
         self.n_threads = n_threads
+        self._runner = runner
         self.model = model
         self.model_id = model_id or (
             DEFAULT_EMBEDDING_MODEL if model == DEFAULT_EMBEDDING_MODEL else Path(model).name
@@ -73,5 +82,5 @@ class SentenceTransformerBackend:
             tokens = sum(len(ids) for ids in st.tokenizer(texts)["input_ids"])
             return vectors.tolist(), tokens
 
-        result: tuple[list[list[float]], int] = self._engine.call(run)
+        result: tuple[list[list[float]], int] = (self._runner or self._engine.call)(run)
         return result

@@ -324,6 +324,7 @@ def build_backends(
     emb = SentenceTransformerBackend(
         settings.embedding_model, cuda=settings.cuda, queue_timeout=settings.queue_timeout,
         n_threads=settings.n_threads or None,
+        runner=gen.shared_thread() if gen is not None else None,
     ) if settings.embedding_model else None
     return gen, emb
 

@@ -67,6 +67,30 @@ def test_a_batching_replica_makes_every_decode_on_the_batch_thread(monkeypatch):
 
 
 
+@pytest.mark.parametrize("slots", [2, 1])
+def test_embeddings_compute_on_the_batch_thread_where_the_replica_batches(slots):
+    # one OpenMP team per replica (knative.serving._embedding's docstring); the single-
+    # sequence engine holds its thread for whole generations, so embeddings keep their own
+    import torch
+
+    from knative.serving._runtime import build_backends
+
+    gen, emb = build_backends(ServeSettings(n_ctx=256, n_threads=2, slots=slots))
+    assert gen is not None
+    assert emb is not None
+    gen.load()
+    emb.load()
+    names: set[str] = set()
+    hook = torch.nn.modules.module.register_module_forward_hook(
+        lambda module, args, out: names.add(threading.current_thread().name))
+    try:
+        vectors, _ = emb.embed(("a lighthouse on a cliff",))
+    finally:
+        hook.remove()
+    assert len(vectors[0]) == emb.dimensions
+    assert names == {f"batch-{gen.model_id}" if slots > 1 else f"engine-{emb.model_id}"}
+
+
 def test_the_fused_attention_is_on_unless_the_setting_says_off(batched):
     import llama_cpp
 
