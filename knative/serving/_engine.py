@@ -27,8 +27,9 @@ chunks of at least ``prefill_rows`` rows of each sequence (several sequences' ch
 padded to one length, :mod:`knative.serving._steps`; a prompt shorter than that in one call of
 its own), on the weight layouts whose kernels agree by rows and a KV stream per slot (llama.cpp
 forms a sub-batch of the sequences whose slot numbers follow each other, so new requests take
-the lowest free slot). With the fused attention, the tokens of a resumed stream that an earlier
-run generated are decoded again up to ``decode_rows`` in a call; without it, one a step. A
+the lowest free slot, unless they fill every free slot or one saves a long prefix). With the
+fused attention, the tokens of a resumed stream that an earlier run generated are decoded
+again up to ``decode_rows`` in a call; without it, one a step. A
 cached prefix is reused only where it was computed as a prompt would be, so a resumed stream
 goes on as it would have.
 The price is throughput at high concurrency (a full batch runs as several calls); with
@@ -295,6 +296,9 @@ class BatchEngine:
 
     def _fill_slots(self) -> None:
         while self._waiting and None in self._slots:
+            # this request and those behind it take every free slot: which goes where leaves
+            # the live slots as contiguous as any other placement would
+            fills = len(self._waiting) >= self._slots.count(None)
             req = self._waiting.popleft()
             if req.gone() or not req.try_start():
                 continue
@@ -306,7 +310,7 @@ class BatchEngine:
             except Exception as exc:
                 req.out.put(("error", exc))
                 continue
-            self._place(req)
+            self._place(req, fills)
             req.out.put(("started", None))
 
     def _reuse(self, req: _Request, lcp: int, exact: int, slot: int) -> int:
@@ -320,10 +324,11 @@ class BatchEngine:
                 n = max(0, d - self.prefill_rows)
         return self._reusable(slot, n)
 
-    def _place(self, req: _Request) -> None:
+    def _place(self, req: _Request, fills: bool = False) -> None:
         """Put ``req`` in the free slot whose cached tokens share the longest prefix with its
-        prompt (invariant: the lowest free slot, unless one saves a long prefix), or copy a
-        longer prefix a live sequence holds, or wait for one it reads."""
+        prompt (invariant: the lowest free slot, unless one saves a long prefix or ``fills``,
+        the requests placed with it take every free slot), or copy a longer prefix a live
+        sequence holds, or wait for one it reads."""
         import llama_cpp
 
         prompt = req.spec.tokens
@@ -331,7 +336,7 @@ class BatchEngine:
         free = [i for i, s in enumerate(self._slots) if s is None]
         reuse = {i: self._reuse(req, common_prefix(self._cache[i], prompt), self._exact[i], i)
                  for i in free}
-        if self.invariant:
+        if self.invariant and not fills:
             slot = max(free, key=lambda i: reuse[i] if reuse[i] >= FOLLOW_MIN_TOKENS else 0)
         else:
             slot = max(free, key=lambda i: reuse[i])

@@ -350,6 +350,44 @@ def test_a_shared_prefix_is_computed_once(batched):
     assert all(results.values())
 
 
+def _burst_in_order(backend: LlamaCppBackend, prompts: list[str]) -> None:
+    """``prompts`` reach the idle engine as one burst, in this order: the engine thread is
+    held in a job until every request is in its inbox."""
+    engine = backend._batcher
+    assert engine is not None
+    held, release = threading.Event(), threading.Event()
+    blocker = threading.Thread(target=engine.call,
+                               args=(lambda: (held.set(), release.wait(30)),))
+    blocker.start()
+    assert held.wait(30)
+    threads = []
+    for n, prompt in enumerate(prompts, 1):
+        t = threading.Thread(target=backend.complete, args=(prompt, GREEDY))
+        t.start()
+        threads.append(t)
+        deadline = time.monotonic() + 30
+        while engine._inbox.qsize() < n and time.monotonic() < deadline:
+            time.sleep(0.001)
+    release.set()
+    for t in [blocker, *threads]:
+        t.join()
+
+
+def test_a_burst_that_fills_the_free_slots_takes_each_its_own_cached_prompt(batched):
+    # prefixes shorter than a long one (32 tokens), in the other order than before: each
+    # request still finds the slot that holds its prompt
+    prompts = ["A lighthouse keeper counts the ships that pass the rocks each night",
+               "Three bakers share one oven on the corner of the market square"]
+    lengths = [len(batched.llm.tokenize(p.encode(), add_bos=True, special=True))
+               for p in prompts]
+    assert max(lengths) < 32
+    _burst_in_order(batched, prompts)
+    before = batched.engine_stats()["prompt_tokens_reused"]
+    _burst_in_order(batched, prompts[::-1])
+    reused = batched.engine_stats()["prompt_tokens_reused"] - before
+    assert reused == sum(n - 8 for n in lengths)  # 8 prompt tokens are always read
+
+
 def test_a_grammar_constrained_and_a_free_sequence_share_a_batch(batched):
     from llama_cpp import LlamaGrammar
 
