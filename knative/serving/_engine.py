@@ -327,8 +327,8 @@ class BatchEngine:
     def _place(self, req: _Request, fills: bool = False) -> None:
         """Put ``req`` in the free slot whose cached tokens share the longest prefix with its
         prompt (invariant: the lowest free slot, unless one saves a long prefix or ``fills``,
-        the requests placed with it take every free slot), or copy a longer prefix a live
-        sequence holds, or wait for one it reads."""
+        the requests placed with it take every free slot), or copy into it a longer prefix
+        another slot holds, or wait for one a live sequence reads."""
         import llama_cpp
 
         prompt = req.spec.tokens
@@ -342,11 +342,16 @@ class BatchEngine:
             slot = max(free, key=lambda i: reuse[i])
         n = reuse[slot]
         live = [r for r in self._slots if r is not None]
+        # a longer prefix that another slot holds, a live one's or a free one's the slot rule
+        # passed over, is copied into this slot
+        sources = [(reuse[i], i) for i in free if i != slot]
         src = max(live, key=lambda r: common_prefix(r.kv_tokens, prompt), default=None)
-        src_n = (self._reuse(req, common_prefix(src.kv_tokens, prompt), src.exact, src.slot)
-                 if src is not None else 0)
-        if src is not None and src_n > n:
-            self._copy(src.slot, slot, src_n)
+        if src is not None:
+            sources.append((self._reuse(req, common_prefix(src.kv_tokens, prompt), src.exact,
+                                        src.slot), src.slot))
+        src_n, src_slot = max(sources, default=(0, -1))
+        if src_n > n:
+            self._copy(src_slot, slot, src_n)
             n = src_n
         else:
             llama_cpp.llama_memory_seq_rm(self._mem, slot, n, -1)

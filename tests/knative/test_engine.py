@@ -388,6 +388,16 @@ def test_a_burst_that_fills_the_free_slots_takes_each_its_own_cached_prompt(batc
     assert reused == sum(n - 8 for n in lengths)  # 8 prompt tokens are always read
 
 
+def test_a_lone_request_takes_the_lowest_slot_with_the_prefix_another_free_slot_holds(batched):
+    other = "Seven sailors mend a net on the pier while gulls circle above them"
+    prompt = "Four foxes cross a frozen river at dawn in search of a warmer den"
+    n = len(batched.llm.tokenize(prompt.encode(), add_bos=True, special=True))
+    _burst_in_order(batched, [other, prompt])  # the prompt's tokens stay in slot 1
+    before = batched.engine_stats()["prompt_tokens_reused"]
+    assert batched.complete(prompt, GREEDY).text  # slot 0, the lowest free one
+    assert batched.engine_stats()["prompt_tokens_reused"] - before == n - 8
+
+
 def test_a_grammar_constrained_and_a_free_sequence_share_a_batch(batched):
     from llama_cpp import LlamaGrammar
 
