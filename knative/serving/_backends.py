@@ -136,6 +136,7 @@ class LlamaCppBackend:
         batch_invariant: bool = True,
         flash_attn: bool = True,
         gather_ms: float = 2.0,
+        prompt_cache_mb: int = 0,
     ) -> None:
         self.model = model
         self.flash_attn = flash_attn
@@ -147,7 +148,8 @@ class LlamaCppBackend:
         self.n_gpu_layers = n_gpu_layers
         self._engine = _Engine(f"engine-{self.model_id}", queue_timeout)
         self._batcher = (BatchEngine(f"batch-{self.model_id}", slots, queue_timeout,
-                                     invariant=batch_invariant, gather_quiet=gather_ms / 1000)
+                                     invariant=batch_invariant, gather_quiet=gather_ms / 1000,
+                                     host_cache_bytes=prompt_cache_mb << 20)
                          if slots > 1 else None)
         self._llm: Any = None
         self._prompt_cache: Any = None  # what the single-sequence context read last

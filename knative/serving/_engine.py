@@ -50,6 +50,8 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any
 
+from knative.serving._host_cache import Entry as HostEntry
+from knative.serving._host_cache import HostCache
 from knative.serving._layouts import repacked, rows_agree
 from knative.serving._liveness import Alive, ClientGone, client_alive
 from knative.serving._sampling import SeqSpec, StopText, common_prefix
@@ -68,6 +70,9 @@ PREFILL_ROWS = 8
 # GATHER_WINDOW times as long in all (``BatchEngine._take``)
 GATHER_QUIET_S = 0.002
 GATHER_WINDOW = 5
+# a slot's cached prompt goes to the host cache when a new request would lose this many of
+# its reusable tokens
+SPILL_MIN_TOKENS = 8
 
 Piece = tuple[str, str | None, tuple[int, int] | None]  # text, finish reason, usage
 
@@ -93,6 +98,8 @@ class EngineStats:
     prompt_tokens_computed: int = 0
     prompt_tokens_reused: int = 0
     padding_rows: int = 0  # rows that pad a prompt chunk to the others' length in its call
+    host_cache_bytes: int = 0  # cells of prompts kept in host memory (:mod:`._host_cache`)
+    host_cache_hits: int = 0  # prompts that started from an entry of the host cache
     # steps by the number of sequences they advanced (index: sequences)
     step_seqs: list[int] = field(default_factory=list)
 
@@ -139,8 +146,10 @@ class BatchEngine:
 
     def __init__(self, name: str, n_slots: int, queue_timeout: float, chunk: int = 64,
                  n_batch: int = 512, invariant: bool = True, gather_quiet: float = GATHER_QUIET_S,
+                 host_cache_bytes: int = 0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.n_slots = n_slots
+        self._host = HostCache(host_cache_bytes) if host_cache_bytes > 0 else None
         self.gather_quiet = gather_quiet
         self._clock = clock
         self.queue_timeout = queue_timeout
@@ -315,20 +324,22 @@ class BatchEngine:
 
     def _reuse(self, req: _Request, lcp: int, exact: int, slot: int) -> int:
         """How many leading tokens of ``req`` it may take from ``slot``, which holds ``lcp`` of
-        them, the first ``exact`` computed as prompt tokens are."""
+        them, the first ``exact`` computed as prompt tokens are (``slot`` -1: cells not in a
+        slot yet, whose sliding window is checked once they are)."""
         n = min(lcp, len(req.spec.tokens) - 1)  # the last token is decoded for its logits
         if self.invariant:
             d = req.decoded_from
             n = min(n, exact, d)
             if n < d and d - n < self.prefill_rows:  # what is left is read in one class
                 n = max(0, d - self.prefill_rows)
-        return self._reusable(slot, n)
+        return self._reusable(slot, n) if slot >= 0 else n
 
     def _place(self, req: _Request, fills: bool = False) -> None:
         """Put ``req`` in the free slot whose cached tokens share the longest prefix with its
         prompt (invariant: the lowest free slot, unless one saves a long prefix or ``fills``,
         the requests placed with it take every free slot), or copy into it a longer prefix
-        another slot holds, or wait for one a live sequence reads."""
+        another slot or the host cache holds, or wait for one a live sequence reads. What the
+        slot held goes to the host cache first where the request keeps less of it."""
         import llama_cpp
 
         prompt = req.spec.tokens
@@ -350,7 +361,12 @@ class BatchEngine:
             sources.append((self._reuse(req, common_prefix(src.kv_tokens, prompt), src.exact,
                                         src.slot), src.slot))
         src_n, src_slot = max(sources, default=(0, -1))
-        if src_n > n:
+        self._spill(slot, n)
+        held = self._host.best(prompt) if self._host is not None else None
+        host_n = self._reuse(req, held[1], held[0].exact, -1) if held is not None else 0
+        if held is not None and host_n > max(n, src_n):
+            n = self._restore(slot, held[0], host_n)
+        elif src_n > n:
             self._copy(src_slot, slot, src_n)
             n = src_n
         else:
@@ -367,6 +383,47 @@ class BatchEngine:
             if lead_n >= FOLLOW_MIN_TOKENS and lead_n > n:
                 req.follow = (lead, lead_n)
         self._slots[slot] = req
+
+    def _spill(self, slot: int, keep: int) -> None:
+        """The cached tokens of ``slot`` that a prompt would reuse, into the host cache, where
+        the request about to take the slot keeps ``keep`` of them (the cells past those are
+        cut first: they are the slot's to lose)."""
+        import llama_cpp
+
+        host = self._host
+        exact = self._exact[slot]
+        if host is None or exact - keep < SPILL_MIN_TOKENS:
+            return
+        tokens = tuple(self._cache[slot][:exact])
+        if host.holds(tokens):
+            return
+        ctx = self._ctx.ctx
+        llama_cpp.llama_memory_seq_rm(self._mem, slot, exact, -1)
+        size = int(llama_cpp.llama_state_seq_get_size(ctx, slot))
+        buf = (ctypes.c_uint8 * size)()
+        got = int(llama_cpp.llama_state_seq_get_data(ctx, buf, size, slot))
+        if 0 < got <= size:
+            host.put(HostEntry(tokens, exact, ctypes.string_at(buf, got)))
+        self.stats.host_cache_bytes = host.bytes
+
+    def _restore(self, slot: int, entry: HostEntry, n: int) -> int:
+        """Put ``entry``'s cells into ``slot``, cut to its first ``n`` tokens; how many the
+        slot then holds to reuse (0 where llama.cpp refused them: the slot is empty)."""
+        import llama_cpp
+
+        assert self._host is not None
+        llama_cpp.llama_memory_seq_rm(self._mem, slot, 0, -1)
+        buf = (ctypes.c_uint8 * len(entry.blob)).from_buffer_copy(entry.blob)
+        if int(llama_cpp.llama_state_seq_set_data(self._ctx.ctx, buf, len(entry.blob),
+                                                  slot)) == 0:
+            log.warning("llama.cpp refused a prompt of the host cache; reading it again")
+            llama_cpp.llama_memory_seq_rm(self._mem, slot, 0, -1)
+            return 0
+        self._host.used(entry)
+        self.stats.host_cache_hits = self._host.hits
+        n = self._reusable(slot, n)
+        llama_cpp.llama_memory_seq_rm(self._mem, slot, n, -1)
+        return n
 
     def _copy(self, src: int, dst: int, n: int) -> None:
         """The first ``n`` tokens of slot ``src`` into slot ``dst`` (separate streams are

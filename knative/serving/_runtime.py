@@ -125,6 +125,12 @@ class _EngineCollector:
         yield CounterMetricFamily("surefoot_engine_prompt_tokens_reused",
                                   "Prompt tokens taken from a cached prefix",
                                   value=s["prompt_tokens_reused"])
+        yield GaugeMetricFamily("surefoot_engine_host_cache_bytes",
+                                "Bytes of prompt cells kept in host memory",
+                                value=s["host_cache_bytes"])
+        yield CounterMetricFamily("surefoot_engine_host_cache_hits",
+                                  "Prompts started from the host cache",
+                                  value=s["host_cache_hits"])
         yield CounterMetricFamily("surefoot_engine_padding_rows",
                                   "Rows that pad a prompt chunk to the length of the others "
                                   "read in its call", value=s["padding_rows"])
@@ -320,6 +326,7 @@ def build_backends(
         queue_timeout=settings.queue_timeout, chat_format=settings.chat_format,
         slots=settings.slots, batch_invariant=settings.batch_invariant,
         flash_attn=settings.flash_attn, gather_ms=settings.gather_ms,
+        prompt_cache_mb=settings.prompt_cache_mb,
     ) if settings.model else None
     emb = SentenceTransformerBackend(
         settings.embedding_model, cuda=settings.cuda, queue_timeout=settings.queue_timeout,

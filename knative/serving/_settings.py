@@ -49,6 +49,8 @@ class ServeSettings:
     # an idle batching engine woken by a request waits this long (ms) for another of the same
     # burst, at most 5 times as long in all, so their prompts are read in one call; 0: never
     gather_ms: float = 2.0
+    # host memory (MiB) for prompts a batching engine's slots no longer hold; 0: none
+    prompt_cache_mb: int = 256
     # admission: requests admitted at once (running plus waiting for the engine)
     queue_capacity: int = 8
     queue_timeout: float = 60.0
@@ -84,6 +86,8 @@ class ServeSettings:
                 errors.append(f"{name}: must be positive, got {getattr(self, name)}")
         if self.max_tokens >= self.n_ctx:
             errors.append(f"max_tokens: {self.max_tokens} must be below n_ctx ({self.n_ctx})")
+        if self.prompt_cache_mb < 0:
+            errors.append(f"prompt_cache_mb: must not be negative, got {self.prompt_cache_mb}")
         if not 0 <= self.gather_ms <= 100:
             errors.append(f"gather_ms: {self.gather_ms} must be within 0 .. 100")
         for name in ("grace_seconds", "queue_timeout", "checkpoint_interval"):

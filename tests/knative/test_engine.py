@@ -109,6 +109,15 @@ def test_slots_setting_reads_the_environment():
         ServeSettings.from_env({"SUREFOOT_SLOTS": "0"})
 
 
+def test_prompt_cache_setting_reads_the_environment():
+    assert ServeSettings().prompt_cache_mb == 256
+    assert ServeSettings.from_env({"SUREFOOT_PROMPT_CACHE_MB": "0"}).prompt_cache_mb == 0
+    with pytest.raises(ValueError, match="prompt_cache_mb"):
+        ServeSettings.from_env({"SUREFOOT_PROMPT_CACHE_MB": "-1"})
+    with pytest.raises(ValueError, match="PROMPT_CACHE_MB"):
+        ServeSettings.from_env({"SUREFOOT_PROMPT_CACHE_MB": "lots"})
+
+
 def test_gather_setting_reads_the_environment():
     assert ServeSettings.from_env({}).gather_ms == 2.0
     assert ServeSettings.from_env({"SUREFOOT_GATHER_MS": "0"}).gather_ms == 0.0
@@ -396,6 +405,26 @@ def test_a_lone_request_takes_the_lowest_slot_with_the_prefix_another_free_slot_
     before = batched.engine_stats()["prompt_tokens_reused"]
     assert batched.complete(prompt, GREEDY).text  # slot 0, the lowest free one
     assert batched.engine_stats()["prompt_tokens_reused"] - before == n - 8
+
+
+def test_a_prompt_its_slot_no_longer_holds_comes_back_from_host_memory():
+    backend = LlamaCppBackend(n_ctx=256, n_threads=2, queue_timeout=30, slots=2,
+                              prompt_cache_mb=64)
+    backend.load()
+    prompts = ["An old clockmaker repairs the tower bell of a quiet mountain town",
+               "Two rivers meet below the castle where the merchants trade their salt",
+               "A young astronomer maps the comets that cross the winter sky each year"]
+    n = len(backend.llm.tokenize(prompts[0].encode(), add_bos=True, special=True))
+    fresh = backend.complete(prompts[0], GREEDY).text
+    for other in prompts[1:]:  # each takes slot 0, the lowest free one
+        backend.complete(other, GREEDY)
+    stats = backend.engine_stats()
+    assert stats["host_cache_bytes"] > 0
+    again = backend.complete(prompts[0], GREEDY).text
+    after = backend.engine_stats()
+    assert after["host_cache_hits"] - stats["host_cache_hits"] == 1
+    assert after["prompt_tokens_reused"] - stats["prompt_tokens_reused"] == n - 8
+    assert again == fresh  # cells put back bit for bit: the text of a fresh read
 
 
 def test_a_grammar_constrained_and_a_free_sequence_share_a_batch(batched):
