@@ -7,7 +7,8 @@ slots; the servers not measured are paused):
   ratios against llama-server;
 - time to first token at 8 clients, p50 (streamed completions), with clients that hang up at
   their first token (a slot then frees as fast as the server sees the client gone) and with
-  clients that read their whole answers;
+  clients that read their whole answers; the same prompts each round (both servers keep
+  prompts in host memory), or with ``--ttft-fresh`` prompts that end in their round's number;
 - prompt tokens computed for 8 requests sharing a 200-token system prompt, against one prompt
   (the replica's engine metrics);
 - greedy agreement of requests run alone and in a full batch, for both engine modes;
@@ -16,7 +17,7 @@ slots; the servers not measured are paused):
   what the layouts cost apart from the engine.
 
     .venv/bin/python bench/batching.py [--rounds 3] [--max-tokens 64] [--agreement 100]
-        [--clients 1,4,8] [--ttft-rounds N] [--plain-peer]
+        [--clients 1,4,8] [--ttft-rounds N] [--ttft-fresh] [--plain-peer]
 """
 
 from __future__ import annotations
@@ -100,9 +101,10 @@ def only(own: subprocess.Popen[bytes], servers: dict[str, subprocess.Popen[bytes
 
 
 def ttft_p50(base: str, clients: int, requests: int, max_tokens: int,
-             read_all: bool = False) -> float:
+             read_all: bool = False, tag: str = "") -> float:
     """Median seconds from sending a streamed completion to its first text, ``clients`` at once;
-    each client hangs up at its first text, or (``read_all``) reads its whole answer first."""
+    each client hangs up at its first text, or (``read_all``) reads its whole answer first.
+    ``tag`` ends every prompt (a round's own: no prompt is then cached whole from before)."""
     client = httpx.Client(timeout=300, limits=httpx.Limits(max_connections=16))
 
     def one(prompt: str) -> float:
@@ -124,7 +126,7 @@ def ttft_p50(base: str, clients: int, requests: int, max_tokens: int,
                         return first
         return time.perf_counter() - start if first is None else first
 
-    prompts = [f"{PROMPTS[i % len(PROMPTS)]} (story {i})" for i in range(requests)]
+    prompts = [f"{PROMPTS[i % len(PROMPTS)]} (story {i}{tag})" for i in range(requests)]
     with ThreadPoolExecutor(clients) as pool:
         return statistics.median(pool.map(one, prompts))
 
@@ -178,6 +180,9 @@ def main() -> None:
     ap.add_argument("--agreement", type=int, default=100, help="requests; 0 skips it")
     ap.add_argument("--clients", default="1,4,8", help="tokens/s at these concurrencies")
     ap.add_argument("--ttft-rounds", type=int, default=0, help="TTFT rounds (0: --rounds)")
+    ap.add_argument("--ttft-fresh", action="store_true",
+                    help="TTFT prompts end in their round's number: each round's prompts are "
+                    "new, their beginnings shared with earlier rounds'")
     ap.add_argument("--plain-peer", action="store_true",
                     help="also llama-server on the plain weight layouts (--no-repack), the "
                     "invariant engine's fallback")
@@ -234,10 +239,11 @@ def main() -> None:
         for read_all, how in ((False, "each client hangs up at its first token"),
                               (True, "each client reads its whole answer")):
             ttft: dict[str, list[float]] = {k: [] for k in servers if k != "serial"}
-            for _ in range(args.ttft_rounds or args.rounds):
+            for r in range(args.ttft_rounds or args.rounds):
+                tag = f", round {r}{'w' if read_all else 'h'}" if args.ttft_fresh else ""
                 for name in ttft:
                     only(servers[name], servers)
-                    ttft[name].append(ttft_p50(base[name], 8, 16, 16, read_all))
+                    ttft[name].append(ttft_p50(base[name], 8, 16, 16, read_all, tag))
             med = {k: statistics.median(v) for k, v in ttft.items()}
             rounds = " ".join(f"{a / b:.2f}" for a, b in zip(ttft["invariant"],
                                                             ttft["llama-server"], strict=True))
