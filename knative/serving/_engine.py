@@ -19,8 +19,10 @@ rows a decode holds, and those paths round differently. Measured on an AVX2 CPU:
 7 rows gives every row the result it has alone, 8 rows or more another; on stock llama.cpp the
 weights the CPU backend repacks add their own split (:mod:`._layouts`). Without the fused
 attention kernel, several rows of one sequence also differ from one a call. A sequence decoded
-alone or among seven others would then give other tokens. Past 4 rows a call costs about as much
-per row as separate calls, so generated tokens go at most ``decode_rows`` (4) to a call. In
+alone or among seven others would then give other tokens. Generated tokens go at most
+``decode_rows`` (4, the default number of slots) to a call: measured (``bench/decode_rows.py``,
+2 threads), a call of 4 rows costs 1.6 times one of 1 row on one AVX2 CPU and 2.7 times on
+another, with odd row counts dearer than the even count above them. In
 invariant mode the engine keeps every token in one class whatever else runs: generated tokens
 are decoded a token per sequence in calls of at most ``decode_rows`` rows, prompt tokens in
 chunks of at least ``prefill_rows`` rows of each sequence (several sequences' chunks in one call
