@@ -113,14 +113,9 @@ class LlamaCppBackend:
     With ``slots`` above 1, requests run on a :class:`BatchEngine` that decodes up to that
     many sequences in each step; with 1, each request has the engine to itself.
 
-    Every llama.cpp call that computes runs on one thread: the batching engine's where there
-    is one, else the single-sequence engine's (:meth:`_native`). llama.cpp's CPU work runs on
-    an OpenMP team of the calling thread, and a team stays alive with its thread; once more
-    of libgomp's threads are alive than there are cores, libgomp shortens the spin of every
-    barrier, and each of the hundreds of barriers in a decode then sleeps and is woken. A
-    single probe decode on a second thread made every later one-row decode of the batch
-    cost 34 ms instead of 21 (2 threads, Gemma 3 270M Q4_K_M; ``OMP_WAIT_POLICY=ACTIVE``,
-    which keeps barriers spinning, took it back to 21).
+    Every llama.cpp call that computes runs on one thread (:meth:`_native`): a second live
+    OpenMP team makes libgomp shorten its barriers' spin, and one probe decode on another
+    thread made each later one-row decode cost 34 ms instead of 21 (docs/engine.md).
     """
 
     def __init__(  # noqa: PLR0913 - a keyword per replica setting of the engine
@@ -170,15 +165,12 @@ class LlamaCppBackend:
             self._batcher.attach(self._llm, self._n_ctx)
 
     def shared_thread(self) -> Callable[[Callable[[], Any]], Any] | None:
-        """What runs another model's CPU work (torch's embeddings) on this backend's compute
-        thread between two engine steps, so that the replica keeps one OpenMP team (class
-        docstring): the batching engine's, where such work waits a step at most. None with the
-        single-sequence engine, whose thread is held for a whole generation."""
+        """What runs another model's CPU work (embeddings) on the batching engine's thread
+        between steps (class docstring); None on the single-sequence engine."""
         return self._batcher.call if self._batcher is not None else None
 
     def _native(self, fn: Callable[[], T]) -> T:
-        """``fn``'s result, run on the thread that makes this replica's llama.cpp calls (the
-        batching engine's between two steps, where there is one: class docstring)."""
+        """``fn``'s result, run on the thread of this replica's llama.cpp calls."""
         result: T = (self._batcher.call(fn) if self._batcher is not None
                      else self._engine.call(fn))
         return result

@@ -20,9 +20,7 @@ rows a decode holds, and those paths round differently. Measured on an AVX2 CPU:
 weights the CPU backend repacks add their own split (:mod:`._layouts`). Without the fused
 attention kernel, several rows of one sequence also differ from one a call. A sequence decoded
 alone or among seven others would then give other tokens. Generated tokens go at most
-``decode_rows`` (4, the default number of slots) to a call: measured (``bench/decode_rows.py``,
-2 threads), a call of 4 rows costs 1.6 times one of 1 row on one AVX2 CPU and 2.7 times on
-another, with odd row counts dearer than the even count above them. In
+``decode_rows`` (4, the default slots) to a call (costs by rows: ``bench/decode_rows.py``). In
 invariant mode the engine keeps every token in one class whatever else runs: generated tokens
 are decoded a token per sequence in calls of at most ``decode_rows`` rows, prompt tokens in
 chunks of at least ``prefill_rows`` rows of each sequence (several sequences' chunks in one call
@@ -307,8 +305,7 @@ class BatchEngine:
 
     def _fill_slots(self) -> None:
         while self._waiting and None in self._slots:
-            # this request and those behind it take every free slot: which goes where leaves
-            # the live slots as contiguous as any other placement would
+            # it and those behind it take every free slot: any placement is as contiguous
             fills = len(self._waiting) >= self._slots.count(None)
             req = self._waiting.popleft()
             if req.gone() or not req.try_start():
@@ -337,11 +334,10 @@ class BatchEngine:
         return self._reusable(slot, n) if slot >= 0 else n
 
     def _place(self, req: _Request, fills: bool = False) -> None:
-        """Put ``req`` in the free slot whose cached tokens share the longest prefix with its
-        prompt (invariant: the lowest free slot, unless one saves a long prefix or ``fills``,
-        the requests placed with it take every free slot), or copy into it a longer prefix
-        another slot or the host cache holds, or wait for one a live sequence reads. What the
-        slot held goes to the host cache first where the request keeps less of it."""
+        """Put ``req`` in the free slot sharing the longest prefix with its prompt (invariant:
+        the lowest free one, unless one saves a long prefix or ``fills``: those placed with it
+        take every free slot), or copy in a longer prefix another slot or the host cache
+        holds (the slot's own goes to the host cache), or wait for one a live seq reads."""
         import llama_cpp
 
         prompt = req.spec.tokens
@@ -355,8 +351,7 @@ class BatchEngine:
             slot = max(free, key=lambda i: reuse[i])
         n = reuse[slot]
         live = [r for r in self._slots if r is not None]
-        # a longer prefix that another slot holds, a live one's or a free one's the slot rule
-        # passed over, is copied into this slot
+        # a longer prefix another slot holds (live, or free and passed over) is copied here
         sources = [(reuse[i], i) for i in free if i != slot]
         src = max(live, key=lambda r: common_prefix(r.kv_tokens, prompt), default=None)
         if src is not None:
@@ -387,19 +382,14 @@ class BatchEngine:
         self._slots[slot] = req
 
     def _spill(self, slot: int, keep: int) -> None:
-        """The cached tokens of ``slot`` that a prompt would reuse, into the host cache, where
-        the request about to take the slot keeps ``keep`` of them (the cells past those are
-        cut first: they are the slot's to lose)."""
+        """The reusable cached tokens of ``slot`` into the host cache, where the request
+        taking the slot keeps only ``keep`` of them (the cells past them are cut first)."""
         import llama_cpp
 
-        host = self._host
-        exact = self._exact[slot]
-        if host is None or exact - keep < SPILL_MIN_TOKENS:
-            return
+        host, exact, ctx = self._host, self._exact[slot], self._ctx.ctx
         tokens = tuple(self._cache[slot][:exact])
-        if host.holds(tokens):
+        if host is None or exact - keep < SPILL_MIN_TOKENS or host.holds(tokens):
             return
-        ctx = self._ctx.ctx
         llama_cpp.llama_memory_seq_rm(self._mem, slot, exact, -1)
         size = int(llama_cpp.llama_state_seq_get_size(ctx, slot))
         buf = (ctypes.c_uint8 * size)()
@@ -409,15 +399,13 @@ class BatchEngine:
         self.stats.host_cache_bytes = host.bytes
 
     def _restore(self, slot: int, entry: HostEntry, n: int) -> int:
-        """Put ``entry``'s cells into ``slot``, cut to its first ``n`` tokens; how many the
-        slot then holds to reuse (0 where llama.cpp refused them: the slot is empty)."""
+        """``entry``'s cells into ``slot``, cut to ``n`` tokens; how many it holds then."""
         import llama_cpp
 
         assert self._host is not None
         llama_cpp.llama_memory_seq_rm(self._mem, slot, 0, -1)
         buf = (ctypes.c_uint8 * len(entry.blob)).from_buffer_copy(entry.blob)
-        if int(llama_cpp.llama_state_seq_set_data(self._ctx.ctx, buf, len(entry.blob),
-                                                  slot)) == 0:
+        if not llama_cpp.llama_state_seq_set_data(self._ctx.ctx, buf, len(entry.blob), slot):
             log.warning("llama.cpp refused a prompt of the host cache; reading it again")
             llama_cpp.llama_memory_seq_rm(self._mem, slot, 0, -1)
             return 0
