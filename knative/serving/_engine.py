@@ -70,8 +70,7 @@ PREFILL_ROWS = 8
 # GATHER_WINDOW times as long in all (``BatchEngine._take``)
 GATHER_QUIET_S = 0.002
 GATHER_WINDOW = 5
-# a slot's cached prompt goes to the host cache when a new request would lose this many of
-# its reusable tokens
+# a slot's cached prompt goes to the host cache when a new request would lose this many
 SPILL_MIN_TOKENS = 8
 
 Piece = tuple[str, str | None, tuple[int, int] | None]  # text, finish reason, usage
@@ -387,8 +386,9 @@ class BatchEngine:
         import llama_cpp
 
         host, exact, ctx = self._host, self._exact[slot], self._ctx.ctx
-        tokens = tuple(self._cache[slot][:exact])
-        if host is None or exact - keep < SPILL_MIN_TOKENS or host.holds(tokens):
+        if host is None or exact - keep < SPILL_MIN_TOKENS:  # the common case: no copy
+            return
+        if host.holds(tokens := tuple(self._cache[slot][:exact])):
             return
         llama_cpp.llama_memory_seq_rm(self._mem, slot, exact, -1)
         size = int(llama_cpp.llama_state_seq_get_size(ctx, slot))
